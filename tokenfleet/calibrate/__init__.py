@@ -1,0 +1,1 @@
+"""Hardware profiles and the microbenchmarks and fits that produce them."""

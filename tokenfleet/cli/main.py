@@ -1,0 +1,46 @@
+"""The `tokenfleet` command: a lazy click group, so each command imports only what it uses."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from tokenfleet import __version__
+from tokenfleet.errors import UserError
+
+# name -> "module:attribute" of the click command; imported only when used.
+COMMANDS: dict[str, str] = {
+    "traces": "tokenfleet.cli.traces:traces",
+}
+
+
+class LazyGroup(click.Group):
+    """Loads subcommands on demand and turns UserError into one line and exit code 2."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted; no output was written", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tokenfleet")
+def cli() -> None:
+    """tokenfleet: what it costs per million tokens to serve real LLM traffic, at what latency."""

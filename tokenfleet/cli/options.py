@@ -1,0 +1,17 @@
+"""Options and helpers shared by several commands."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+def progress_enabled(quiet: bool) -> bool:
+    """Progress bars show on a terminal only, never when piped or with --quiet."""
+    return not quiet and sys.stderr.isatty()
+
+
+quiet_option = click.option(
+    "--quiet", "-q", is_flag=True, help="No progress bar (also off when stderr is not a terminal)."
+)

@@ -1,0 +1,1 @@
+"""LLM architecture catalog: FLOPs, weight bytes and KV bytes per token."""

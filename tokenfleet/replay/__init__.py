@@ -1,0 +1,1 @@
+"""The fleet simulator: engine, gateway, balancer, batcher, replica, steptime, cost, metrics."""

@@ -1,0 +1,1 @@
+"""Request traces: schema, validation, streaming reader/writer, converters, synth, inspect."""
