@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,9 @@ def atomic_path(dst: str | os.PathLike[str]) -> Iterator[Path]:
     dst = Path(dst)
     parent = dst.parent if str(dst.parent) else Path(".")
     if not parent.is_dir():
-        raise UserError(f"{dst}: directory {parent} does not exist; create it or choose another path")
+        raise UserError(
+            f"{dst}: directory {parent} does not exist; create it or choose another path"
+        )
     if not os.access(parent, os.W_OK):
         raise UserError(f"{dst}: directory {parent} is not writable; choose another output path")
     tmp = parent / f".{dst.name}.tmp-{os.getpid()}"
@@ -29,8 +32,6 @@ def atomic_path(dst: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             if tmp.is_dir():
-                import shutil
-
                 shutil.rmtree(tmp)
             else:
                 tmp.unlink()
@@ -40,8 +41,6 @@ def atomic_path(dst: str | os.PathLike[str]) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_dir(dst: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary directory beside `dst`; it replaces `dst` only if the block succeeds."""
-    import shutil
-
     dst = Path(dst)
     with atomic_path(dst) as tmp:
         tmp.mkdir()
