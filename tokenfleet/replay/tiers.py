@@ -1,0 +1,104 @@
+"""Latency tiers: what a request pays and what it was promised.
+
+A tier prices tokens (input, cached input, output, in $ per million) and promises service
+levels (time to first token, time per output token, and for deferred work a completion
+deadline). Goodput counts the requests that kept their tier's promises; revenue counts
+what they paid.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from tokenfleet.errors import UserError
+
+TOKENS_PER_MTOKEN = 1e6
+
+
+@dataclass(frozen=True)
+class Tier:
+    """One latency tier. An SLO of 0 means none; `deadline_s` applies to deferred tiers."""
+
+    name: str
+    usd_per_mtoken_input: float = 0.20
+    usd_per_mtoken_cached_input: float = 0.10
+    usd_per_mtoken_output: float = 0.60
+    ttft_slo_s: float = 0.0
+    tpot_slo_s: float = 0.0
+    deadline_s: float = 0.0
+    priority: int = 0
+    deferred: bool = False
+    pools: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        for key in (
+            "usd_per_mtoken_input",
+            "usd_per_mtoken_cached_input",
+            "usd_per_mtoken_output",
+            "ttft_slo_s",
+            "tpot_slo_s",
+            "deadline_s",
+        ):
+            value = getattr(self, key)
+            if not (value >= 0 and math.isfinite(value)):
+                raise UserError(f"tier {self.name!r}: {key} = {value} must be a finite number >= 0")
+        if self.deferred and self.deadline_s <= 0:
+            raise UserError(f"tier {self.name!r}: a deferred tier needs a deadline_s > 0")
+
+    def revenue_usd(self, prompt_tokens: int, cached_tokens: int, output_tokens: int) -> float:
+        """What one finished request pays."""
+        fresh = prompt_tokens - cached_tokens
+        return (
+            fresh * self.usd_per_mtoken_input
+            + cached_tokens * self.usd_per_mtoken_cached_input
+            + output_tokens * self.usd_per_mtoken_output
+        ) / TOKENS_PER_MTOKEN
+
+    def slo_met(self, ttft_s: float, tpot_s: float, e2e_s: float) -> bool:
+        """Whether a finished request kept every promise of its tier."""
+        return (
+            (self.ttft_slo_s == 0 or ttft_s <= self.ttft_slo_s)
+            and (self.tpot_slo_s == 0 or tpot_s <= self.tpot_slo_s)
+            and (self.deadline_s == 0 or e2e_s <= self.deadline_s)
+        )
+
+
+def tier_table(tiers: list[Tier]) -> pl.DataFrame:
+    """The tiers as a frame, to join onto per-request records for revenue and goodput."""
+    return pl.DataFrame(
+        {
+            "tier": [t.name for t in tiers],
+            "usd_per_mtoken_input": [t.usd_per_mtoken_input for t in tiers],
+            "usd_per_mtoken_cached_input": [t.usd_per_mtoken_cached_input for t in tiers],
+            "usd_per_mtoken_output": [t.usd_per_mtoken_output for t in tiers],
+            "ttft_slo_s": [t.ttft_slo_s for t in tiers],
+            "tpot_slo_s": [t.tpot_slo_s for t in tiers],
+            "deadline_s": [t.deadline_s for t in tiers],
+        }
+    )
+
+
+def revenue_expr() -> pl.Expr:
+    """Revenue of a finished request, from its token counts and its tier's prices."""
+    fresh = pl.col("prompt_tokens") - pl.col("cached_tokens")
+    return (
+        fresh * pl.col("usd_per_mtoken_input")
+        + pl.col("cached_tokens") * pl.col("usd_per_mtoken_cached_input")
+        + pl.col("output_tokens") * pl.col("usd_per_mtoken_output")
+    ) / TOKENS_PER_MTOKEN
+
+
+def slo_met_expr() -> pl.Expr:
+    """Whether a finished request met its tier's SLOs (the same rule as Tier.slo_met)."""
+
+    def within(value: str, limit: str) -> pl.Expr:
+        return (pl.col(limit) == 0) | (pl.col(value) <= pl.col(limit))
+
+    return (
+        within("ttft_s", "ttft_slo_s")
+        & within("tpot_s", "tpot_slo_s")
+        & within("e2e_s", "deadline_s")
+    )
