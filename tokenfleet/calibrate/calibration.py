@@ -1,0 +1,448 @@
+"""From microbenchmark rows to a hardware profile: pick the datasheet to compare against, fit
+the coefficients, and write the profile TOML with its raw measurements beside it.
+
+Efficiencies are relative to a datasheet peak, so a profile measured on a GPU keeps the vendor
+figures and carries the measurement in its efficiencies. Without a datasheet (a CPU, or a GPU
+no built-in profile describes and whose architecture we cannot derive) the peaks are the fitted
+asymptotes and the efficiencies are 1; the profile says so in [meta].
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tokenfleet import __version__
+from tokenfleet.atomic import atomic_path
+from tokenfleet.calibrate.backends import DTYPE_BYTES, DeviceInfo
+from tokenfleet.calibrate.fit import (
+    FitQuality,
+    GemmFit,
+    fit_allreduce,
+    fit_bandwidth,
+    fit_gemm,
+)
+from tokenfleet.calibrate.microbench import BenchResult
+from tokenfleet.calibrate.profile import GpuProfile, list_profiles, load_profile, save_profile
+from tokenfleet.errors import UserError
+
+# Built-in profile for a device name CuPy reports (PCIe variants differ in bandwidth, power and
+# link from the SXM boards the built-ins describe, so they are not matched).
+_BUILTIN_BY_NAME = (
+    (r"GB200", "gb200"),
+    (r"B200", "b200"),
+    (r"H200", "h200"),
+    (r"H100.*(SXM|HBM3)", "h100-sxm"),
+    (r"A100.*80", "a100-80gb"),
+    (r"L40S", "l40s"),
+    (r"MI325", "mi325x"),
+    (r"MI300X", "mi300x"),
+)
+# Dense fp16/bf16 tensor FLOPs per clock per SM by compute capability (NVIDIA architecture
+# whitepapers): V100/T4 1024, A100 2048, GA10x/AD10x 1024, H100 4096, B200 8192.
+_TENSOR_FLOPS_PER_CLOCK_SM = {
+    "7.0": 1024,
+    "7.5": 1024,
+    "8.0": 2048,
+    "8.6": 1024,
+    "8.9": 1024,
+    "9.0": 4096,
+    "10.0": 8192,
+}
+PCIE4_X16_GB_S = 64.0  # both directions summed: the link assumed when nothing better is known
+
+
+@dataclass(frozen=True)
+class Datasheet:
+    """The peaks efficiencies are relative to, and where they come from."""
+
+    source: str  # "built-in a100-80gb", "device properties", "none (...)"
+    peak_tflops_bf16: float | None  # None: use the fitted asymptote
+    hbm_tb_s: float | None  # None: use the fitted streaming rate
+    hbm_gb: float
+    link_gb_s: float | None
+    tdp_w: float
+    peak_tflops_fp8: float = 0.0
+    peak_tflops_fp4: float = 0.0
+    base: GpuProfile | None = None
+
+
+@dataclass
+class Calibration:
+    profile: GpuProfile
+    meta: dict[str, Any]
+    summary: dict[str, Any]
+    table: pa.Table
+    notes: list[str] = field(default_factory=list)
+
+
+def choose_datasheet(info: DeviceInfo, base: str | None) -> Datasheet:
+    """`base` (a built-in name or profile path) if given; else the built-in matching the GPU's
+    name; else peaks derived from the GPU's properties; a CPU has no datasheet."""
+    if base is not None:
+        return _from_profile(load_profile(base), f"--gpu {base}")
+    if info.kind == "cpu":
+        return Datasheet(
+            source="none: a CPU has no datasheet here, peaks are the fitted asymptotes",
+            peak_tflops_bf16=None,
+            hbm_tb_s=None,
+            hbm_gb=info.memory_bytes / 1e9,
+            link_gb_s=None,
+            tdp_w=0.0,
+        )
+    for pattern, name in _BUILTIN_BY_NAME:
+        if re.search(pattern, info.name) and "PCIe" not in info.name and name in list_profiles():
+            return _from_profile(load_profile(name), f"built-in {name} (matched {info.name!r})")
+    flops_per_clock = _TENSOR_FLOPS_PER_CLOCK_SM.get(info.compute_capability or "")
+    peak = (
+        info.compute_units * info.clock_mhz * 1e6 * flops_per_clock / 1e12
+        if flops_per_clock and info.clock_mhz
+        else None
+    )
+    bandwidth = (
+        2 * info.memory_clock_mhz * 1e6 * info.memory_bus_bits / 8 / 1e12
+        if info.memory_clock_mhz and info.memory_bus_bits
+        else None
+    )
+    return Datasheet(
+        source=(
+            f"device properties of {info.name!r} (SMs x boost clock x tensor FLOPs per clock for "
+            f"sm_{info.compute_capability}; memory clock x bus width; no built-in profile matches, "
+            "pass --gpu NAME to compare against one)"
+        ),
+        peak_tflops_bf16=peak,
+        hbm_tb_s=bandwidth,
+        hbm_gb=info.memory_bytes / 1e9,
+        link_gb_s=None,
+        tdp_w=0.0,
+    )
+
+
+def _from_profile(profile: GpuProfile, source: str) -> Datasheet:
+    return Datasheet(
+        source=source,
+        peak_tflops_bf16=profile.peak_tflops_bf16,
+        hbm_tb_s=profile.hbm_tb_s,
+        hbm_gb=profile.hbm_gb,
+        link_gb_s=profile.link_gb_s,
+        tdp_w=profile.tdp_w,
+        peak_tflops_fp8=profile.peak_tflops_fp8,
+        peak_tflops_fp4=profile.peak_tflops_fp4,
+        base=profile,
+    )
+
+
+def build_calibration(
+    info: DeviceInfo,
+    result: BenchResult,
+    datasheet: Datasheet,
+    *,
+    name: str | None = None,
+    quick: bool = False,
+    settings: dict[str, Any] | None = None,
+) -> Calibration:
+    """Fit the hardware coefficients to `result` and assemble the profile and its summary."""
+    table = result.table()
+    rows = table.to_pylist()
+    notes = list(result.notes)
+    sources: dict[str, str] = {}
+
+    # Bandwidth first: the GEMM roofline's memory side depends on it.
+    reads = [r for r in rows if r["kind"] == "memory" and r["name"] == "read"]
+    if len(reads) < 2:
+        raise ValueError("the memory benchmark must read at least two buffer sizes")
+    read_bytes = np.array([r["bytes"] for r in reads], dtype=float)
+    read_s = np.array([r["median_s"] for r in reads])
+    stream_rate = 1.0 / fit_bandwidth(read_bytes, read_s, 1.0)[1].slope_s_per_unit
+    peak_bw = datasheet.hbm_tb_s * 1e12 if datasheet.hbm_tb_s else stream_rate
+    bw_eff, bw_line = fit_bandwidth(read_bytes, read_s, peak_bw)
+    if bw_eff > 1.0:
+        notes.append(
+            f"read bandwidth {stream_rate / 1e9:.0f} GB/s exceeds the datasheet's "
+            f"{peak_bw / 1e9:.0f} GB/s; bw_eff capped at 1"
+        )
+        bw_eff = 1.0
+    sources["bw_eff"] = (
+        f"fitted: matrix-vector reads of {len(reads)} buffer sizes "
+        f"({_span(read_bytes / 1e6, 'MB')}), slope vs {_peak_label(datasheet.hbm_tb_s)}"
+    )
+
+    gemm_fits = _fit_gemms(rows, info, datasheet, peak_bw, bw_eff)
+    primary = gemm_fits[0]
+    peak_tflops = primary.peak_tflops
+    gemm_eff_max = primary.gemm_eff_max
+    if datasheet.peak_tflops_bf16 is None:  # no datasheet: the asymptote is the peak
+        peak_tflops, gemm_eff_max = peak_tflops * gemm_eff_max, 1.0
+    sources["gemm_eff_max"] = sources["gemm_half_tokens"] = (
+        f"fitted: {primary.quality.points} {primary.dtype} GEMM points over M "
+        f"(tokens per step), roofline with bw_eff, vs {_tflops_label(datasheet)}"
+    )
+
+    allreduce = _fit_allreduce(rows, datasheet, notes)
+    base = datasheet.base
+    if allreduce is not None:
+        link_gb_s, link_eff, latency_us, ar_quality = allreduce
+        sources["link_eff"] = sources["allreduce_latency_us"] = (
+            f"fitted: NCCL all-reduce over {ar_quality.points} message sizes"
+        )
+    elif base is not None:
+        link_gb_s, link_eff, latency_us, ar_quality = (
+            base.link_gb_s, base.link_eff, base.allreduce_latency_us, None,
+        )  # fmt: skip
+        sources["link_eff"] = sources["allreduce_latency_us"] = f"kept from {datasheet.source}"
+    else:
+        launch = [r for r in rows if r["kind"] == "launch"]
+        latency_us = launch[0]["median_s"] * 1e6 if launch else 10.0
+        if info.kind == "cpu":
+            copy = [r for r in rows if r["kind"] == "memory" and r["name"] == "copy"]
+            link_gb_s = copy[0]["gb_per_s"] if copy else stream_rate / 1e9
+            link_why = "memory copy bandwidth (ranks of a CPU share its memory)"
+        else:
+            link_gb_s, link_why = PCIE4_X16_GB_S, "PCIe 4.0 x16 assumed"
+        link_eff, ar_quality = 1.0, None
+        sources["link_eff"] = f"not measured (one device): link_gb_s = {link_why}, link_eff = 1"
+        sources["allreduce_latency_us"] = "not measured (one device): the measured launch overhead"
+
+    if base is not None:
+        attn_eff = base.attn_eff
+        sources["attn_eff"] = f"not measured: kept from {datasheet.source}"
+    else:
+        attn_eff = gemm_eff_max
+        sources["attn_eff"] = "not measured: set to gemm_eff_max (attention is GEMMs too)"
+
+    launch_rows = [r for r in rows if r["kind"] == "launch"]
+    launch_us = launch_rows[0]["median_s"] * 1e6 if launch_rows else None
+    profile = GpuProfile(
+        name=name or _default_name(info),
+        description=_description(info, primary.dtype),
+        peak_tflops_bf16=round(peak_tflops, 6),
+        peak_tflops_fp8=datasheet.peak_tflops_fp8,
+        peak_tflops_fp4=datasheet.peak_tflops_fp4,
+        hbm_gb=round(datasheet.hbm_gb, 3),
+        hbm_tb_s=round(peak_bw / 1e12, 6),
+        link_gb_s=round(datasheet.link_gb_s or link_gb_s, 3),
+        tdp_w=datasheet.tdp_w,
+        gemm_eff_max=_round(gemm_eff_max),
+        gemm_half_tokens=_round(primary.gemm_half_tokens),
+        attn_eff=_round(min(attn_eff, 1.0)),
+        bw_eff=_round(bw_eff),
+        link_eff=_round(min(link_eff, 1.0)),
+        allreduce_latency_us=_round(latency_us),
+        default_engine=base.default_engine if base else "vllm-v1",
+    )
+    measured = {
+        "best_tflops": primary.best_tflops,
+        "gemm_dtype": primary.dtype,
+        "read_gb_s": stream_rate / 1e9,
+        **{
+            f"{r['name']}_gb_s": r["gb_per_s"]
+            for r in rows
+            if r["kind"] == "memory" and r["name"] != "read"
+        },
+    }
+    if launch_us is not None:
+        measured["kernel_launch_us"] = launch_us
+    fits: dict[str, Any] = {
+        f"gemm_{g.dtype}": {
+            "gemm_eff_max": g.gemm_eff_max,
+            "gemm_half_tokens": g.gemm_half_tokens,
+            "best_tflops": g.best_tflops,
+            "peak_tflops": g.peak_tflops,
+            **g.quality.as_dict(),
+        }
+        for g in gemm_fits
+    }
+    fits["bandwidth"] = {"stream_gb_s": stream_rate / 1e9, **bw_line.quality.as_dict()}
+    if ar_quality is not None:
+        fits["allreduce"] = ar_quality.as_dict()
+    meta = _drop_none(
+        {
+            "kind": info.kind,
+            "measurement": (
+                "CPU measurement through NumPy: these figures describe the CPU, not a GPU"
+                if info.kind == "cpu"
+                else f"GPU measurement through CuPy on {info.name}"
+            ),
+            "device": info.as_dict(),
+            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "tokenfleet_version": __version__,
+            "backend": info.backend,
+            "quick": quick,
+            "settings": settings or {},
+            "datasheet_source": datasheet.source,
+            "datasheet": {
+                "peak_tflops_bf16": datasheet.peak_tflops_bf16,
+                "hbm_tb_s": datasheet.hbm_tb_s,
+                "link_gb_s": datasheet.link_gb_s,
+            },
+            "measured": measured,
+            "fit": fits,
+            "sources": sources,
+            "notes": notes,
+        }
+    )
+    summary = {
+        "profile": profile.name,
+        "device": info.name,
+        "kind": info.kind,
+        "backend": info.backend,
+        "datasheet_source": datasheet.source,
+        "peaks": [
+            {
+                "figure": f"{primary.dtype} GEMM TFLOPS",
+                "measured": primary.best_tflops,
+                "datasheet": datasheet.peak_tflops_bf16,
+            },
+            {
+                "figure": "read GB/s",
+                "measured": stream_rate / 1e9,
+                "datasheet": datasheet.hbm_tb_s * 1e3 if datasheet.hbm_tb_s else None,
+            },
+        ],
+        "coefficients": {
+            key: {"value": getattr(profile, key), "source": sources[key]}
+            for key in (
+                "gemm_eff_max",
+                "gemm_half_tokens",
+                "attn_eff",
+                "bw_eff",
+                "link_eff",
+                "allreduce_latency_us",
+            )
+        },  # fmt: skip
+        "fit": fits,
+        "measured": measured,
+        "notes": notes,
+    }
+    return Calibration(profile=profile, meta=meta, summary=summary, table=table, notes=notes)
+
+
+def _fit_gemms(
+    rows: list[dict[str, Any]],
+    info: DeviceInfo,
+    datasheet: Datasheet,
+    peak_bw: float,
+    bw_eff: float,
+) -> list[GemmFit]:
+    """One fit per measured dtype; the first is the profile's curve."""
+    dtypes = list(dict.fromkeys(r["dtype"] for r in rows if r["kind"] == "gemm"))
+    if not dtypes:
+        raise ValueError("no GEMM measurements")
+    fits = []
+    for dtype in dtypes:
+        points = [r for r in rows if r["kind"] == "gemm" and r["dtype"] == dtype]
+        m, n, k, s = (
+            np.array([r[c] for r in points], dtype=float) for c in ("m", "n", "k", "median_s")
+        )
+        if datasheet.peak_tflops_bf16 is not None and dtype in ("bf16", "fp16"):
+            peak = datasheet.peak_tflops_bf16
+        else:  # no tensor-core datasheet figure for this dtype: relative to the best point
+            peak = float(np.max(2 * m * n * k / s)) / 1e12
+        fits.append(
+            fit_gemm(
+                dtype, m, n, k, s, itemsize=DTYPE_BYTES[dtype], peak_tflops=peak,
+                peak_bw_bytes_s=peak_bw, bw_eff=bw_eff,
+            )
+        )  # fmt: skip
+    return fits
+
+
+def _fit_allreduce(
+    rows: list[dict[str, Any]], datasheet: Datasheet, notes: list[str]
+) -> tuple[float, float, float, FitQuality] | None:
+    points = [r for r in rows if r["kind"] == "allreduce"]
+    if len(points) < 2:
+        return None
+    devices = points[0]["devices"]
+    nbytes = np.array([r["bytes"] for r in points], dtype=float)
+    seconds = np.array([r["median_s"] for r in points])
+    link_gb_s = datasheet.link_gb_s
+    if link_gb_s is None:  # no datasheet link: the fitted bus bandwidth is the link
+        link_gb_s = 1.0 / fit_allreduce(nbytes, seconds, devices, 1.0)[2].slope_s_per_unit / 1e9
+        notes.append("link_gb_s is the measured all-reduce bus bandwidth (no datasheet figure)")
+    link_eff, latency_us, line = fit_allreduce(nbytes, seconds, devices, link_gb_s * 1e9)
+    return link_gb_s, link_eff, latency_us, line.quality
+
+
+def write_calibration(calibration: Calibration, out: str | Path) -> Path:
+    """Write the profile TOML and `<stem>.measurements.parquet` beside it."""
+    return write_profile_with_table(
+        calibration.profile, calibration.meta, calibration.table, out, "measurements"
+    )
+
+
+def write_profile_with_table(
+    profile: GpuProfile, meta: dict[str, Any], table: pa.Table, out: str | Path, label: str
+) -> Path:
+    """Write the profile TOML and its data as `<stem>.<label>.parquet` beside it; both appear
+    only if both were written (temporary files renamed at the end)."""
+    out = Path(out)
+    data_path = out.with_name(f"{out.stem}.{label}.parquet")
+    with atomic_path(data_path) as tmp:
+        pq.write_table(table, tmp)
+        save_profile(profile, out, {**meta, f"{label}_file": data_path.name})
+    return data_path
+
+
+def check_writable(out: str | Path) -> None:
+    """Refuse an output path before minutes of benchmarking, not after."""
+    out = Path(out)
+    if out.suffix != ".toml":
+        raise UserError(f"--out {out}: a profile is TOML, name it something.toml")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"--out {out}: directory {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"--out {out}: directory {parent} is not writable; choose another path")
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a directory; give a file name ending in .toml")
+
+
+def _default_name(info: DeviceInfo) -> str:
+    return "measured-" + re.sub(r"[^a-z0-9]+", "-", info.name.lower()).strip("-")
+
+
+def _description(info: DeviceInfo, dtype: str) -> str:
+    if info.kind == "cpu":
+        return (
+            f"CPU measurement, not a GPU: {info.name.removeprefix('CPU: ')}, NumPy {dtype} GEMM "
+            f"on {info.library} with {info.threads} threads"
+        )
+    return f"{info.name} (GPU {info.index}), measured by tokenfleet calibrate with CuPy"
+
+
+def _peak_label(hbm_tb_s: float | None) -> str:
+    return f"datasheet {hbm_tb_s * 1e3:.0f} GB/s" if hbm_tb_s else "the fitted rate (no datasheet)"
+
+
+def _tflops_label(datasheet: Datasheet) -> str:
+    if datasheet.peak_tflops_bf16 is None:
+        return "the fitted asymptote (no datasheet)"
+    return f"{datasheet.peak_tflops_bf16:g} TFLOPS ({datasheet.source})"
+
+
+def _span(values: np.ndarray, unit: str) -> str:
+    return f"{values.min():.0f}-{values.max():.0f} {unit}"
+
+
+def _round(value: float) -> float:
+    """Six significant digits: the measurement noise is far larger, and the file stays legible."""
+    return float(f"{value:.6g}")
+
+
+def _drop_none(value: Any) -> Any:
+    """TOML has no null: leave unknown figures out."""
+    if isinstance(value, dict):
+        kept = {k: _drop_none(v) for k, v in value.items() if v is not None}
+        return {k: v for k, v in kept.items() if v != {}}
+    if isinstance(value, list | tuple):
+        return [_drop_none(v) for v in value if v is not None]
+    return value

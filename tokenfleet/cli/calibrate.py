@@ -1,0 +1,232 @@
+"""`tokenfleet calibrate`: measure this machine into a hardware profile, or `calibrate
+fit-steps`: fit an engine's overheads to its measured step times. Parse, call, print."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from tokenfleet.cli.options import progress_enabled, quiet_option
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+
+# Options of the measurement run (they must not precede `fit-steps`).
+_RUN_OPTIONS = ("backend", "device", "model", "tp", "dtypes", "base", "name", "quick", "out")
+
+
+@click.group(invoke_without_command=True)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "cupy", "numpy"]),
+    default="auto",
+    show_default=True,
+    help="cupy: a CUDA GPU; numpy: the CPU; auto: CuPy when a GPU answers, else NumPy.",
+)
+@click.option("--device", type=int, default=0, show_default=True, help="GPU index (cupy).")
+@click.option(
+    "--model", default=None, help="Sweep this model's layer GEMM shapes (default: squares)."
+)
+@click.option("--tp", type=int, default=None, help="Tensor parallelism for --model's shapes.")
+@click.option(
+    "--dtype",
+    "dtypes",
+    default=None,
+    metavar="D[,D...]",
+    help="GEMM dtypes; the first gives the profile's curve. GPU: bf16, fp16, fp32 "
+    "(default bf16); CPU: fp32, fp64 (default fp32).",
+)
+@click.option(
+    "--gpu",
+    "base",
+    default=None,
+    help="Built-in profile (or .toml) whose datasheet peaks to compare against "
+    "(default: the one matching the device name).",
+)
+@click.option("--name", default=None, help="Profile name (default: measured-<device>).")
+@click.option("--quick", is_flag=True, help="Fewer sizes and repeats: well under a minute.")
+@click.option("--out", type=click.Path(), help="Profile TOML to write (required unless fit-steps).")
+@json_option
+@quiet_option
+@click.pass_context
+def calibrate(ctx, backend, device, model, tp, dtypes, base, name, quick, out, as_json, quiet):
+    """Measure this machine's GPU (or CPU) and write a hardware profile TOML with the raw
+    measurements beside it as <out>.measurements.parquet."""
+    if ctx.invoked_subcommand is not None:
+        given = [p for p in _RUN_OPTIONS if ctx.get_parameter_source(p).name != "DEFAULT"]
+        if given:
+            raise click.UsageError(
+                f"--{given[0].rstrip('s')} belongs to the measurement run, not to "
+                f"{ctx.invoked_subcommand}; put the subcommand's options after it"
+            )
+        return
+    if out is None:
+        raise click.UsageError("--out PROFILE.toml is required")
+    if tp is not None and model is None:
+        raise click.UsageError("--tp shards --model's layer shapes; give --model too")
+    from tokenfleet.calibrate.backends import open_backend
+    from tokenfleet.calibrate.calibration import (
+        build_calibration,
+        check_writable,
+        choose_datasheet,
+        write_calibration,
+    )
+    from tokenfleet.calibrate.microbench import (
+        model_gemm_shapes,
+        plan_benchmarks,
+        run_microbenchmarks,
+    )
+
+    check_writable(out)
+    shapes = None
+    if model is not None:
+        from tokenfleet.models import get_model
+
+        if (tp or 1) < 1:
+            raise click.UsageError("--tp must be >= 1")
+        shapes = model_gemm_shapes(get_model(model), tp or 1)
+    chosen, note = open_backend(backend, device)
+    dtype_list = tuple(d.strip() for d in dtypes.split(",") if d.strip()) if dtypes else None
+    plan = plan_benchmarks(chosen, quick=quick, dtypes=dtype_list, shapes=shapes)
+    datasheet = choose_datasheet(chosen.info, base)
+    if note and not as_json:
+        click.echo(f"note: {note}", err=True)
+    result = run_microbenchmarks(chosen, plan, progress=progress_enabled(quiet))
+    settings = {"model": model, "tp": tp, "dtypes": list(plan.dtypes), "device": device}
+    cal = build_calibration(
+        chosen.info,
+        result,
+        datasheet,
+        name=name,
+        quick=quick,
+        settings={k: v for k, v in settings.items() if v is not None},
+    )
+    measurements = write_calibration(cal, out)
+    summary = {
+        **cal.summary,
+        "wall_s": result.wall_s,
+        "peak_memory_bytes": chosen.peak_memory_bytes(),
+        "auto_note": note,
+        "profile_file": str(out),
+        "measurements_file": str(measurements),
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    _print_calibration(summary)
+
+
+def _print_calibration(s: dict) -> None:
+    kind = "CPU measurement, not a GPU" if s["kind"] == "cpu" else "GPU measurement"
+    click.echo(f"{s['device']} ({s['backend']} backend; {kind}) in {s['wall_s']:.1f} s")
+    click.echo(f"datasheet: {s['datasheet_source']}")
+    click.echo("")
+    click.echo(f"{'figure':<22}{'measured':>12}{'datasheet':>12}{'ratio':>8}")
+    for peak in s["peaks"]:
+        sheet = peak["datasheet"]
+        ratio = f"{peak['measured'] / sheet:.2f}" if sheet else "-"
+        sheet_text = f"{sheet:.4g}" if sheet else "-"
+        click.echo(f"{peak['figure']:<22}{peak['measured']:>12.4g}{sheet_text:>12}{ratio:>8}")
+    for key in ("write_gb_s", "copy_gb_s", "kernel_launch_us"):
+        if key in s["measured"]:
+            label = key.replace("_gb_s", " GB/s").replace("kernel_launch_us", "launch us")
+            click.echo(f"{label:<22}{s['measured'][key]:>12.4g}{'-':>12}{'-':>8}")
+    click.echo("")
+    click.echo(f"{'coefficient':<22}{'value':>12}  source")
+    for key, c in s["coefficients"].items():
+        click.echo(f"{key:<22}{c['value']:>12.4g}  {c['source']}")
+    click.echo("")
+    click.echo(f"{'fit':<22}{'R2 (log t)':>12}{'max resid':>12}{'median':>10}{'points':>8}")
+    for key, f in s["fit"].items():
+        click.echo(
+            f"{key:<22}{f['r2']:>12.4f}{f['max_residual']:>11.1%} {f['median_residual']:>9.1%}"
+            f"{f['points']:>8}"
+        )
+    for note in s["notes"]:
+        click.echo(f"note: {note}")
+    click.echo(f"wrote {s['profile_file']} and {Path(s['measurements_file']).name}")
+
+
+@calibrate.command("fit-steps")
+@click.argument("steps", type=click.Path())
+@click.option("--gpu", required=True, help="Base hardware profile: a built-in name or a .toml.")
+@click.option("--model", default=None, help="Model (selects rows if the file has a model column).")
+@click.option("--tp", type=int, default=None, help="Tensor parallelism (selects rows likewise).")
+@click.option("--dtype", default="bf16", show_default=True, help="Weight dtype of the engine.")
+@click.option(
+    "--engine",
+    default=None,
+    help="Engine preset to start from and keep cuda_graphs of (default: the profile's).",
+)
+@click.option("--name", default=None, help="Name of the fitted engine (default: fit-<file>).")
+@click.option(
+    "--format",
+    "fmt",
+    default="auto",
+    show_default=True,
+    help="steps (one row per step) or splitwise (Splitwise perf-model CSV); auto detects.",
+)
+@click.option(
+    "--columns",
+    default=None,
+    metavar="OUT=SRC,...",
+    help="Map step columns to the file's: prefill_tokens, decode_seqs, "
+    "decode_context_tokens, step_ms, prefill_attn_pairs, prefill_seqs, model, tp.",
+)
+@click.option("--out", type=click.Path(), required=True, help="Profile TOML to write.")
+@json_option
+def fit_steps(steps, gpu, model, tp, dtype, engine, name, fmt, columns, out, as_json) -> None:
+    """Fit an engine's overheads to measured step times in STEPS (.csv or .parquet); the GPU's
+    peaks and efficiencies stay the base profile's."""
+    from tokenfleet.calibrate.calibration import check_writable
+    from tokenfleet.calibrate.profile import load_engine, load_profile
+    from tokenfleet.replay.fit_steps import (
+        default_engine_name,
+        error_summary,
+        fit_engine,
+        read_step_log,
+        write_fit,
+    )
+
+    check_writable(out)
+    profile = load_profile(gpu)
+    base = load_engine(engine or profile.default_engine, profile)
+    log = read_step_log(steps, fmt=fmt, columns=columns, model=model, tp=tp)
+    fit = fit_engine(log, profile, base, name=name or default_engine_name(steps), dtype=dtype)
+    points_file = write_fit(profile, fit, log, out, dtype=dtype)
+    summary = {
+        "profile_file": str(out),
+        "points_file": str(points_file),
+        "base_profile": profile.name,
+        "base_engine": base.name,
+        "engine": {k: v for k, v in fit.preset.__dict__.items() if k != "aliases"},
+        "fitted_keys": list(fit.fitted_keys),
+        "errors": error_summary(fit),
+        "points": fit.points.to_pylist(),
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"{'point':<52}{'measured ms':>12}{'before':>10}{'after':>10}")
+    for p in summary["points"]:
+        click.echo(
+            f"{p['point']:<52}{p['measured_ms']:>12.2f}{p['before_error']:>+10.1%}"
+            f"{p['after_error']:>+10.1%}"
+        )
+    click.echo("")
+    click.echo(f"{'phase':<10}{'points':>7}{'median |err| before':>21}{'after':>8}"
+               f"{'max |err| before':>18}{'after':>9}")  # fmt: skip
+    for phase, e in summary["errors"].items():
+        click.echo(
+            f"{phase:<10}{e['points']:>7}{e['before_median_abs_error']:>21.1%}"
+            f"{e['after_median_abs_error']:>8.1%}{e['before_max_abs_error']:>18.1%}"
+            f"{e['after_max_abs_error']:>9.1%}"
+        )
+    click.echo("")
+    click.echo(
+        f"engine {fit.preset.name} (from {base.name}; hardware of {profile.name} unchanged):"
+    )
+    for key in fit.fitted_keys:
+        click.echo(f"  {key:<24}{getattr(base, key):>10.4g} -> {getattr(fit.preset, key):.4g}")
+    click.echo(f"wrote {out} and {Path(points_file).name}")

@@ -1,0 +1,197 @@
+"""Balancers: which replica of the pool a request goes to.
+
+A balancer is a class with a `Settings` dataclass and `pick(seq, now_s) -> int` (an index into
+the replicas it was built with). It is built as `cls(settings, replicas, outstanding, seed)`,
+where `outstanding[i]` is the number of requests queued or running on replica i, kept current by
+the replicas. Views that change every step (KV use, tokens left) are read from the replicas at
+`now_s`, which costs a look at every replica per request, so those policies are O(replicas).
+
+Found by name among the built-ins and the `tokenfleet.balancers` entry-point group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import zlib
+from bisect import bisect_right
+from typing import Any, ClassVar, Protocol
+
+from tokenfleet.errors import UserError
+from tokenfleet.replay.batcher import _lookup, build_settings
+
+ENTRY_POINT_GROUP = "tokenfleet.balancers"
+
+
+class Balancer(Protocol):
+    name: ClassVar[str]
+    Settings: ClassVar[type]
+
+    def __init__(self, settings: Any, replicas: list, outstanding: list[int], seed: int): ...
+    def pick(self, seq: Any, now_s: float) -> int: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class NoSettings:
+    pass
+
+
+class _Base:
+    Settings: ClassVar[type] = NoSettings
+
+    def __init__(self, settings, replicas: list, outstanding: list[int], seed: int) -> None:
+        self.settings = settings
+        self.replicas = replicas
+        self.outstanding = outstanding
+        self.n = len(replicas)
+        self.rng = random.Random(seed)
+        self.next = 0
+
+
+class RoundRobin(_Base):
+    """Each replica in turn, whatever its load."""
+
+    name: ClassVar[str] = "round-robin"
+
+    def pick(self, seq, now_s: float) -> int:
+        i = self.next
+        self.next = i + 1 if i + 1 < self.n else 0
+        return i
+
+
+class RandomChoice(_Base):
+    """A replica drawn uniformly with the scenario's seed."""
+
+    name: ClassVar[str] = "random"
+
+    def pick(self, seq, now_s: float) -> int:
+        return self.rng.randrange(self.n)
+
+
+class _LeastOf(_Base):
+    """The replica with the least of some load; ties go round-robin so no replica is favoured."""
+
+    def _least(self, loads: list) -> int:
+        low = min(loads)
+        start = self.next
+        try:
+            i = loads.index(low, start)
+        except ValueError:
+            i = loads.index(low)
+        self.next = i + 1 if i + 1 < self.n else 0
+        return i
+
+
+class LeastRequests(_LeastOf):
+    """Fewest requests queued or running (the usual least-connections policy)."""
+
+    name: ClassVar[str] = "least-requests"
+
+    def pick(self, seq, now_s: float) -> int:
+        return self._least(self.outstanding)
+
+
+class LeastTokens(_LeastOf):
+    """Fewest tokens still to go: prompt plus output not yet generated, over its requests."""
+
+    name: ClassVar[str] = "least-tokens"
+
+    def pick(self, seq, now_s: float) -> int:
+        return self._least([r.tokens_left_at(now_s) for r in self.replicas])
+
+
+class LeastKV(_LeastOf):
+    """Lowest KV-cache use (fraction of blocks), as KV-aware routers do."""
+
+    name: ClassVar[str] = "least-kv"
+
+    def pick(self, seq, now_s: float) -> int:
+        return self._least([r.kv_used_at(now_s) for r in self.replicas])
+
+
+class PowerOfTwo(_Base):
+    """Two replicas drawn at random; the one with fewer requests wins (the first on a tie)."""
+
+    name: ClassVar[str] = "power-of-two"
+
+    def pick(self, seq, now_s: float) -> int:
+        n = self.n
+        if n == 1:
+            return 0
+        a = self.rng.randrange(n)
+        b = self.rng.randrange(n - 1)
+        if b >= a:
+            b += 1
+        out = self.outstanding
+        return b if out[b] < out[a] else a
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionSettings:
+    load_factor: float = 1.25
+    virtual_nodes: int = 100
+
+
+class SessionAffinity(_Base):
+    """Consistent hashing of the session id with bounded load (Mirrokni et al. 2018).
+
+    A session sticks to its replica (so its prefix stays cached there) unless that replica holds
+    more than `load_factor` times the mean load; then the ring is walked to the next one that
+    does not. Requests without a session hash their request id.
+    """
+
+    name: ClassVar[str] = "session"
+    Settings: ClassVar[type] = SessionSettings
+
+    def __init__(self, settings, replicas: list, outstanding: list[int], seed: int) -> None:
+        super().__init__(settings, replicas, outstanding, seed)
+        if not settings.load_factor >= 1:
+            raise UserError(f"session: load_factor = {settings.load_factor} must be >= 1")
+        if settings.virtual_nodes < 1:
+            raise UserError(f"session: virtual_nodes = {settings.virtual_nodes} must be >= 1")
+        points = sorted(
+            (_hash(f"{seed}/{i}/{v}"), i)
+            for i in range(self.n)
+            for v in range(settings.virtual_nodes)
+        )
+        self.ring_keys = [p for p, _ in points]
+        self.ring_nodes = [i for _, i in points]
+
+    def pick(self, seq, now_s: float) -> int:
+        key = seq.session_id if seq.session_id is not None else seq.request_id
+        out = self.outstanding
+        bound = math.ceil(self.settings.load_factor * (sum(out) + 1) / self.n)
+        keys = self.ring_keys
+        nodes = self.ring_nodes
+        j = bisect_right(keys, _hash(str(key)))
+        size = len(keys)
+        for step in range(size):
+            i = nodes[(j + step) % size]
+            if out[i] < bound:
+                return i
+        return nodes[j % size]
+
+
+def _hash(text: str) -> int:
+    """A stable hash (Python's own is salted per process, which would break determinism)."""
+    return zlib.crc32(text.encode())
+
+
+BUILTIN_BALANCERS: dict[str, type] = {
+    cls.name: cls
+    for cls in (RoundRobin, RandomChoice, LeastRequests, LeastTokens, LeastKV, PowerOfTwo)
+}
+BUILTIN_BALANCERS[SessionAffinity.name] = SessionAffinity
+
+
+def balancer_class(name: str) -> type:
+    return _lookup(name, BUILTIN_BALANCERS, ENTRY_POINT_GROUP, "balancer")
+
+
+def make_balancer(
+    name: str, settings: dict[str, Any], replicas: list, outstanding: list[int], seed: int
+):
+    cls = balancer_class(name)
+    built = build_settings(cls.Settings, settings, f"balancer {name!r}")
+    return cls(built, replicas, outstanding, seed)

@@ -1,0 +1,328 @@
+"""Batchers: the policy that picks each step's batch on a replica.
+
+A batcher is a class with a `Settings` dataclass (its scenario keys, all defaulted) and four
+methods, called by the replica:
+
+- `new_queue()`, `enqueue(queue, seq)`, `requeue(queue, seq)`: the waiting queue (requeue puts a
+  preempted sequence back);
+- `schedule(replica, now_s)`: choose the prefill chunks of the step starting at `now_s` through
+  `replica.admit`, `replica.preempt_decoder` and `replica.preempt_partial`. Every decoding
+  sequence left in the replica takes part in the step with one token. Return None, or the time
+  to wake up at when the replica should stay idle until then.
+
+and a class attribute `holds_batch` (True: finished sequences keep their slot until the whole
+batch finishes, as in request-level batching).
+
+Batchers are found by name among the built-ins and the `tokenfleet.batchers` entry-point group,
+so a package can add one without forking.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from heapq import heappop, heappush
+from importlib.metadata import entry_points
+from typing import Any, ClassVar, Protocol
+
+from tokenfleet.errors import UserError
+
+ENTRY_POINT_GROUP = "tokenfleet.batchers"
+
+
+class Batcher(Protocol):
+    name: ClassVar[str]
+    Settings: ClassVar[type]
+    holds_batch: ClassVar[bool]
+
+    def __init__(self, settings: Any) -> None: ...
+    def new_queue(self) -> Any: ...
+    def enqueue(self, queue: Any, seq: Any) -> None: ...
+    def requeue(self, queue: Any, seq: Any) -> None: ...
+    def schedule(self, replica: Any, now_s: float) -> float | None: ...
+
+
+class _Queue:
+    """First come, first served, or by priority then arrival (vLLM's `priority` policy)."""
+
+    def __init__(self, policy: str) -> None:
+        if policy not in ("fcfs", "priority"):
+            raise UserError(f"batcher policy = {policy!r}: use 'fcfs' or 'priority'")
+        self.by_priority = policy == "priority"
+
+    def new_queue(self):
+        return [] if self.by_priority else deque()
+
+    def enqueue(self, queue, seq) -> None:
+        if self.by_priority:
+            heappush(queue, (seq.priority, seq.arrival_s, seq.row, seq))
+        else:
+            queue.append(seq)
+
+    def requeue(self, queue, seq) -> None:
+        if self.by_priority:
+            heappush(queue, (seq.priority, seq.arrival_s, seq.row, seq))
+        else:
+            queue.appendleft(seq)
+
+    def head(self, queue):
+        return queue[0][3] if self.by_priority else queue[0]
+
+    def pop_head(self, queue) -> None:
+        if self.by_priority:
+            heappop(queue)
+        else:
+            queue.popleft()
+
+
+@dataclasses.dataclass(frozen=True)
+class VllmSettings:
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    policy: str = "fcfs"
+
+
+class VllmBatcher:
+    """vLLM V1's scheduler: one token budget per step shared by decodes and prefill chunks.
+
+    Running sequences are served first in admission order (each decode one token, the prefill
+    under way the rest of the budget), then waiting ones while the budget, `max_num_seqs` and
+    the free blocks allow, with chunked prefill. When a running sequence needs a block and none
+    is free, the newest running sequence (the lowest priority one under `priority`) is preempted
+    by recompute; no new sequence is admitted in a step that preempted.
+    """
+
+    name: ClassVar[str] = "vllm"
+    Settings: ClassVar[type] = VllmSettings
+    holds_batch: ClassVar[bool] = False
+    chunked: ClassVar[bool] = True
+
+    def __init__(self, settings) -> None:
+        self.settings = settings
+        self.max_num_seqs = settings.max_num_seqs
+        budget = getattr(settings, "max_num_batched_tokens", None)
+        if self.max_num_seqs < 1:
+            raise UserError(f"{self.name}: max_num_seqs = {self.max_num_seqs} must be >= 1")
+        if budget is not None and budget < self.max_num_seqs:
+            raise UserError(
+                f"{self.name}: max_num_batched_tokens = {budget} must be >= max_num_seqs = "
+                f"{self.max_num_seqs} (every running sequence needs a token each step)"
+            )
+        self.budget = budget if budget is not None else 1 << 62
+        self.queue = _Queue(settings.policy)
+        self.new_queue = self.queue.new_queue
+        self.enqueue = self.queue.enqueue
+        self.requeue = self.queue.requeue
+
+    def schedule(self, rep, now_s: float) -> float | None:
+        kv = rep.kv
+        s = rep.step_no
+        free = kv.capacity_blocks - kv.other_blocks - kv.decoder_blocks(s)
+        demand = kv.hist[-s % kv.block_size]
+        preempted = demand > free
+        free = self._serve_decoders(rep, free) if preempted else free - demand
+        budget = self.budget - rep.n_dec
+        part = rep.partial
+        if part is not None:
+            remaining = part.prompt_tokens + part.generated - part.cached
+            n = remaining if remaining < budget else budget
+            need = kv.blocks_for(part.cached + n) - part.blocks
+            if need > free:
+                rep.preempt_partial()
+                preempted = True
+            else:
+                part.blocks += need
+                kv.other_blocks += need
+                free -= need
+                budget -= n
+                rep.chunks.append((part, n))
+        if preempted:
+            return None
+        waiting = rep.waiting
+        queue = self.queue
+        running = rep.n_dec + len(rep.chunks)
+        block_size = kv.block_size
+        while waiting and budget > 0 and running < self.max_num_seqs:
+            seq = queue.head(waiting)
+            n = seq.prompt_tokens + seq.generated
+            if n > budget:
+                if not self.chunked:
+                    break
+                n = budget
+            need = -(-n // block_size)
+            if need > free:
+                break
+            queue.pop_head(waiting)
+            rep.admit(seq, n, need, now_s)
+            free -= need
+            budget -= n
+            running += 1
+        return None
+
+    def _serve_decoders(self, rep, free: int) -> int:
+        """Give each decoding sequence its block in running order, preempting when none is free."""
+        s = rep.step_no
+        block_size = rep.kv.block_size
+        order = list(rep.decoding)
+        by_priority = self.queue.by_priority
+        i = 0
+        while i < len(order):
+            seq = order[i]
+            if (seq.offset + s) % block_size == 0:
+                victim = None
+                while free < 1:
+                    victim = self._victim(rep, order, i, by_priority)
+                    if victim is rep.partial:
+                        free += rep.preempt_partial()
+                    else:
+                        order.remove(victim)
+                        free += rep.preempt_decoder(victim)
+                    if victim is seq:
+                        break
+                if victim is seq:
+                    break
+                free -= 1
+            i += 1
+        return free
+
+    @staticmethod
+    def _victim(rep, order: list, i: int, by_priority: bool):
+        """Newest running sequence (the prefill under way is the newest), or lowest priority."""
+        if not by_priority:
+            return rep.partial if rep.partial is not None else order[-1]
+        candidates = order[i:] + ([rep.partial] if rep.partial is not None else [])
+        return max(candidates, key=lambda q: (q.priority, q.arrival_s))
+
+
+@dataclasses.dataclass(frozen=True)
+class SarathiSettings:
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 512
+    policy: str = "fcfs"
+
+
+class SarathiBatcher(VllmBatcher):
+    """Sarathi-Serve: stall-free batching with a small fixed token budget (the chunk size).
+
+    Decodes never wait for a prefill: each step carries every decode plus at most
+    `max_num_batched_tokens - decodes` prompt tokens, so step times stay short and even.
+    """
+
+    name: ClassVar[str] = "sarathi"
+    Settings: ClassVar[type] = SarathiSettings
+
+
+@dataclasses.dataclass(frozen=True)
+class OrcaSettings:
+    max_num_seqs: int = 256
+    policy: str = "fcfs"
+
+
+class OrcaBatcher(VllmBatcher):
+    """Orca: iteration-level batching without chunking; a prompt is prefilled whole in one step,
+    together with every decode (so a long prompt makes that step, and everyone in it, wait)."""
+
+    name: ClassVar[str] = "orca"
+    Settings: ClassVar[type] = OrcaSettings
+    chunked: ClassVar[bool] = False
+
+
+@dataclasses.dataclass(frozen=True)
+class StaticSettings:
+    max_num_seqs: int = 32
+    timeout_s: float = 0.05
+
+
+class StaticBatcher:
+    """Request-level batching: up to `max_num_seqs` requests start together (as soon as that many
+    wait, or when the oldest has waited `timeout_s`), KV reserved for their whole output, and
+    the batch holds the GPU until its longest member finishes (the others pad)."""
+
+    name: ClassVar[str] = "static"
+    Settings: ClassVar[type] = StaticSettings
+    holds_batch: ClassVar[bool] = True
+
+    def __init__(self, settings) -> None:
+        if settings.max_num_seqs < 1:
+            raise UserError(f"static: max_num_seqs = {settings.max_num_seqs} must be >= 1")
+        if not settings.timeout_s >= 0:
+            raise UserError(f"static: timeout_s = {settings.timeout_s} must be >= 0")
+        self.settings = settings
+        self.queue = _Queue("fcfs")
+        self.new_queue = self.queue.new_queue
+        self.enqueue = self.queue.enqueue
+        self.requeue = self.queue.requeue
+
+    def schedule(self, rep, now_s: float) -> float | None:
+        waiting = rep.waiting
+        if rep.n_dec or not waiting:
+            return None
+        size = self.settings.max_num_seqs
+        deadline = waiting[0].arrival_s + self.settings.timeout_s
+        if len(waiting) < size and now_s < deadline:
+            return deadline
+        kv = rep.kv
+        free = kv.capacity_blocks - kv.other_blocks
+        while waiting and len(rep.chunks) < size:
+            seq = waiting[0]
+            need = kv.blocks_for(seq.prompt_tokens + seq.output_tokens)
+            if need > free:
+                break
+            waiting.popleft()
+            seq.reserved = True
+            rep.admit(seq, seq.prompt_tokens, need, now_s)
+            free -= need
+        return None
+
+
+BUILTIN_BATCHERS: dict[str, type] = {
+    cls.name: cls for cls in (VllmBatcher, SarathiBatcher, OrcaBatcher, StaticBatcher)
+}
+
+
+def batcher_class(name: str) -> type:
+    """The batcher registered as `name`: a built-in or a `tokenfleet.batchers` entry point."""
+    return _lookup(name, BUILTIN_BATCHERS, ENTRY_POINT_GROUP, "batcher")
+
+
+def make_batcher(name: str, settings: dict[str, Any], where: str = "batcher"):
+    """Instantiate a batcher from its scenario table; unknown keys are refused by name."""
+    cls = batcher_class(name)
+    return cls(build_settings(cls.Settings, settings, f"{where} {name!r}"))
+
+
+def build_settings(settings_cls: type, values: dict[str, Any], where: str):
+    """A plugin's settings dataclass from a table; an unknown key or a wrong type is refused."""
+    fields = {f.name: f for f in dataclasses.fields(settings_cls)}
+    for key, value in values.items():
+        if key not in fields:
+            known = ", ".join(sorted(fields)) or "none"
+            raise UserError(f"{where}: unknown setting {key!r} (known: {known})")
+        default = fields[key].default
+        if default is not dataclasses.MISSING and not _same_kind(default, value):
+            raise UserError(
+                f"{where}: {key} = {value!r} should be a {type(default).__name__} like {default!r}"
+            )
+    return settings_cls(**values)
+
+
+def _same_kind(default: Any, value: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, int | float)
+    return isinstance(value, type(default))
+
+
+def _lookup(name: str, builtins: dict[str, type], group: str, kind: str) -> type:
+    if name in builtins:
+        return builtins[name]
+    plugins = {ep.name: ep for ep in entry_points(group=group)}
+    if name in plugins:
+        return plugins[name].load()
+    known = ", ".join(sorted(set(builtins) | set(plugins)))
+    raise UserError(f"unknown {kind} {name!r}; known: {known}")
+
+
+def known_names(builtins: dict[str, type], group: str) -> list[str]:
+    return sorted(set(builtins) | {ep.name for ep in entry_points(group=group)})

@@ -1,0 +1,103 @@
+"""Memory planning for a replica: weights per GPU, what is left for the KV cache, in tokens and blocks.
+
+Like vLLM, a fraction `gpu_memory_utilization` of each GPU is the budget; the weights shard over
+`tp` GPUs, a reserve is kept for the runtime and the activations of a large prefill step, and the
+rest holds KV blocks. A model that does not fit is refused in one line that says what would.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tokenfleet.calibrate.profile import GpuProfile
+from tokenfleet.errors import UserError
+from tokenfleet.models.spec import ModelSpec, kv_dtype_bytes
+
+RUNTIME_RESERVE_BYTES = 1e9  # CUDA context, NCCL and allocator buffers per GPU
+ACTIVATION_TOKENS = 8192  # the prefill step whose activations are reserved (a common budget)
+ACTIVATION_BYTES = 2.0
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Per-GPU memory of one replica; KV capacity is the replica's (all its GPUs)."""
+
+    weights_per_gpu_bytes: float
+    reserve_per_gpu_bytes: float
+    kv_per_gpu_bytes: float
+    kv_bytes_per_token_per_gpu: float
+    kv_capacity_tokens: int
+    kv_blocks: int
+    block_size: int
+
+
+def activation_reserve_bytes(model: ModelSpec, tp: int) -> float:
+    """Peak activations of an ACTIVATION_TOKENS-token step on one GPU: the residual stream and
+    attention projections (full width) plus the widest FFN intermediate (sharded)."""
+    ffn = max(model.ffn_size, model.expert_ffn_size * model.experts_per_token)
+    width = 4 * model.hidden_size + (3 if model.gated_ffn else 2) * ffn / tp
+    return ACTIVATION_TOKENS * width * ACTIVATION_BYTES
+
+
+def kv_shard(model: ModelSpec, tp: int) -> int:
+    """GPUs the KV cache splits over: KV heads shard down to one per GPU; MLA's latent cannot."""
+    return 1 if model.is_mla else min(tp, model.n_kv_heads)
+
+
+def plan_memory(
+    model: ModelSpec,
+    gpu: GpuProfile,
+    tp: int,
+    dtype: str = "bf16",
+    kv_dtype: str | None = None,
+    gpu_memory_utilization: float = 0.9,
+    block_size: int = 16,
+) -> MemoryPlan:
+    """The replica's memory plan, or a one-line UserError when the model does not fit."""
+    if not 0 < gpu_memory_utilization <= 1:
+        raise UserError(
+            f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}"
+        )
+    if block_size < 1:
+        raise UserError(f"block_size must be >= 1, got {block_size}")
+    kv_dtype = kv_dtype or ("fp16" if dtype == "fp16" else "bf16")
+    weights_total = model.weight_bytes(dtype)
+    weights = weights_total / tp
+    reserve = RUNTIME_RESERVE_BYTES + activation_reserve_bytes(model, tp)
+    budget = gpu.hbm_bytes * gpu_memory_utilization
+    kv_per_token = model.kv_bytes_per_token(kv_dtype) / kv_shard(model, tp)
+    kv_bytes = budget - reserve - weights
+    kv_tokens = int(kv_bytes // kv_per_token) if kv_bytes > 0 else 0
+    blocks = kv_tokens // block_size
+    if blocks < 1:
+        raise UserError(_refusal(model, gpu, tp, dtype, weights_total, budget - reserve))
+    return MemoryPlan(
+        weights_per_gpu_bytes=weights,
+        reserve_per_gpu_bytes=reserve,
+        kv_per_gpu_bytes=kv_bytes,
+        kv_bytes_per_token_per_gpu=kv_per_token,
+        kv_capacity_tokens=blocks * block_size,
+        kv_blocks=blocks,
+        block_size=block_size,
+    )
+
+
+def _refusal(
+    model: ModelSpec, gpu: GpuProfile, tp: int, dtype: str, weights: float, usable: float
+) -> str:
+    """e.g. "llama-3.1-405b in bf16 needs 812 GB of weights; 8 x h100-sxm hold 640 GB; ..."."""
+    fixes = []
+    if usable > 0:
+        need_tp = 2 ** math.ceil(math.log2(weights / usable * 1.05))
+        if need_tp > tp and model.n_heads % need_tp == 0:
+            fixes.append(f"--tp {need_tp}")
+    if dtype in ("bf16", "fp16"):
+        fixes.append("--dtype fp8")
+    fixes.append("a larger GPU")
+    what = f"needs {weights / 1e9:,.0f} GB of weights"
+    if weights / tp <= usable:
+        what += " and leaves no room for the KV cache"
+    suggestion = f"{', '.join(fixes[:-1])}, or {fixes[-1]}" if len(fixes) > 1 else fixes[0]
+    held = tp * gpu.hbm_bytes / 1e9
+    return f"{model.name} in {dtype} {what}; {tp} x {gpu.name} hold {held:,.0f} GB; use {suggestion}"

@@ -1,0 +1,538 @@
+"""One inference server: its queue, its running batch, its KV cache, and its clock.
+
+A replica runs one step (one forward pass of a mixed batch) at a time. Its batcher picks each
+step's prefill chunks; every decoding sequence adds one token per step. When a step holds only
+decodes, nothing can change the batch until a sequence finishes, the cache runs out of blocks or
+a request arrives, so the replica advances over that whole *run* of steps at once: the durations
+come from StepTime for contexts that grow by D tokens per step, and are computed lazily (a few
+steps at first, then doubling), so the work done tracks events, not tokens. An arrival routed
+here cuts the run at the first step end at or after it. In step-by-step mode every run is one
+step long, which gives the same records by construction of the same decisions.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import deque
+from heapq import heappop, heappush
+from itertools import accumulate
+
+import numpy as np
+
+from tokenfleet.replay.kvcache import KVCache
+
+IDLE, STEP, RUN = 0, 1, 2
+# Runs shorter than this are priced with scalar calls; longer chunks with one vectorised call.
+_VECTOR_MIN_STEPS = 24
+_FIRST_CHUNK_STEPS = 8
+# Timeline accumulator fields, in order (see metrics.TIMELINE_COLUMNS).
+BUSY, STEPS, BATCH_SUM, BATCH_MAX, PREFILL, DECODE, KV_PEAK, ARRIVED, FINISHED, IN_SYSTEM = range(10)
+
+
+class Seq:
+    """A request inside the fleet: its trace fields, its progress and what the records need."""
+
+    __slots__ = (
+        "row",
+        "request_id",
+        "tenant",
+        "tier",
+        "session_id",
+        "arrival_s",
+        "prompt_tokens",
+        "output_tokens",
+        "priority",
+        "cached",
+        "generated",
+        "blocks",
+        "offset",
+        "fin_step",
+        "reserved",
+        "start_s",
+        "first_token_s",
+        "finish_s",
+        "preemptions",
+        "replica",
+        "status",
+    )
+
+    def __init__(
+        self,
+        row: int,
+        arrival_s: float,
+        prompt_tokens: int,
+        output_tokens: int,
+        request_id=None,
+        tenant=None,
+        tier=None,
+        session_id=None,
+        priority: int = 0,
+    ) -> None:
+        self.row = row
+        self.request_id = request_id
+        self.tenant = tenant
+        self.tier = tier
+        self.session_id = session_id
+        self.arrival_s = arrival_s
+        self.prompt_tokens = prompt_tokens
+        self.output_tokens = output_tokens
+        self.priority = priority
+        self.cached = 0  # tokens whose KV is computed
+        self.generated = 0  # output tokens produced so far
+        self.blocks = 0  # KV blocks held while not in the decode histogram
+        self.offset = 0  # cached - step_no while decoding
+        self.fin_step = -1  # step whose end produces the last token, while decoding
+        self.reserved = False  # static batching: blocks for the whole output taken up front
+        self.start_s = None  # first step that computed any of it
+        self.first_token_s = None
+        self.finish_s = None
+        self.preemptions = 0
+        self.replica = -1
+        self.status = "finished"
+
+
+class Replica:
+    """State and clock of one server. The engine calls `on_arrival` and `on_event` only."""
+
+    __slots__ = (
+        "index",
+        "pool",
+        "kv",
+        "batcher",
+        "step_s",
+        "step_s_array",
+        "step_by_step",
+        "max_request_tokens",
+        "waiting",
+        "decoding",
+        "partial",
+        "fin_heap",
+        "step_no",
+        "n_dec",
+        "n_gen",
+        "off_sum",
+        "chunks",
+        "state",
+        "t_start",
+        "t_end",
+        "step_prefill",
+        "step_kv",
+        "run_times",
+        "run_s0",
+        "run_n_max",
+        "run_ctx0",
+        "wake_s",
+        "version",
+        "outstanding",
+        "tokens_left",
+        "finished",
+        "hold_batch",
+        "interval_s",
+        "acc",
+        "in_sys_s",
+        "_order",
+    )
+
+    def __init__(
+        self,
+        index: int,
+        pool: str,
+        step_time,
+        kv: KVCache,
+        batcher,
+        outstanding: list[int],
+        finished: list[Seq],
+        interval_s: float,
+        step_by_step: bool = False,
+    ) -> None:
+        self.index = index
+        self.pool = pool
+        self.kv = kv
+        self.batcher = batcher
+        self.step_s = step_time.step_s
+        self.step_s_array = step_time.step_s_array
+        self.step_by_step = step_by_step
+        # The longest request (prompt + output) whose KV fits in an empty cache.
+        self.max_request_tokens = kv.capacity_blocks * kv.block_size
+        self.waiting = batcher.new_queue()
+        self.decoding: dict[Seq, None] = {}  # decoding sequences in admission (running) order
+        self.partial: Seq | None = None  # the one sequence whose prefill spans steps
+        self.fin_heap: list = []  # (fin_step, row, seq) of decoding sequences
+        self.step_no = 0
+        self.n_dec = 0  # sequences in the decode part of every step
+        self.n_gen = 0  # those of them still producing tokens (static batching pads)
+        self.off_sum = 0  # sum of their offsets: context tokens = off_sum + n_dec * step_no
+        self.chunks: list = []  # (seq, new_tokens) prefill chunks of the current step
+        self.state = IDLE
+        self.t_start = 0.0
+        self.t_end = 0.0
+        self.step_prefill = 0
+        self.step_kv = 0
+        self.run_times: list[float] = []
+        self.run_s0 = 0
+        self.run_n_max = 0
+        self.run_ctx0 = 0
+        self.wake_s = None
+        self.version = 0
+        self.outstanding = outstanding  # shared per-fleet list: requests queued or running
+        self.tokens_left = 0  # prompt + output tokens not yet generated, over outstanding
+        self.finished = finished  # shared sink of finished requests
+        self.hold_batch = batcher.holds_batch
+        self.interval_s = interval_s
+        self.acc: dict[int, list] = {}  # timeline accumulators by interval number
+        self.in_sys_s = 0.0  # time up to which the in-system integral is accounted
+
+    # ------------------------------------------------------------------ engine interface
+
+    def on_arrival(self, seq: Seq, now: float) -> float | None:
+        """Queue a request; return the replica's new event time if it changed, else None."""
+        seq.replica = self.index
+        self._in_system(now, 1)
+        self.tokens_left += seq.prompt_tokens + seq.output_tokens
+        self.batcher.enqueue(self.waiting, seq)
+        state = self.state
+        if state == IDLE:
+            # Start at `now`, after every other arrival at the same instant has queued.
+            self.version += 1
+            return now
+        if state == RUN:
+            times = self.run_times
+            while times[-1] < now and len(times) < self.run_n_max:
+                self._extend()
+            k = bisect_left(times, now) + 1
+            if k < len(times):
+                del times[k:]
+            self.run_n_max = k
+            self.version += 1
+            return times[k - 1]
+        return None
+
+    def on_event(self, now: float) -> float | None:
+        """The replica's event fired at `now`: a step or run ended, or a wake-up. Next time."""
+        state = self.state
+        if state == RUN:
+            times = self.run_times
+            last = times[-1]
+            if now < last:
+                return last  # a checkpoint overtaken by an earlier extension
+            if len(times) < self.run_n_max:
+                self._extend()
+                return times[-1]
+            self._close_run(len(times))
+        elif state == STEP:
+            self._account_step(self.t_start, now, self.step_prefill, self.step_kv)
+            self._end_step(now)
+        return self._plan(now)
+
+    # ------------------------------------------------------------------ views for balancers
+
+    def steps_done_at(self, now: float) -> int:
+        """Steps of the current run that ended strictly before `now` (0 outside a run)."""
+        if self.state != RUN:
+            return 0
+        times = self.run_times
+        while times[-1] < now and len(times) < self.run_n_max:
+            self._extend()
+        return bisect_left(times, now)
+
+    def kv_used_at(self, now: float) -> float:
+        """Fraction of the KV cache in use at `now`."""
+        kv = self.kv
+        used = kv.other_blocks + kv.decoder_blocks(self.step_no + self.steps_done_at(now))
+        return used / kv.capacity_blocks
+
+    def tokens_left_at(self, now: float) -> int:
+        return self.tokens_left - self.n_gen * self.steps_done_at(now)
+
+    # ------------------------------------------------------------------ batch changes
+
+    def admit(self, seq: Seq, new_tokens: int, blocks: int, now: float) -> None:
+        """Start (or resume) a waiting sequence with a first chunk of `new_tokens`."""
+        seq.blocks = blocks
+        self.kv.other_blocks += blocks
+        if seq.start_s is None:
+            seq.start_s = now
+        self.chunks.append((seq, new_tokens))
+
+    def preempt_decoder(self, seq: Seq) -> int:
+        """Evict a decoding sequence by recompute; return the blocks freed."""
+        s = self.step_no
+        del self.decoding[seq]
+        offset = seq.offset
+        self.kv.remove_decoder(offset)
+        self.n_dec -= 1
+        self.n_gen -= 1
+        self.off_sum -= offset
+        seq.generated = seq.output_tokens - 1 - (seq.fin_step - s)
+        seq.fin_step = -1
+        seq.cached = 0
+        seq.preemptions += 1
+        self.batcher.requeue(self.waiting, seq)
+        return -(-(offset + s) // self.kv.block_size)
+
+    def preempt_partial(self) -> int:
+        """Evict the sequence whose prefill is under way; return the blocks freed."""
+        seq = self.partial
+        self.partial = None
+        freed = seq.blocks
+        self.kv.other_blocks -= freed
+        seq.blocks = 0
+        seq.cached = 0
+        seq.preemptions += 1
+        self.batcher.requeue(self.waiting, seq)
+        return freed
+
+    # ------------------------------------------------------------------ steps and runs
+
+    def _plan(self, now: float) -> float | None:
+        """Choose the step starting at `now`; return when the replica next needs the engine."""
+        self.chunks = []
+        wake = self.batcher.schedule(self, now)
+        chunks = self.chunks
+        d = self.n_dec
+        s = self.step_no
+        if not chunks:
+            if d == 0:
+                self.state = IDLE
+                self.wake_s = wake
+                return wake
+            return self._start_run(now, s, d)
+        prefill = 0
+        pairs = 0.0
+        for seq, n in chunks:
+            prefill += n
+            pairs += n * (seq.cached + (n + 1) / 2)
+        ctx = self.off_sum + d * s + d if d else 0
+        self.state = STEP
+        self.t_start = now
+        self.step_prefill = prefill
+        kv = self.kv
+        self.step_kv = kv.other_blocks + kv.decoder_blocks(s + 1)
+        self.t_end = end = now + self.step_s(prefill, pairs, d, ctx)
+        return end
+
+    def _start_run(self, now: float, s: int, d: int) -> float:
+        fin_heap = self.fin_heap
+        while fin_heap[0][2].fin_step != fin_heap[0][0]:
+            heappop(fin_heap)  # left behind by a preemption
+        n = 1 if self.step_by_step else fin_heap[0][0] - s + 1
+        kv = self.kv
+        if n > 1 and kv.n_phased and kv.decoder_blocks(s + n) > kv.capacity_blocks - kv.other_blocks:
+            n = kv.steps_until_full(s, n)
+        self.state = RUN
+        self.t_start = now
+        self.run_s0 = s
+        self.run_n_max = n
+        self.run_ctx0 = self.off_sum + d * s + d
+        self.run_times = []
+        self._extend()
+        return self.run_times[-1]
+
+    def _extend(self) -> None:
+        """Price the next chunk of the run: a few steps first, then doubling."""
+        times = self.run_times
+        k = len(times)
+        m = min(self.run_n_max - k, max(_FIRST_CHUNK_STEPS, k))
+        d = self.n_dec
+        ctx = self.run_ctx0 + d * k
+        t = times[-1] if k else self.t_start
+        if m < _VECTOR_MIN_STEPS:
+            step = self.step_s
+            for _ in range(m):
+                t += step(0, 0.0, d, ctx)
+                times.append(t)
+                ctx += d
+            return
+        ctxs = np.arange(ctx, ctx + d * m, d, dtype=np.int64)
+        durations = self.step_s_array(
+            np.zeros(m, np.int64), np.zeros(m, np.float64), np.full(m, d, np.int64), ctxs
+        )
+        times.extend(accumulate(durations.tolist(), initial=t))
+        del times[k]  # `initial` repeats the last known time
+
+    def _close_run(self, k: int) -> None:
+        """The run's first k steps happened: account them and end the last one."""
+        times = self.run_times
+        end = times[k - 1]
+        s0 = self.run_s0
+        self._account_run(s0, k, times)
+        self.step_no = s0 + k - 1
+        self._end_step(end)
+
+    def _end_step(self, now: float) -> None:
+        """Tokens of step `step_no` land at `now`: prefills advance, sequences finish."""
+        s = self.step_no
+        chunks = self.chunks
+        if chunks:
+            self.partial = None
+            for seq, n in chunks:
+                cached = seq.cached + n
+                seq.cached = cached
+                if cached < seq.prompt_tokens + seq.generated:
+                    self.partial = seq
+                    continue
+                out = seq.output_tokens
+                if out == 0:
+                    self.kv.other_blocks -= seq.blocks
+                    seq.blocks = 0
+                    self._finish(seq, now)
+                    continue
+                seq.generated += 1
+                self.tokens_left -= 1
+                if seq.first_token_s is None:
+                    seq.first_token_s = now
+                if seq.generated == out:
+                    self.kv.other_blocks -= seq.blocks
+                    seq.blocks = 0
+                    self._finish(seq, now)
+                    continue
+                # Joins the decode part from the next step on.
+                offset = cached - s - 1
+                seq.offset = offset
+                if not seq.reserved:
+                    self.kv.other_blocks -= seq.blocks
+                    seq.blocks = 0
+                    self.kv.add_decoder(offset)
+                self.decoding[seq] = None
+                self.n_dec += 1
+                self.n_gen += 1
+                self.off_sum += offset
+                seq.fin_step = fin = s + out - seq.generated
+                heappush(self.fin_heap, (fin, seq.row, seq))
+            self.chunks = []
+        fin_heap = self.fin_heap
+        while fin_heap and fin_heap[0][0] == s:
+            seq = heappop(fin_heap)[2]
+            if seq.fin_step != s:
+                continue
+            seq.generated = seq.output_tokens
+            self.n_gen -= 1
+            if self.hold_batch:
+                self._finish(seq, now)
+                if self.n_gen == 0:
+                    self._release_batch()
+                continue
+            del self.decoding[seq]
+            offset = seq.offset
+            self.kv.remove_decoder(offset)
+            self.n_dec -= 1
+            self.off_sum -= offset
+            self._finish(seq, now)
+        self.step_no = s + 1
+
+    def _release_batch(self) -> None:
+        """Static batching: the batch's last sequence finished; its padded slots are freed."""
+        kv = self.kv
+        for seq in self.decoding:
+            kv.other_blocks -= seq.blocks
+            seq.blocks = 0
+        self.decoding = {}
+        self.n_dec = 0
+        self.off_sum = 0
+
+    def _finish(self, seq: Seq, now: float) -> None:
+        seq.finish_s = now
+        seq.fin_step = -1
+        self.tokens_left -= seq.prompt_tokens
+        self._in_system(now, -1)
+        row = self._row(int(now // self.interval_s))
+        row[FINISHED] += 1
+        self.finished.append(seq)
+
+    # ------------------------------------------------------------------ timeline
+
+    def _row(self, iv: int) -> list:
+        row = self.acc.get(iv)
+        if row is None:
+            row = self.acc[iv] = [0.0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0]
+        return row
+
+    def _in_system(self, now: float, change: int) -> None:
+        """Integrate the number of requests here over time, then apply `change` at `now`."""
+        out = self.outstanding
+        n = out[self.index]
+        self.settle(now)
+        out[self.index] = n + change
+        if change > 0:
+            self._row(int(now // self.interval_s))[ARRIVED] += 1
+
+    def settle(self, now: float) -> None:
+        """Account the in-system integral up to `now`."""
+        last = self.in_sys_s
+        if now <= last:
+            return
+        n = self.outstanding[self.index]
+        if n:
+            size = self.interval_s
+            iv = int(last // size)
+            while True:
+                edge = (iv + 1) * size
+                if now <= edge:
+                    self._row(iv)[IN_SYSTEM] += n * (now - last)
+                    break
+                self._row(iv)[IN_SYSTEM] += n * (edge - last)
+                last = edge
+                iv += 1
+        self.in_sys_s = now
+
+    def _account_step(self, start: float, end: float, prefill: int, kv_blocks: int) -> None:
+        d = self.n_dec
+        size = self.interval_s
+        iv = int(start // size)
+        row = self._row(iv)
+        row[STEPS] += 1
+        batch = d + len(self.chunks)
+        row[BATCH_SUM] += batch
+        if batch > row[BATCH_MAX]:
+            row[BATCH_MAX] = batch
+        row[PREFILL] += prefill
+        row[DECODE] += self.n_gen
+        self.tokens_left -= self.n_gen
+        if kv_blocks > row[KV_PEAK]:
+            row[KV_PEAK] = kv_blocks
+        self._busy(iv, start, end)
+
+    def _busy(self, iv: int, start: float, end: float) -> None:
+        size = self.interval_s
+        while True:
+            edge = (iv + 1) * size
+            if end <= edge:
+                self._row(iv)[BUSY] += end - start
+                return
+            self._row(iv)[BUSY] += edge - start
+            start = edge
+            iv += 1
+
+    def _account_run(self, s0: int, k: int, times: list[float]) -> None:
+        """Account k decode-only steps starting at step s0, split by interval of step start."""
+        d = self.n_dec
+        gen = self.n_gen
+        kv = self.kv
+        size = self.interval_s
+        start = self.t_start
+        end = times[k - 1]
+        iv = int(start // size)
+        done = 0
+        while done < k:
+            edge = (iv + 1) * size
+            # Steps of this interval: those starting before its edge.
+            upto = k if end <= edge else min(k, bisect_left(times, edge, done, k) + 1)
+            steps = upto - done
+            if steps > 0:
+                row = self._row(iv)
+                row[STEPS] += steps
+                row[BATCH_SUM] += steps * d
+                if d > row[BATCH_MAX]:
+                    row[BATCH_MAX] = d
+                row[DECODE] += steps * gen
+                peak = kv.other_blocks + kv.decoder_blocks(s0 + upto)
+                if peak > row[KV_PEAK]:
+                    row[KV_PEAK] = peak
+                done = upto
+            iv += 1
+        self._busy(int(start // size), start, end)
+        self.tokens_left -= gen * k
+
+    def busy_since(self) -> float:
+        """Start of the step or run in flight (inf when idle): accounting is final before it."""
+        return self.t_start if self.state != IDLE else float("inf")

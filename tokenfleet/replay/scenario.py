@@ -1,0 +1,271 @@
+"""Scenario: what is simulated. A TOML file read with tomllib into frozen dataclasses.
+
+Every setting has a default, so an empty file (or none) is a valid scenario: Llama-3.1-8B on
+H100-SXM behind a least-requests balancer, vLLM batching, a fleet sized to the trace's rate. An
+unknown key is refused with its name; CLI flags override the common settings.
+
+Layout (every key optional)::
+
+    seed = 0
+    interval_s = 10.0            # timeline interval
+    [model]                      # name = "llama-3.1-8b" | path to TOML / HF config.json
+    [balancer]                   # policy = "least-requests", plus the policy's settings
+    [[pools]]                    # one table per pool of identical replicas
+    [pools.batcher]              # policy = "vllm", plus the policy's settings
+
+A policy's settings are checked against the policy's own Settings dataclass, so plugins get the
+same unknown-key errors as built-ins. New sections are added as dataclass fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tokenfleet.errors import UserError
+from tokenfleet.replay.balancer import balancer_class
+from tokenfleet.replay.batcher import batcher_class, build_settings
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "llama-3.1-8b"
+    dtype: str = "bf16"
+    kv_dtype: str = ""  # empty: same as dtype (bf16 or fp16)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """A plugin choice: its registered name and its settings table."""
+
+    policy: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    name: str = "default"
+    gpu: str = "h100-sxm"
+    tp: int = 1
+    replicas: int | str = AUTO  # a count, or "auto": sized to the trace's rate
+    engine: str = ""  # engine preset of overheads; empty: the GPU profile's default
+    gpu_memory_utilization: float = 0.9
+    block_size: int = 16
+    batcher: PolicyConfig = field(default_factory=lambda: PolicyConfig("vllm"))
+
+
+@dataclass(frozen=True)
+class Scenario:
+    seed: int = 0
+    interval_s: float = 10.0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    balancer: PolicyConfig = field(default_factory=lambda: PolicyConfig("least-requests"))
+    pools: tuple[PoolConfig, ...] = (PoolConfig(),)
+
+    def __post_init__(self) -> None:
+        if not self.interval_s > 0:
+            raise UserError(f"interval_s = {self.interval_s} must be > 0")
+        if not self.pools:
+            raise UserError("a scenario needs at least one [[pools]] table")
+        names = [p.name for p in self.pools]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise UserError(f"pool name {sorted(dup)[0]!r} is used twice; give each pool its own")
+
+
+def load_scenario(path: str | Path | None) -> Scenario:
+    """Read a scenario file (None: the defaults), refusing unknown keys and wrong types."""
+    if path is None:
+        return validate(Scenario())
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such scenario file")
+    try:
+        doc = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"{path}: not valid TOML ({err})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file; expected a TOML scenario") from None
+    return validate(scenario_from_dict(doc, str(path)))
+
+
+def scenario_from_dict(doc: dict[str, Any], where: str = "scenario") -> Scenario:
+    values: dict[str, Any] = {}
+    _check_keys(doc, Scenario, where)
+    for key, value in doc.items():
+        if key == "model":
+            values[key] = _table(ModelConfig, _expect_table(value, f"{where}: [model]"), where)
+        elif key == "balancer":
+            values[key] = _policy(value, f"{where}: [balancer]")
+        elif key == "pools":
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                raise UserError(f"{where}: pools must be an array of tables: [[pools]]")
+            values[key] = tuple(_pool(v, f"{where}: pools[{i}]") for i, v in enumerate(value))
+        else:
+            values[key] = _scalar(Scenario, key, value, where)
+    return Scenario(**values)
+
+
+def _pool(table: dict[str, Any], where: str) -> PoolConfig:
+    values: dict[str, Any] = {}
+    _check_keys(table, PoolConfig, where)
+    for key, value in table.items():
+        if key == "batcher":
+            values[key] = _policy(value, f"{where}.batcher")
+        elif key == "replicas":
+            if value != AUTO and (isinstance(value, bool) or not isinstance(value, int)):
+                raise UserError(f'{where}: replicas = {value!r} should be a count or "auto"')
+            values[key] = value
+        else:
+            values[key] = _scalar(PoolConfig, key, value, where)
+    return PoolConfig(**values)
+
+
+def _policy(value: Any, where: str) -> PolicyConfig:
+    table = dict(_expect_table(value, where))
+    policy = table.pop("policy", None)
+    if policy is None:
+        raise UserError(f'{where}: needs a policy, e.g. policy = "vllm"')
+    if not isinstance(policy, str):
+        raise UserError(f"{where}: policy = {policy!r} should be a name")
+    return PolicyConfig(policy, table)
+
+
+def _expect_table(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise UserError(f"{where} should be a table")
+    return value
+
+
+def _check_keys(table: dict[str, Any], cls: type, where: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in known:
+            raise UserError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+
+
+def _table(cls: type, table: dict[str, Any], where: str):
+    _check_keys(table, cls, where)
+    return cls(**{k: _scalar(cls, k, v, where) for k, v in table.items()})
+
+
+def _scalar(cls: type, key: str, value: Any, where: str) -> Any:
+    default = {f.name: f for f in dataclasses.fields(cls)}[key].default
+    ok = (
+        isinstance(value, int | float) and not isinstance(value, bool)
+        if isinstance(default, float)
+        else type(value) is type(default)
+    )
+    if not ok:
+        raise UserError(
+            f"{where}: {key} = {value!r} should be a {type(default).__name__} like {default!r}"
+        )
+    return float(value) if isinstance(default, float) else value
+
+
+def validate(scenario: Scenario) -> Scenario:
+    """Check the plugin names and their settings now, before any work is done."""
+    balancer_cls = balancer_class(scenario.balancer.policy)
+    build_settings(
+        balancer_cls.Settings, scenario.balancer.settings, f"balancer {scenario.balancer.policy!r}"
+    )
+    for pool in scenario.pools:
+        where = f"pool {pool.name!r}"
+        if pool.tp < 1:
+            raise UserError(f"{where}: tp = {pool.tp} must be >= 1")
+        if pool.replicas != AUTO and pool.replicas < 1:
+            raise UserError(f"{where}: replicas = {pool.replicas} must be >= 1")
+        cls = batcher_class(pool.batcher.policy)
+        cls(build_settings(cls.Settings, pool.batcher.settings, f"{where} batcher"))
+    return scenario
+
+
+# CLI flag -> batcher setting it sets.
+BATCHER_FLAGS = {"max_num_seqs": "--max-num-seqs", "max_num_batched_tokens": "--max-batched-tokens"}
+
+
+def with_overrides(
+    scenario: Scenario,
+    *,
+    model: str | None = None,
+    gpu: str | None = None,
+    tp: int | None = None,
+    replicas: int | None = None,
+    batcher: str | None = None,
+    balancer: str | None = None,
+    max_num_seqs: int | None = None,
+    max_num_batched_tokens: int | None = None,
+    seed: int | None = None,
+    interval_s: float | None = None,
+) -> Scenario:
+    """The scenario with CLI flags applied; pool-level flags apply to every pool.
+
+    A new --batcher or --balancer drops the file's settings for the old policy (they belong to
+    it); a batcher flag the chosen batcher does not have is refused.
+    """
+    top: dict[str, Any] = {}
+    if seed is not None:
+        top["seed"] = seed
+    if interval_s is not None:
+        top["interval_s"] = interval_s
+    if model is not None:
+        top["model"] = dataclasses.replace(scenario.model, name=model)
+    if balancer is not None and balancer != scenario.balancer.policy:
+        top["balancer"] = PolicyConfig(balancer)
+    flags = {"max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens}
+    pools = []
+    for pool in scenario.pools:
+        changes: dict[str, Any] = {}
+        if gpu is not None:
+            changes["gpu"] = gpu
+        if tp is not None:
+            changes["tp"] = tp
+        if replicas is not None:
+            changes["replicas"] = replicas
+        policy = pool.batcher
+        if batcher is not None and batcher != policy.policy:
+            policy = PolicyConfig(batcher)
+        settings = dict(policy.settings)
+        known = {f.name for f in dataclasses.fields(batcher_class(policy.policy).Settings)}
+        for key, value in flags.items():
+            if value is None:
+                continue
+            if key not in known:
+                raise UserError(
+                    f"{BATCHER_FLAGS[key]} does not apply to the {policy.policy!r} batcher "
+                    f"(its settings: {', '.join(sorted(known))})"
+                )
+            settings[key] = value
+        changes["batcher"] = PolicyConfig(policy.policy, settings)
+        pools.append(dataclasses.replace(pool, **changes))
+    return validate(dataclasses.replace(scenario, pools=tuple(pools), **top))
+
+
+def scenario_to_dict(scenario: Scenario) -> dict[str, Any]:
+    """The scenario as a TOML-ready table (policy settings flattened back into their tables)."""
+
+    def policy(p: PolicyConfig) -> dict[str, Any]:
+        return {"policy": p.policy, **p.settings}
+
+    return {
+        "seed": scenario.seed,
+        "interval_s": scenario.interval_s,
+        "model": dataclasses.asdict(scenario.model),
+        "balancer": policy(scenario.balancer),
+        "pools": [
+            {
+                **{
+                    f.name: getattr(p, f.name)
+                    for f in dataclasses.fields(p)
+                    if f.name != "batcher"
+                },
+                "batcher": policy(p.batcher),
+            }
+            for p in scenario.pools
+        ],
+    }

@@ -1,0 +1,268 @@
+"""Convert real trace formats (Azure, BurstGPT, Mooncake, Vidur, generic CSV/JSONL) to Parquet.
+
+One streaming pipeline for every format: read a chunk, parse its columns (a bad value is named
+by file line), make arrivals relative to the first request, drop failed rows, check, cut the
+time window, rescale, and hand the batch to the atomic writer. Memory holds one chunk.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from tqdm import tqdm
+
+from tokenfleet.errors import UserError
+from tokenfleet.traces.convert.formats import (
+    FORMAT_NAMES,
+    FORMATS,
+    TIME_UNITS_S,
+    FormatSpec,
+    detect_format,
+    parse_column_mapping,
+    resolve_format,
+)
+from tokenfleet.traces.convert.sources import csv_batches, jsonl_batches, sniff
+from tokenfleet.traces.convert.timestamps import BadValue, first_failure, wallclock_ns
+from tokenfleet.traces.schema import (
+    CANONICAL_COLUMNS,
+    PREFIX_BLOCK_SIZE_KEY,
+    TraceChecker,
+    bad_value,
+)
+from tokenfleet.traces.writer import TraceWriter
+
+__all__ = [
+    "FORMATS",
+    "FORMAT_NAMES",
+    "convert_trace",
+    "detect_format",
+    "parse_column_mapping",
+]
+
+
+def convert_trace(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    fmt: str = "auto",
+    columns: dict[str, str] | None = None,
+    *,
+    time_unit: str = "s",
+    time_scale: float = 1.0,
+    shift_s: float = 0.0,
+    start_s: float | None = None,
+    end_s: float | None = None,
+    limit: int | None = None,
+    drop_failed: bool = True,
+    progress: bool = False,
+) -> dict:
+    """Convert `src` to a canonical Parquet trace at `dst`; return what was read and written.
+
+    Arrivals become seconds from the source's first request. The window [start_s, end_s) is in
+    those seconds and the output is re-based to start_s; then arrivals are multiplied by
+    `time_scale` (0.5 = twice the request rate) and shifted by `shift_s`. `limit` keeps the
+    first N requests after the window. `time_unit` is the unit of numeric arrivals in generic
+    CSV/JSONL sources.
+    """
+    src, dst = Path(src), Path(dst)
+    _check_options(time_unit, time_scale, shift_s, start_s, end_s, limit)
+    sniffed = sniff(src)
+    spec, chosen = resolve_format(str(src), fmt, sniffed, columns)
+    pipeline = _Pipeline(src, spec, chosen, time_unit, drop_failed and spec.failed_rows)
+    window_start = start_s or 0.0
+    rows_written = 0
+    first_arrival_s = last_arrival_s = 0.0
+    with (
+        TraceWriter(dst, metadata=spec.metadata) as writer,
+        tqdm(unit=" rows", unit_scale=True, disable=not progress, desc="convert") as bar,
+    ):
+        for batch in pipeline.batches():
+            bar.update(batch.num_rows)
+            arrival = batch.column("arrival_s").to_numpy()
+            begin = 0 if start_s is None else int(np.searchsorted(arrival, start_s, "left"))
+            stop = len(arrival) if end_s is None else int(np.searchsorted(arrival, end_s, "left"))
+            if limit is not None:
+                stop = min(stop, begin + limit - rows_written)
+            done = stop < len(arrival)
+            if stop > begin:
+                batch = batch.slice(begin, stop - begin)
+                scaled = (arrival[begin:stop] - window_start) * time_scale + shift_s
+                batch = batch.set_column(0, "arrival_s", pa.array(scaled, pa.float64()))
+                writer.write(batch)
+                if rows_written == 0:
+                    first_arrival_s = float(scaled[0])
+                rows_written += batch.num_rows
+                last_arrival_s = float(scaled[-1])
+            if done:
+                break
+        if rows_written == 0:
+            raise UserError(_nothing_left(src, pipeline, start_s, end_s))
+    return {
+        "source": str(src),
+        "destination": str(dst),
+        "format": spec.name,
+        "rows_read": pipeline.rows_read,
+        "rows_written": rows_written,
+        "dropped_failed": pipeline.dropped_failed,
+        "first_arrival_s": first_arrival_s,
+        "span_s": last_arrival_s - first_arrival_s,
+        "prefix_block_size": int(block)
+        if (block := spec.metadata.get(PREFIX_BLOCK_SIZE_KEY))
+        else None,
+    }
+
+
+def _check_options(time_unit, time_scale, shift_s, start_s, end_s, limit) -> None:
+    if time_unit not in TIME_UNITS_S:
+        raise UserError(f"--time-unit {time_unit!r}: expected one of {', '.join(TIME_UNITS_S)}")
+    if not (math.isfinite(time_scale) and time_scale > 0):
+        raise UserError(f"--time-scale {time_scale}: expected a factor > 0 (0.5 = twice as fast)")
+    if not (math.isfinite(shift_s) and shift_s >= 0):
+        raise UserError(f"--shift-s {shift_s}: expected seconds >= 0 (arrivals start at 0)")
+    for name, value in (("--start-s", start_s), ("--end-s", end_s)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise UserError(f"{name} {value}: expected seconds >= 0 from the first request")
+    if start_s is not None and end_s is not None and end_s <= start_s:
+        raise UserError(f"--end-s {end_s} must be after --start-s {start_s}")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit {limit}: expected a number of requests >= 1")
+
+
+def _nothing_left(src: Path, pipeline: _Pipeline, start_s, end_s) -> str:
+    if pipeline.rows_read == 0:
+        return f"{src}: has a header but no rows; expected at least one request"
+    if pipeline.dropped_failed == pipeline.rows_read:
+        return (
+            f"{src}: all {pipeline.rows_read} rows are failed requests (zero tokens); "
+            "keep them with --keep-failed"
+        )
+    return (
+        f"{src}: no requests in the window [{start_s or 0}, {end_s if end_s else 'end'}) s; "
+        f"the trace's last request is at {pipeline.last_arrival_s:.3f} s"
+    )
+
+
+class _Pipeline:
+    """Source chunks -> checked canonical batches with arrivals relative to the first request."""
+
+    def __init__(
+        self, src: Path, spec: FormatSpec, chosen: dict[str, str], time_unit: str, drop: bool
+    ) -> None:
+        self.src = src
+        self.spec = spec
+        self.chosen = chosen
+        self.unit = spec.time_unit if spec.time_unit != "auto" else None
+        self.auto_unit_s = TIME_UNITS_S[time_unit]
+        self.drop = drop
+        self.rows_read = 0
+        self.dropped_failed = 0
+        self.origin: float | int | None = None
+        self.checker = TraceChecker(str(src), display=dict(chosen))
+        order = [c for c in CANONICAL_COLUMNS if c in chosen]
+        self.outputs = order + [c for c in chosen if c not in CANONICAL_COLUMNS]
+
+    @property
+    def last_arrival_s(self) -> float:
+        return self.checker.last_arrival_s or 0.0
+
+    def batches(self):
+        if self.spec.kind == "csv":
+            chunks = csv_batches(self.src, sorted(set(self.chosen.values())))
+        else:
+            types = self.spec.json_types
+            wanted = set(self.chosen.values())
+            schema = pa.schema([(k, t) for k, t in types.items() if k in wanted]) if types else None
+            chunks = jsonl_batches(self.src, schema)
+        for first_line, raw in chunks:
+            if raw.num_rows:
+                yield self._convert(first_line, raw)
+
+    def _convert(self, first_line: int, raw: pa.RecordBatch) -> pa.RecordBatch:
+        n = raw.num_rows
+        lines = np.arange(first_line, first_line + n)
+        self.rows_read += n
+        arrays: dict[str, pa.Array] = {}
+        for out in self.outputs:
+            column = raw.column(self.chosen[out])
+            if out == "arrival_s":
+                arrays[out] = pa.array(self._seconds(column, lines), pa.float64())
+            elif out in ("prompt_tokens", "output_tokens"):
+                arrays[out] = pa.array(self._tokens(out, column, lines), pa.int64())
+            elif out == "prefix_hashes":
+                arrays[out] = column
+            else:
+                arrays[out] = pc.cast(column, pa.string())
+        batch = pa.RecordBatch.from_arrays(list(arrays.values()), names=list(arrays))
+        if self.drop:
+            failed = (
+                pc.or_(pc.equal(arrays["prompt_tokens"], 0), pc.equal(arrays["output_tokens"], 0))
+                .to_numpy(zero_copy_only=False)
+                .astype(bool)
+            )
+            if failed.any():
+                self.dropped_failed += int(failed.sum())
+                batch = batch.filter(pa.array(~failed))
+                lines = lines[~failed]
+        base = self.checker.rows
+        self.checker.locate = lambda i, base=base, lines=lines: f"line {lines[i - base]}"
+        return self.checker.check(batch)
+
+    def _fail(self, out: str, line: int, expected: str, got: object) -> UserError:
+        return bad_value(str(self.src), self.chosen[out], f"line {line}", expected, got)
+
+    def _seconds(self, column: pa.Array, lines: np.ndarray) -> np.ndarray:
+        """Seconds since the first request: wall-clock strings or numbers in a unit."""
+        if self.unit is None:  # generic source: numbers in --time-unit, or wall-clock strings
+            numeric = pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
+            if not numeric:
+                try:
+                    pc.cast(column, pa.float64())
+                    numeric = True
+                except pa.ArrowInvalid:
+                    pass
+            self.unit = "auto-number" if numeric else "datetime"
+        if self.unit == "datetime":
+            try:
+                ns = wallclock_ns(column)
+            except BadValue as bad:
+                raise self._fail(
+                    "arrival_s",
+                    lines[bad.index],
+                    "a wall-clock timestamp like 2023-11-16 18:17:03.9799600",
+                    repr(bad.value) if bad.value is not None else "an empty value",
+                ) from None
+            if self.origin is None:
+                self.origin = int(ns[0])
+            return (ns - self.origin) / 1e9
+        unit_s = self.auto_unit_s if self.unit == "auto-number" else TIME_UNITS_S[self.unit]
+        values = self._numbers("arrival_s", column, lines, "a number of seconds") * unit_s
+        if self.origin is None:
+            self.origin = float(values[0])
+        return values - self.origin
+
+    def _tokens(self, out: str, column: pa.Array, lines: np.ndarray) -> np.ndarray:
+        values = self._numbers(out, column, lines, "a whole number of tokens")
+        bad = ~np.isfinite(values) | (values != np.round(values))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise self._fail(out, lines[i], "a whole number of tokens", values[i])
+        return values.astype(np.int64)
+
+    def _numbers(self, out: str, column: pa.Array, lines: np.ndarray, expected: str) -> np.ndarray:
+        """Float64 values of a numeric or text column; the first unparsable one is an error."""
+        if column.null_count:
+            i = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+            raise self._fail(out, lines[i], expected, "an empty value")
+        if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+            return column.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            raise self._fail(out, lines[0], expected, f"a value of type {column.type}")
+        try:
+            return pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+        except pa.ArrowInvalid:
+            i = first_failure(column, lambda part: pc.cast(part, pa.float64()))
+            raise self._fail(out, lines[i], expected, repr(column[i].as_py())) from None

@@ -1,0 +1,136 @@
+"""Summary figures of a trace, computed by Polars' streaming engine without loading the file.
+
+The result is a plain dict so the CLI can print it as a table or as JSON, and tests can compare
+it with the figures measured on the real traces.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from tokenfleet.traces.reader import trace_metadata
+from tokenfleet.traces.schema import DEFAULT_TIER
+from tokenfleet.traces.validate import validate_trace
+
+QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
+PEAK_WINDOW_S = 60.0
+
+
+def token_stats(histogram: pl.DataFrame) -> dict[str, float | int]:
+    """Mean, exact quantiles (linear interpolation, as numpy's default) and max of a column
+    from its value counts: the counts stay small (one row per distinct length) however long
+    the trace, where sorting the column would hold all of it in memory.
+    """
+    histogram = histogram.sort("value")
+    values = histogram["value"].to_numpy().astype(np.float64)
+    counts = histogram["n"].to_numpy()
+    ends = np.cumsum(counts)  # sorted position i holds values[k] for ends[k-1] <= i < ends[k]
+    n = int(ends[-1])
+    total = int(np.dot(values.astype(np.int64), counts))
+    stats: dict[str, float | int] = {"mean": total / n}
+    for name, q in QUANTILES.items():
+        position = (n - 1) * q
+        below = math.floor(position)
+        lo, hi = values[np.searchsorted(ends, [below, min(below + 1, n - 1)], "right")]
+        stats[name] = _plain(float(lo + (position - below) * (hi - lo)))
+    stats["max"] = int(values[-1])
+    stats["total"] = total
+    return stats
+
+
+def inspect_trace(path: str | os.PathLike[str]) -> dict:
+    """Rows, span, request rates, burstiness, token quantiles, tier/tenant counts, prefix reuse.
+
+    The same pass notices values the schema forbids; then the full check names the first bad
+    row, so a broken trace is refused rather than summarised.
+    """
+    path = Path(path)
+    meta = trace_metadata(path)  # one-line errors for a missing, empty or malformed file
+    columns = set(meta["columns"])
+    lf = pl.scan_parquet(path)
+    arrival = pl.col("arrival_s")
+    gaps = arrival.diff().drop_nulls()
+    queries = {
+        "main": lf.select(
+            pl.len().alias("rows"),
+            arrival.min().alias("first_s"),
+            arrival.max().alias("last_s"),
+            gaps.mean().alias("gap_mean_s"),
+            gaps.std().alias("gap_std_s"),
+            gaps.min().alias("gap_min_s"),
+            (arrival.is_null() | ~arrival.is_finite()).sum().alias("bad_arrivals"),
+        ),
+        **{
+            column: lf.group_by(pl.col(column).alias("value")).agg(pl.len().alias("n"))
+            for column in ("prompt_tokens", "output_tokens")
+        },
+        "peak": lf.group_by((arrival // PEAK_WINDOW_S).alias("window"))
+        .agg(pl.len().alias("n"))
+        .select(pl.col("n").max()),
+    }
+    for name in ("tier", "tenant"):
+        if name in columns:
+            queries[name] = lf.group_by(pl.col(name).fill_null("")).agg(pl.len().alias("n"))
+    if "prefix_hashes" in columns:
+        blocks = pl.col("prefix_hashes").explode().drop_nulls()
+        queries["prefix"] = lf.select(
+            blocks.len().alias("blocks"), blocks.n_unique().alias("unique")
+        )
+    # One query at a time: run together they would hold all their buffers at once.
+    results = {name: query.collect(engine="streaming") for name, query in queries.items()}
+    main = results["main"].row(0, named=True)
+    if _breaks_schema(main, results["prompt_tokens"], results["output_tokens"]):
+        validate_trace(path)  # raises the one-line error naming the first bad row
+    rows = main["rows"]
+    span_s = main["last_s"] - main["first_s"]
+    cv = main["gap_std_s"] / main["gap_mean_s"] if rows > 2 and main["gap_mean_s"] else None
+    summary = {
+        "trace": str(path),
+        "rows": rows,
+        "first_arrival_s": main["first_s"],
+        "span_s": span_s,
+        "mean_rate_rps": rows / span_s if span_s > 0 else None,
+        "peak_minute_rate_rps": results["peak"].item() / PEAK_WINDOW_S,
+        "interarrival_cv": cv,
+    }
+    for column in ("prompt_tokens", "output_tokens"):
+        summary[column] = token_stats(results[column])
+    summary["tiers"] = _counts(results.get("tier")) if "tier" in columns else {DEFAULT_TIER: rows}
+    summary["tenants"] = _counts(results.get("tenant")) if "tenant" in columns else {}
+    summary["prefix_block_size"] = meta["prefix_block_size"]
+    if "prefix" in results:
+        blocks, unique = results["prefix"].row(0)
+        summary["prefix_blocks"] = blocks
+        summary["prefix_reuse_share"] = 1 - unique / blocks if blocks else None
+    return summary
+
+
+def _breaks_schema(main: dict, prompts: pl.DataFrame, outputs: pl.DataFrame) -> bool:
+    """Whether the single-pass aggregates show a value the schema forbids."""
+    return bool(
+        main["bad_arrivals"]
+        or main["first_s"] < 0
+        or (main["gap_min_s"] is not None and main["gap_min_s"] < 0)
+        or prompts["value"].null_count()
+        or outputs["value"].null_count()
+        or prompts["value"].min() < 1
+        or outputs["value"].min() < 0
+    )
+
+
+def _counts(frame: pl.DataFrame) -> dict[str, int]:
+    """Counts by name, largest first, ties by name (so output is deterministic)."""
+    ordered = frame.sort(["n", frame.columns[0]], descending=[True, False])
+    return {str(name): int(n) for name, n in ordered.iter_rows()}
+
+
+def _plain(value: float | int) -> float | int:
+    """Whole-number floats as ints, so token quantiles print as tokens."""
+    if isinstance(value, float) and math.isfinite(value) and value == int(value):
+        return int(value)
+    return value

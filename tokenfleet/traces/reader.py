@@ -1,0 +1,106 @@
+"""Stream a canonical Parquet trace in record batches, checked on the way in.
+
+A trace can be longer than memory (a week of a busy service), so nothing here reads a file
+whole: batches come from the Parquet row groups one at a time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tokenfleet.errors import UserError
+from tokenfleet.traces.schema import (
+    CANONICAL_COLUMNS,
+    DEFAULT_TIER,
+    PREFIX_BLOCK_SIZE_KEY,
+    TRACE_SCHEMA,
+    TraceChecker,
+    check_columns,
+)
+
+
+def open_trace(path: str | os.PathLike[str]) -> pq.ParquetFile:
+    """Open a Parquet trace, turning the ways a file can be wrong into one-line user errors."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory; expected a Parquet trace file")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: file is empty; expected a Parquet trace")
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError):
+        hint = (
+            "convert it first with `tokenfleet traces convert`"
+            if path.suffix.lower() in (".csv", ".json", ".jsonl", ".ndjson", ".gz")
+            else "expected a trace written by tokenfleet (or any Parquet file), not a truncated one"
+        )
+        raise UserError(f"{path}: not a Parquet file; {hint}") from None
+    check_columns(str(path), parquet.schema_arrow)
+    if parquet.metadata.num_rows == 0:
+        raise UserError(f"{path}: the trace has no rows; expected at least one request")
+    return parquet
+
+
+def trace_metadata(path: str | os.PathLike[str]) -> dict:
+    """Row count, columns and prefix block size of a trace, from its footer alone."""
+    parquet = open_trace(path)
+    meta = parquet.schema_arrow.metadata or {}
+    block = meta.get(PREFIX_BLOCK_SIZE_KEY)
+    return {
+        "rows": parquet.metadata.num_rows,
+        "columns": parquet.schema_arrow.names,
+        "prefix_block_size": int(block) if block is not None else None,
+    }
+
+
+def read_trace_batches(
+    path: str | os.PathLike[str], batch_rows: int = 65_536, columns: list[str] | None = None
+) -> Iterator[pa.RecordBatch]:
+    """Yield checked record batches of a trace, cast to the canonical column types.
+
+    With `columns`, only those are read; an optional canonical column the file lacks is filled
+    with its default (request_id: the row number, tier: "standard", others: null), so callers
+    get the same batch shape from every trace. Raises UserError at the first bad value, naming
+    the file, column and global row (0 = first row).
+    """
+    parquet = open_trace(path)
+    present = set(parquet.schema_arrow.names)
+    wanted = list(columns) if columns is not None else parquet.schema_arrow.names
+    for name in wanted:
+        if name not in present and name not in CANONICAL_COLUMNS:
+            raise UserError(
+                f"{path}: column {name!r} is missing (found: {', '.join(sorted(present))})"
+            )
+    missing = [n for n in wanted if n not in present]
+    to_read = [n for n in wanted if n in present]
+    checker = TraceChecker(str(path))
+    for batch in parquet.iter_batches(batch_size=batch_rows, columns=to_read):
+        first_row = checker.rows
+        batch = checker.check(batch)
+        if missing:
+            batch = _with_defaults(batch, wanted, missing, first_row)
+        yield batch
+
+
+def _with_defaults(
+    batch: pa.RecordBatch, wanted: list[str], missing: list[str], first_row: int
+) -> pa.RecordBatch:
+    """Add the documented defaults for optional columns the file does not have."""
+    n = batch.num_rows
+    arrays = {name: batch.column(name) for name in batch.schema.names}
+    for name in missing:
+        if name == "request_id":
+            arrays[name] = pa.array(np.arange(first_row, first_row + n, dtype=np.int64))
+        elif name == "tier":
+            arrays[name] = pa.array([DEFAULT_TIER], pa.string()).take(np.zeros(n, np.int64))
+        else:
+            arrays[name] = pa.nulls(n, TRACE_SCHEMA.field(name).type)
+    return pa.RecordBatch.from_arrays([arrays[n] for n in wanted], names=wanted)
