@@ -161,9 +161,11 @@ def build_calibration(
         raise ValueError("the memory benchmark must read at least two buffer sizes")
     read_bytes = np.array([r["bytes"] for r in reads], dtype=float)
     read_s = np.array([r["median_s"] for r in reads])
-    stream_rate = 1.0 / fit_bandwidth(read_bytes, read_s, 1.0)[1].slope_s_per_unit
+    launch_rows = [r for r in rows if r["kind"] == "launch"]
+    launch_s = launch_rows[0]["median_s"] if launch_rows else 0.0
+    stream_rate = 1.0 / fit_bandwidth(read_bytes, read_s, 1.0, launch_s)[1].slope_s_per_unit
     peak_bw = datasheet.hbm_tb_s * 1e12 if datasheet.hbm_tb_s else stream_rate
-    bw_eff, bw_line = fit_bandwidth(read_bytes, read_s, peak_bw)
+    bw_eff, bw_line = fit_bandwidth(read_bytes, read_s, peak_bw, launch_s)
     if bw_eff > 1.0:
         notes.append(
             f"read bandwidth {stream_rate / 1e9:.0f} GB/s exceeds the datasheet's "
@@ -172,7 +174,8 @@ def build_calibration(
         bw_eff = 1.0
     sources["bw_eff"] = (
         f"fitted: matrix-vector reads of {len(reads)} buffer sizes "
-        f"({_span(read_bytes / 1e6, 'MB')}), slope vs {_peak_label(datasheet.hbm_tb_s)}"
+        f"({_span(read_bytes / 1e6, 'MB')}) less the launch time, vs "
+        f"{_peak_label(datasheet.hbm_tb_s)}"
     )
 
     gemm_fits = _fit_gemms(rows, info, datasheet, peak_bw, bw_eff)
@@ -199,8 +202,7 @@ def build_calibration(
         )  # fmt: skip
         sources["link_eff"] = sources["allreduce_latency_us"] = f"kept from {datasheet.source}"
     else:
-        launch = [r for r in rows if r["kind"] == "launch"]
-        latency_us = launch[0]["median_s"] * 1e6 if launch else 10.0
+        latency_us = launch_s * 1e6
         if info.kind == "cpu":
             copy = [r for r in rows if r["kind"] == "memory" and r["name"] == "copy"]
             link_gb_s = copy[0]["gb_per_s"] if copy else stream_rate / 1e9
@@ -218,8 +220,6 @@ def build_calibration(
         attn_eff = gemm_eff_max
         sources["attn_eff"] = "not measured: set to gemm_eff_max (attention is GEMMs too)"
 
-    launch_rows = [r for r in rows if r["kind"] == "launch"]
-    launch_us = launch_rows[0]["median_s"] * 1e6 if launch_rows else None
     profile = GpuProfile(
         name=name or _default_name(info),
         description=_description(info, primary.dtype),
@@ -248,8 +248,8 @@ def build_calibration(
             if r["kind"] == "memory" and r["name"] != "read"
         },
     }
-    if launch_us is not None:
-        measured["kernel_launch_us"] = launch_us
+    if launch_rows:
+        measured["kernel_launch_us"] = launch_s * 1e6
     fits: dict[str, Any] = {
         f"gemm_{g.dtype}": {
             "gemm_eff_max": g.gemm_eff_max,
@@ -365,10 +365,12 @@ def _fit_allreduce(
     nbytes = np.array([r["bytes"] for r in points], dtype=float)
     seconds = np.array([r["median_s"] for r in points])
     link_gb_s = datasheet.link_gb_s
-    if link_gb_s is None:  # no datasheet link: the fitted bus bandwidth is the link
-        link_gb_s = 1.0 / fit_allreduce(nbytes, seconds, devices, 1.0)[2].slope_s_per_unit / 1e9
-        notes.append("link_gb_s is the measured all-reduce bus bandwidth (no datasheet figure)")
-    link_eff, latency_us, line = fit_allreduce(nbytes, seconds, devices, link_gb_s * 1e9)
+    if link_gb_s is None:  # no datasheet link: the fitted bus bandwidth, both directions
+        one_way = 1.0 / fit_allreduce(nbytes, seconds, devices, 1.0)[2].slope_s_per_unit
+        link_gb_s = 2.0 * one_way / 1e9
+        notes.append("link_gb_s is twice the measured all-reduce bus bandwidth (no datasheet)")
+    # StepTime sends each ring step one way: half the both-directions link figure.
+    link_eff, latency_us, line = fit_allreduce(nbytes, seconds, devices, link_gb_s * 1e9 / 2)
     return link_gb_s, link_eff, latency_us, line.quality
 
 
@@ -388,7 +390,7 @@ def write_profile_with_table(
     data_path = out.with_name(f"{out.stem}.{label}.parquet")
     with atomic_path(data_path) as tmp:
         pq.write_table(table, tmp)
-        save_profile(profile, out, {**meta, f"{label}_file": data_path.name})
+        save_profile(profile, out, {**meta, f"{label.replace('-', '_')}_file": data_path.name})
     return data_path
 
 

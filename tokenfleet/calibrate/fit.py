@@ -206,24 +206,30 @@ def fit_gemm(
     )
 
 
-def fit_line(x: np.ndarray, seconds: np.ndarray) -> LineFit:
+def fit_line(x: np.ndarray, seconds: np.ndarray, intercept_s: float | None = None) -> LineFit:
     """Weighted linear least squares of t = a + b x with relative residuals (weights 1/t), so a
-    microsecond point counts as much as a second one; a and b are kept >= 0."""
+    microsecond point counts as much as a second one; a and b are kept >= 0. A known
+    `intercept_s` is held fixed and only the slope is fitted."""
     x, seconds = np.asarray(x, dtype=float), np.asarray(seconds, dtype=float)
-    design = np.column_stack([np.ones_like(x), x]) / seconds[:, None]
-    coef, *_ = np.linalg.lstsq(design, np.ones_like(x), rcond=None)
-    if coef[0] < 0:  # no fixed cost visible: slope alone
-        coef = np.array([0.0, float(np.sum(x / seconds) / np.sum((x / seconds) ** 2))])
-    intercept, slope = float(coef[0]), max(float(coef[1]), 1e-30)
-    return LineFit(intercept, slope, quality(intercept + slope * x, seconds))
+    u = x / seconds
+    if intercept_s is None:
+        design = np.column_stack([1.0 / seconds, u])
+        coef, *_ = np.linalg.lstsq(design, np.ones_like(x), rcond=None)
+        intercept_s = float(coef[0])
+    if intercept_s < 0:  # no fixed cost visible: slope alone
+        intercept_s = 0.0
+    slope = float(np.sum(u * (1.0 - intercept_s / seconds)) / np.sum(u * u))
+    slope = max(slope, 1e-30)
+    return LineFit(intercept_s, slope, quality(intercept_s + slope * x, seconds))
 
 
 def fit_bandwidth(
-    nbytes: np.ndarray, seconds: np.ndarray, peak_bw_bytes_s: float
+    nbytes: np.ndarray, seconds: np.ndarray, peak_bw_bytes_s: float, launch_s: float
 ) -> tuple[float, LineFit]:
-    """bw_eff from reads of several buffer sizes: the slope is the streaming rate, the intercept
-    the fixed cost per call (launch), which must not count against the bandwidth."""
-    line = fit_line(nbytes, seconds)
+    """bw_eff from reads of several buffer sizes through t = launch + bytes / (peak * bw_eff):
+    the launch probe measures the fixed cost per call, so it must not count against the
+    bandwidth, and fixing it leaves every point to pin down the streaming rate."""
+    line = fit_line(nbytes, seconds, intercept_s=launch_s)
     return 1.0 / (line.slope_s_per_unit * peak_bw_bytes_s), line
 
 

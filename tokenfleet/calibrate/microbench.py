@@ -24,8 +24,10 @@ M_FULL = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024
           3072, 4096, 6144, 8192, 12288, 16384)  # fmt: skip
 M_QUICK = (1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
-ALLREDUCE_BYTES_FULL = tuple(4096 * 4**i for i in range(9))  # 4 KiB .. 256 MiB
-ALLREDUCE_BYTES_QUICK = tuple(4096 * 16**i for i in range(5))  # 4 KiB .. 256 MiB, fewer points
+ALLREDUCE_BYTES_FULL = tuple(4096 * 2**i for i in range(17))  # 4 KiB .. 256 MiB
+ALLREDUCE_BYTES_QUICK = tuple(4096 * 8**i for i in range(6))  # 4 KiB .. 128 MiB
+# Read sizes as fractions of the memory buffer: all far beyond the last-level cache.
+READ_FRACTIONS = (0.25, 0.375, 0.5, 0.75, 1.0)
 
 MEASUREMENT_SCHEMA = pa.schema(
     [
@@ -218,16 +220,16 @@ def _gemm_sweep(
 
 
 def _memory(backend: Backend, plan: BenchPlan, result: BenchResult) -> None:
-    """Read as a matrix-vector product (how a decode step streams its weights) over three
-    buffer sizes, so the fit separates streaming rate from per-call cost; write as a fill and
-    copy as copyto over the largest. fp32, so every backend has the kernels."""
+    """Read as a matrix-vector product (how a decode step streams its weights) over several
+    buffer sizes, so every point informs the streaming rate; write as a fill and copy as copyto
+    over the largest. fp32, so every backend has the kernels."""
     xp = backend.xp
     cols = 4096
     rows = max(plan.memory_bytes // (4 * cols), 4)
     src = xp.ones((rows, cols), dtype=xp.float32)
     vec = xp.ones(cols, dtype=xp.float32)
     out = xp.empty(rows, dtype=xp.float32)
-    for part in (rows // 4, rows // 2, rows):
+    for part in sorted({max(int(rows * f), 1) for f in READ_FRACTIONS}):
         view, out_view = src[:part], out[:part]
         timing = backend.time(
             lambda v=view, o=out_view: xp.matmul(v, vec, out=o),

@@ -99,11 +99,13 @@ FRACTION_KEYS = ("gemm_eff_max", "attn_eff", "bw_eff", "link_eff")
 # The engine overheads StepTime uses (times are >= 0).
 ENGINE_KEYS = (
     "step_overhead_ms",
+    "prefill_overhead_ms",
     "seq_overhead_us",
     "layer_launch_us",
     "cuda_graphs",
     "layer_graph_us",
     "allreduce_overhead_us",
+    "act_passes",
 )
 
 
@@ -113,11 +115,13 @@ class EnginePreset:
 
     name: str
     step_overhead_ms: float
+    prefill_overhead_ms: float
     seq_overhead_us: float
     layer_launch_us: float
     cuda_graphs: bool
     layer_graph_us: float
     allreduce_overhead_us: float
+    act_passes: float = 0.0
     description: str = ""
     aliases: tuple[str, ...] = ()
 

@@ -14,6 +14,7 @@ from tokenfleet.errors import UserError
 COMMANDS: dict[str, str] = {
     "traces": "tokenfleet.cli.traces:traces",
     "calibrate": "tokenfleet.cli.calibrate:calibrate",
+    "replay": "tokenfleet.cli.replay:replay",
 }
 
 

@@ -82,11 +82,16 @@ def convert(src, dst, fmt, columns, time_unit, time_scale, shift_s, start_s, end
         return
     dropped = result["dropped_failed"]
     click.echo(
-        f"wrote {result['destination']}: {result['rows_written']:,} requests over "
-        f"{result['span_s']:,.1f} s (format {result['format']}, {result['rows_read']:,} rows read"
-        + (f", {dropped:,} failed rows dropped" if dropped else "")
+        f"wrote {result['destination']}: {_count(result['rows_written'], 'request')} over "
+        f"{result['span_s']:,.1f} s (format {result['format']}, "
+        f"{_count(result['rows_read'], 'row')} read"
+        + (f", dropped {_count(dropped, 'failed row')}" if dropped else "")
         + ")"
     )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 @traces.command()
@@ -102,8 +107,20 @@ def convert(src, dst, fmt, columns, time_unit, time_scale, shift_s, start_s, end
 )
 @click.option("--rate", type=float, default=5.5, show_default=True, help="Mean requests/s.")
 @click.option("--cv", type=float, help="Inter-arrival coefficient of variation (gamma: 2).")
-@click.option("--peak-trough", type=float, default=3.0, show_default=True, help="Diurnal ratio.")
-@click.option("--peak-hour", type=float, default=14.0, show_default=True, help="Diurnal peak.")
+@click.option(
+    "--peak-trough",
+    type=float,
+    default=3.0,
+    show_default=True,
+    help="Diurnal: peak rate / trough rate.",
+)
+@click.option(
+    "--peak-hour",
+    type=float,
+    default=14.0,
+    show_default=True,
+    help="Diurnal: hour of the peak rate (the trace starts at hour 0).",
+)
 @click.option(
     "--prompt",
     default=None,
@@ -153,7 +170,7 @@ def synth(dst, requests, duration_s, days, arrivals, rate, cv, peak_trough, peak
         click.echo(json.dumps(result, indent=2))
         return
     click.echo(
-        f"wrote {result['destination']}: {result['rows']:,} requests, "
+        f"wrote {result['destination']}: {_count(result['rows'], 'request')}, "
         f"last arrival at {result['last_arrival_s']:,.1f} s (seed {seed})"
     )
 

@@ -117,8 +117,10 @@ class VllmBatcher:
     def schedule(self, rep, now_s: float) -> float | None:
         kv = rep.kv
         s = rep.step_no
-        free = kv.capacity_blocks - kv.other_blocks - kv.decoder_blocks(s)
         demand = kv.hist[-s % kv.block_size]
+        if not demand and rep.partial is None and not rep.waiting:
+            return None  # decodes only, none at a block edge: nothing to decide
+        free = kv.capacity_blocks - kv.other_blocks - kv.decoder_blocks(s)
         preempted = demand > free
         free = self._serve_decoders(rep, free) if preempted else free - demand
         budget = self.budget - rep.n_dec

@@ -33,7 +33,7 @@ import pyarrow as pa
 from tokenfleet import __version__
 from tokenfleet.calibrate.calibration import write_profile_with_table
 from tokenfleet.calibrate.fit import FitQuality, least_squares, quality
-from tokenfleet.calibrate.profile import EnginePreset, GpuProfile
+from tokenfleet.calibrate.profile import ENGINE_KEYS, EnginePreset, GpuProfile
 from tokenfleet.errors import UserError
 from tokenfleet.models import ModelSpec, get_model, list_models
 from tokenfleet.replay.steptime import StepTime
@@ -43,17 +43,15 @@ STEP_COLUMNS = ("prefill_tokens", "decode_seqs", "decode_context_tokens", "step_
 OPTIONAL_STEP_COLUMNS = ("prefill_attn_pairs", "prefill_seqs", "model", "tp")
 SPLITWISE_COLUMNS = ("prompt_size", "batch_size", "token_size", "prompt_time", "token_time")
 FORMATS = ("auto", "steps", "splitwise")
-# Overheads a fit may move, with upper bounds far beyond any real engine.
+# Every numeric engine key may move, bounded far beyond any real engine (by unit).
 FIT_BOUNDS = {
-    "step_overhead_ms": 1000.0,
-    "seq_overhead_us": 100_000.0,
-    "layer_launch_us": 100_000.0,
-    "layer_graph_us": 10_000.0,
-    "allreduce_overhead_us": 10_000.0,
+    key: 1000.0 if key.endswith("_ms") else 100_000.0 if key.endswith("_us") else 1000.0
+    for key in ENGINE_KEYS
+    if key != "cuda_graphs"
 }
 DECODE_SAMPLES = 16  # contexts at which a mean decode step is evaluated
 ROBUST_SCALE = 0.1  # soft-L1 loss beyond 10% log error: one outlier cannot steer the fit
-PRIOR_WEIGHT = 1e-3  # pulls directions the data cannot see towards the base preset
+PRIOR_WEIGHT = 1e-6  # holds directions the data cannot see at the base preset
 
 
 @dataclass(frozen=True)
@@ -295,7 +293,7 @@ def _label(row: dict[str, Any]) -> str:
         span = int(row["context_span"] or 0)
         ctx = int(row["decode_context_tokens"])
         parts.append(
-            f"decode {int(row['decode_seqs'])} seqs ctx {ctx}" + (f"+{span}" if span else "")
+            f"decode {int(row['decode_seqs'])} seqs ctx {ctx}" + (f"-{ctx + span}" if span else "")
         )
     return ", ".join(parts)
 
@@ -348,10 +346,16 @@ def fit_engine(
 ) -> EngineFit:
     """Least squares (log error, soft-L1) over the engine overheads the log can inform."""
     keys = list(FIT_BOUNDS)
+    unseen = set()
     if not base.cuda_graphs or "decode" not in log.phase:  # graphs replay decode-only steps
-        keys.remove("layer_graph_us")
+        unseen.add("layer_graph_us")
+    if base.cuda_graphs and set(log.phase) == {"decode"}:  # no step launches eagerly
+        unseen.add("layer_launch_us")
+    if set(log.phase) == {"decode"}:
+        unseen.add("prefill_overhead_ms")
     if int(log.tp.max()) == 1:  # no all-reduces to see
-        keys.remove("allreduce_overhead_us")
+        unseen.add("allreduce_overhead_us")
+    keys = [k for k in keys if k not in unseen]
     x0 = np.array([float(getattr(base, k)) for k in keys])
     scale = np.array([max(float(getattr(base, k)), FIT_BOUNDS[k] * 1e-4) for k in keys])
     measured = log.step_ms
@@ -368,7 +372,7 @@ def fit_engine(
     upper = np.array([FIT_BOUNDS[k] for k in keys])
     best = least_squares(residuals, x0, lower, upper, robust_scale=ROBUST_SCALE)
     fitted = dataclasses.replace(
-        preset(np.array([float(f"{v:.4g}") for v in best])),
+        preset(_tidy(keys, best)),
         name=name,
         aliases=(),
         description=(
@@ -402,6 +406,17 @@ def fit_engine(
         before=quality(before_ms, measured),
         after=quality(after_ms, measured),
         points=points,
+    )
+
+
+def _tidy(keys: list[str], values: np.ndarray) -> np.ndarray:
+    """Four significant digits (the data support no more) and exact zeros for values the fit
+    pushed to its lower bound."""
+    return np.array(
+        [
+            float(f"{v:.4g}") if v > 1e-9 * FIT_BOUNDS[k] else 0.0
+            for k, v in zip(keys, values, strict=True)
+        ]
     )
 
 

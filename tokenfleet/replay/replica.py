@@ -130,7 +130,8 @@ class Replica:
         "interval_s",
         "acc",
         "in_sys_s",
-        "_order",
+        "cur_iv",
+        "cur_row",
     )
 
     def __init__(
@@ -181,6 +182,8 @@ class Replica:
         self.interval_s = interval_s
         self.acc: dict[int, list] = {}  # timeline accumulators by interval number
         self.in_sys_s = 0.0  # time up to which the in-system integral is accounted
+        self.cur_iv = -1  # the interval whose accumulator was used last, and that row
+        self.cur_row: list = []
 
     # ------------------------------------------------------------------ engine interface
 
@@ -317,8 +320,12 @@ class Replica:
             heappop(fin_heap)  # left behind by a preemption
         n = 1 if self.step_by_step else fin_heap[0][0] - s + 1
         kv = self.kv
-        if n > 1 and kv.n_phased and kv.decoder_blocks(s + n) > kv.capacity_blocks - kv.other_blocks:
-            n = kv.steps_until_full(s, n)
+        ph = kv.n_phased
+        if n > 1 and ph:
+            # Cheap bound first: each decoder holds at most q + (s + n) // B + 2 blocks.
+            bound = kv.q_sum + ph * ((s + n) // kv.block_size + 2)
+            if bound > kv.capacity_blocks - kv.other_blocks:
+                n = kv.steps_until_full(s, n)
         self.state = RUN
         self.t_start = now
         self.run_s0 = s
@@ -372,9 +379,10 @@ class Replica:
                     self.partial = seq
                     continue
                 out = seq.output_tokens
-                if out == 0:
+                if out == 0:  # prefill only: the response is ready when the prompt is read
                     self.kv.other_blocks -= seq.blocks
                     seq.blocks = 0
+                    seq.first_token_s = now
                     self._finish(seq, now)
                     continue
                 seq.generated += 1
@@ -442,9 +450,13 @@ class Replica:
     # ------------------------------------------------------------------ timeline
 
     def _row(self, iv: int) -> list:
+        if iv == self.cur_iv:
+            return self.cur_row
         row = self.acc.get(iv)
         if row is None:
             row = self.acc[iv] = [0.0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0]
+        self.cur_iv = iv
+        self.cur_row = row
         return row
 
     def _in_system(self, now: float, change: int) -> None:

@@ -98,8 +98,12 @@ class StepTime:
         ring = 2.0 * (tp - 1) / tp
         self._comm_fixed_s = n_allreduce * latency_s
         self._comm_tok_s = n_allreduce * ring * model.hidden_size * ACTIVATION_BYTES / link
+        self._act_s = (
+            self.engine.act_passes * model.n_layers * model.hidden_size * ACTIVATION_BYTES / bw
+        )
         # Engine overheads.
         self._step_s = self.engine.step_overhead_ms * 1e-3
+        self._prefill_step_s = self._step_s + self.engine.prefill_overhead_ms * 1e-3
         self._seq_s = self.engine.seq_overhead_us * 1e-6
         self._launch_s = model.n_layers * self.engine.layer_launch_us * 1e-6
         self._graph_s = (
@@ -120,11 +124,11 @@ class StepTime:
             a = self._full_frac * a + self._slide_frac * mn(a, p * self._window)
             k = self._full_frac * k + self._slide_frac * mn(k, d * self._window)
         t = t + a * self._attn_pre_s + mx(k * self._attn_dec_s, (k + n) * self._kv_s)
-        t = t + (self._comm_fixed_s + n * self._comm_tok_s)
+        t = t + (self._comm_fixed_s + n * self._comm_tok_s) + n * self._act_s
         launch = mx(self._launch_s, t)
         if self._graph_s >= 0.0:
             launch = decode_only(self._graph_s + t, launch)
-        return self._step_s + d * self._seq_s + launch
+        return decode_only(self._step_s, self._prefill_step_s) + d * self._seq_s + launch
 
     def step_s(
         self,

@@ -163,7 +163,7 @@ class SynthSpec:
 def synth_trace(
     dst: str | os.PathLike[str], spec: SynthSpec, *, progress: bool = False
 ) -> dict[str, object]:
-    """Write the synthetic trace `spec` describes to `dst`; return its row count and span."""
+    """Write the synthetic trace `spec` describes to `dst`; return its rows and last arrival."""
     spec = spec.checked()
     resample = _load_lengths(spec.lengths_from) if spec.lengths_from else None
     provenance = asdict(spec) | {"cv": spec.gap_cv}
@@ -174,10 +174,11 @@ def synth_trace(
         }
     meta = json.dumps(provenance, sort_keys=True)
     rows, last_arrival_s = 0, 0.0
-    total = spec.requests
     with (
         TraceWriter(dst, metadata={SYNTH_METADATA_KEY: meta}) as writer,
-        tqdm(total=total, unit=" rows", unit_scale=True, disable=not progress, desc="synth") as bar,
+        tqdm(
+            total=spec.requests, unit=" rows", unit_scale=True, disable=not progress, desc="synth"
+        ) as bar,
     ):
         for batch in _batches(spec, resample):
             writer.write(batch)

@@ -73,11 +73,13 @@ def convert_trace(
     sniffed = sniff(src)
     spec, chosen = resolve_format(str(src), fmt, sniffed, columns)
     pipeline = _Pipeline(src, spec, chosen, time_unit, drop_failed and spec.failed_rows)
+    # The block size describes prefix_hashes: only a trace that has them carries it.
+    metadata = spec.metadata if "prefix_hashes" in chosen else {}
     window_start = start_s or 0.0
     rows_written = 0
     first_arrival_s = last_arrival_s = 0.0
     with (
-        TraceWriter(dst, metadata=spec.metadata) as writer,
+        TraceWriter(dst, metadata=metadata) as writer,
         tqdm(unit=" rows", unit_scale=True, disable=not progress, desc="convert") as bar,
     ):
         for batch in pipeline.batches():
@@ -110,9 +112,7 @@ def convert_trace(
         "dropped_failed": pipeline.dropped_failed,
         "first_arrival_s": first_arrival_s,
         "span_s": last_arrival_s - first_arrival_s,
-        "prefix_block_size": int(block)
-        if (block := spec.metadata.get(PREFIX_BLOCK_SIZE_KEY))
-        else None,
+        "prefix_block_size": int(block) if (block := metadata.get(PREFIX_BLOCK_SIZE_KEY)) else None,
     }
 
 
@@ -182,20 +182,23 @@ class _Pipeline:
                 yield self._convert(first_line, raw)
 
     def _convert(self, first_line: int, raw: pa.RecordBatch) -> pa.RecordBatch:
-        n = raw.num_rows
-        lines = np.arange(first_line, first_line + n)
-        self.rows_read += n
-        arrays: dict[str, pa.Array] = {}
+        lines = np.arange(first_line, first_line + raw.num_rows)
+        self.rows_read += raw.num_rows
+        arrays, problems = {}, []
         for out in self.outputs:
-            column = raw.column(self.chosen[out])
-            if out == "arrival_s":
-                arrays[out] = pa.array(self._seconds(column, lines), pa.float64())
-            elif out in ("prompt_tokens", "output_tokens"):
-                arrays[out] = pa.array(self._tokens(out, column, lines), pa.int64())
-            elif out == "prefix_hashes":
-                arrays[out] = column
-            else:
-                arrays[out] = pc.cast(column, pa.string())
+            try:
+                arrays[out] = self._parse(out, raw.column(self.chosen[out]))
+            except _Unparsable as bad:
+                problems.append(bad)
+        if problems:
+            # Report the earliest line: first check the rows before it, which all parse.
+            bad = min(problems, key=lambda p: p.index)
+            if bad.index:
+                self._convert(first_line, raw.slice(0, bad.index))
+            got = "an empty value" if bad.got is None else bad.got
+            raise bad_value(
+                str(self.src), self.chosen[bad.out], f"line {lines[bad.index]}", bad.expected, got
+            )
         batch = pa.RecordBatch.from_arrays(list(arrays.values()), names=list(arrays))
         if self.drop:
             failed = (
@@ -211,10 +214,16 @@ class _Pipeline:
         self.checker.locate = lambda i, base=base, lines=lines: f"line {lines[i - base]}"
         return self.checker.check(batch)
 
-    def _fail(self, out: str, line: int, expected: str, got: object) -> UserError:
-        return bad_value(str(self.src), self.chosen[out], f"line {line}", expected, got)
+    def _parse(self, out: str, column: pa.Array) -> pa.Array:
+        if out == "arrival_s":
+            return pa.array(self._seconds(column), pa.float64())
+        if out in ("prompt_tokens", "output_tokens"):
+            return pa.array(_tokens(out, column), pa.int64())
+        if out == "prefix_hashes":
+            return column
+        return pc.cast(column, pa.string())
 
-    def _seconds(self, column: pa.Array, lines: np.ndarray) -> np.ndarray:
+    def _seconds(self, column: pa.Array) -> np.ndarray:
         """Seconds since the first request: wall-clock strings or numbers in a unit."""
         if self.unit is None:  # generic source: numbers in --time-unit, or wall-clock strings
             numeric = pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
@@ -229,40 +238,49 @@ class _Pipeline:
             try:
                 ns = wallclock_ns(column)
             except BadValue as bad:
-                raise self._fail(
-                    "arrival_s",
-                    lines[bad.index],
-                    "a wall-clock timestamp like 2023-11-16 18:17:03.9799600",
-                    repr(bad.value) if bad.value is not None else "an empty value",
-                ) from None
+                got = None if bad.value is None else repr(bad.value)
+                raise _Unparsable("arrival_s", bad.index, TIMESTAMP_EXPECTED, got) from None
             if self.origin is None:
                 self.origin = int(ns[0])
             return (ns - self.origin) / 1e9
         unit_s = self.auto_unit_s if self.unit == "auto-number" else TIME_UNITS_S[self.unit]
-        values = self._numbers("arrival_s", column, lines, "a number of seconds") * unit_s
+        values = _numbers("arrival_s", column, "a number of seconds") * unit_s
         if self.origin is None:
             self.origin = float(values[0])
         return values - self.origin
 
-    def _tokens(self, out: str, column: pa.Array, lines: np.ndarray) -> np.ndarray:
-        values = self._numbers(out, column, lines, "a whole number of tokens")
-        bad = ~np.isfinite(values) | (values != np.round(values))
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise self._fail(out, lines[i], "a whole number of tokens", values[i])
-        return values.astype(np.int64)
 
-    def _numbers(self, out: str, column: pa.Array, lines: np.ndarray, expected: str) -> np.ndarray:
-        """Float64 values of a numeric or text column; the first unparsable one is an error."""
-        if column.null_count:
-            i = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-            raise self._fail(out, lines[i], expected, "an empty value")
-        if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
-            return column.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
-        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-            raise self._fail(out, lines[0], expected, f"a value of type {column.type}")
-        try:
-            return pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
-        except pa.ArrowInvalid:
-            i = first_failure(column, lambda part: pc.cast(part, pa.float64()))
-            raise self._fail(out, lines[i], expected, repr(column[i].as_py())) from None
+TIMESTAMP_EXPECTED = "a wall-clock timestamp like 2023-11-16 18:17:03.9799600"
+
+
+class _Unparsable(Exception):
+    """A source value that cannot be read as its column's type: column, row index, value."""
+
+    def __init__(self, out: str, index: int, expected: str, got: object) -> None:
+        super().__init__(out, index, expected, got)
+        self.out, self.index, self.expected, self.got = out, index, expected, got
+
+
+def _tokens(out: str, column: pa.Array) -> np.ndarray:
+    values = _numbers(out, column, "a whole number of tokens")
+    bad = ~np.isfinite(values) | (values != np.round(values))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise _Unparsable(out, i, "a whole number of tokens", values[i])
+    return values.astype(np.int64)
+
+
+def _numbers(out: str, column: pa.Array, expected: str) -> np.ndarray:
+    """Float64 values of a numeric or text column; the first unparsable one is an error."""
+    if column.null_count:
+        i = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+        raise _Unparsable(out, i, expected, None)
+    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+        return column.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        raise _Unparsable(out, 0, expected, f"a value of type {column.type}")
+    try:
+        return pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+    except pa.ArrowInvalid:
+        i = first_failure(column, lambda part: pc.cast(part, pa.float64()))
+        raise _Unparsable(out, i, expected, repr(column[i].as_py())) from None

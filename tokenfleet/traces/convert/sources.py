@@ -88,6 +88,8 @@ def csv_batches(path: Path, columns: list[str]) -> Iterator[tuple[int, pa.Record
             ),
         )
     except (pa.ArrowInvalid, OSError) as err:
+        if "Empty CSV file" in str(err):  # a header without a newline: no rows
+            return
         raise UserError(f"{path}: not a readable CSV file ({_arrow_message(err)})") from None
     line = 2  # line 1 is the header
     while True:

@@ -1,0 +1,169 @@
+"""Speed and memory of `tokenfleet replay` (a script, not a test; prints figures).
+
+Tiles the Azure conv trace (../shared/data) to N requests (1,000,000 by default) and compresses
+time so that 64 replicas run at about 70% of their estimated capacity, then replays it and
+prints simulated requests and tokens per wall-second and peak RSS. It repeats on a slice with
+--step-by-step (the speed-up of advancing decode runs at once) and with every output length x10
+at the same load (arrivals spread to keep the estimated utilisation), to show the cost per
+request stays flat. Each run is a separate process, so each RSS figure is its own.
+
+    python scripts/bench_replay.py [--requests 1000000] [--replicas 64] [--gpu h100-sxm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+AZURE_CONV = ROOT.parent / "shared" / "data" / "traces" / "AzureLLMInferenceTrace_conv.csv"
+
+
+def azure_conv() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Arrival seconds, prompt and output tokens of the Azure conv trace."""
+    import pyarrow.csv as pcsv
+
+    table = pcsv.read_csv(AZURE_CONV)
+    stamps = table.column("TIMESTAMP").to_numpy().astype("datetime64[ns]").astype(np.int64)
+    arrivals = (stamps - stamps[0]) / 1e9
+    return (
+        arrivals,
+        table.column("ContextTokens").to_numpy().astype(np.int32),
+        table.column("GeneratedTokens").to_numpy().astype(np.int32),
+    )
+
+
+def tiled_trace(path: Path, requests: int, rate: float, output_scale: int) -> None:
+    """The conv trace repeated end to end, then time-scaled to `rate` requests/s."""
+    arrivals, prompts, outputs = azure_conv()
+    span = arrivals[-1] + (arrivals[-1] / len(arrivals))
+    reps = -(-requests // len(arrivals))
+    arr = np.concatenate([arrivals + k * span for k in range(reps)])[:requests]
+    arr *= (len(arrivals) / span) / rate
+    table = pa.table(
+        {
+            "arrival_s": arr,
+            "prompt_tokens": np.tile(prompts, reps)[:requests],
+            "output_tokens": np.tile(outputs, reps)[:requests] * output_scale,
+        }
+    )
+    pq.write_table(table, path, row_group_size=65_536)
+
+
+def fleet_rate(gpu: str, replicas: int, output_scale: int) -> float:
+    """Requests/s that load `replicas` replicas at the sizing target (same rule as "auto")."""
+    from tokenfleet.calibrate.profile import load_profile
+    from tokenfleet.models import get_model
+    from tokenfleet.replay.fleet import TARGET_UTILISATION, TraceStats, replica_seconds_per_request
+    from tokenfleet.replay.steptime import StepTime
+
+    _, prompts, outputs = azure_conv()
+    stats = TraceStats(len(prompts), 1.0, prompts.mean(), outputs.mean() * output_scale)
+    step_time = StepTime(get_model("llama-3.1-8b"), load_profile(gpu))
+    return replicas * TARGET_UTILISATION / replica_seconds_per_request(step_time, stats, 256)
+
+
+def _child(trace: str, args: dict, queue) -> None:
+    from tokenfleet.replay.run import run_replay
+    from tokenfleet.replay.scenario import load_scenario, with_overrides
+
+    scenario = with_overrides(load_scenario(None), gpu=args["gpu"], replicas=args["replicas"])
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        summary = run_replay(trace, scenario, Path(out) / "run", step_by_step=args["sbs"])
+        wall = time.perf_counter() - start
+    queue.put(
+        {
+            "wall_s": wall,
+            "requests": summary["requests"],
+            "tokens": summary["tokens"]["input"] + summary["tokens"]["output"],
+            "output_tokens": summary["tokens"]["output"],
+            "steps": summary["steps"],
+            "mean_batch": summary["mean_batch"],
+            "gpu_busy_frac": summary["gpu_busy_frac"],
+            "ttft_p99_s": summary["latency_s"]["ttft"]["p99"],
+            "preemptions": summary["preemptions"],
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        }
+    )
+
+
+def measure(trace: Path, gpu: str, replicas: int, step_by_step: bool = False) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    args = {"gpu": gpu, "replicas": replicas, "sbs": step_by_step}
+    proc = ctx.Process(target=_child, args=(str(trace), args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    result["requests_per_wall_s"] = result["requests"] / result["wall_s"]
+    result["tokens_per_wall_s"] = result["tokens"] / result["wall_s"]
+    return result
+
+
+def show(label: str, r: dict) -> None:
+    print(
+        f"{label:<34} {r['requests']:>9,} req in {r['wall_s']:7.1f} s wall: "
+        f"{r['requests_per_wall_s']:>9,.0f} req/s, {r['tokens_per_wall_s']:>12,.0f} tok/s, "
+        f"{r['steps'] / r['requests']:6.1f} steps/req, peak RSS {r['peak_rss_bytes'] / 1e6:,.0f} MB"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1_000_000)
+    parser.add_argument("--replicas", type=int, default=64)
+    parser.add_argument("--gpu", default="h100-sxm")
+    parser.add_argument("--slice", type=int, default=100_000, help="requests for comparisons")
+    parser.add_argument("--json", action="store_true", help="also print all figures as JSON")
+    args = parser.parse_args()
+    if not AZURE_CONV.exists():
+        sys.exit(f"error: {AZURE_CONV} not found; put ../shared beside the checkout")
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        rate = fleet_rate(args.gpu, args.replicas, 1)
+        rate10 = fleet_rate(args.gpu, args.replicas, 10)
+        print(
+            f"Azure conv tiled, Llama-3.1-8B on {args.replicas} x {args.gpu}, vllm, "
+            f"least-requests; {rate:,.0f} req/s (outputs x10: {rate10:,.0f} req/s)"
+        )
+        tiled_trace(tmp / "main.parquet", args.requests, rate, 1)
+        results["main"] = r = measure(tmp / "main.parquet", args.gpu, args.replicas)
+        show("main", r)
+        tiled_trace(tmp / "slice.parquet", args.slice, rate, 1)
+        results["slice"] = fast = measure(tmp / "slice.parquet", args.gpu, args.replicas)
+        show("slice", fast)
+        results["slice_step_by_step"] = slow = measure(
+            tmp / "slice.parquet", args.gpu, args.replicas, step_by_step=True
+        )
+        show("slice --step-by-step", slow)
+        tiled_trace(tmp / "x10.parquet", args.slice, rate10, 10)
+        results["slice_outputs_x10"] = x10 = measure(tmp / "x10.parquet", args.gpu, args.replicas)
+        show("slice, outputs x10", x10)
+    speedup = slow["wall_s"] / fast["wall_s"]
+    flat = (x10["wall_s"] / x10["requests"]) / (fast["wall_s"] / fast["requests"])
+    print(f"skip vs --step-by-step: {speedup:.1f}x faster")
+    print(f"cost per request, outputs x10 vs x1: {flat:.2f}x (target <= 1.5x)")
+    print(
+        f"targets: >= 50,000 req/s: {r['requests_per_wall_s']:,.0f}; "
+        f"peak RSS < 1 GB: {r['peak_rss_bytes'] / 1e9:.2f} GB"
+    )
+    if args.json:
+        results["speedup_vs_step_by_step"] = speedup
+        results["x10_cost_ratio"] = flat
+        print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

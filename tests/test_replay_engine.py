@@ -1,0 +1,130 @@
+"""The engine: hand-checked timings, preemption, and skip mode == step-by-step mode."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_replay_support import LinearStepTime, real_step_time, record, run_rows
+
+from tokenfleet.replay.balancer import BUILTIN_BALANCERS
+from tokenfleet.replay.batcher import BUILTIN_BATCHERS
+
+REAL = real_step_time()
+
+
+def prefill_pairs(n: int, cached: int = 0) -> float:
+    return n * (cached + (n + 1) / 2)
+
+
+def test_one_request_alone_takes_prefill_plus_its_decode_steps():
+    for step_time in (LinearStepTime(), REAL):
+        done, _, _ = run_rows([(1.0, 100, 5)], step_time=step_time)
+        (seq,) = done
+        t = 1.0 + step_time.step_s(100, prefill_pairs(100), 0, 0)
+        assert seq.first_token_s == t
+        for j in range(1, 5):  # four decode steps; the context grows by one each
+            t += step_time.step_s(0, 0.0, 1, 100 + j)
+        assert seq.finish_s == t
+        assert (seq.start_s, seq.preemptions, seq.status) == (1.0, 0, "finished")
+
+
+def test_two_simultaneous_requests_share_their_steps():
+    st_ = LinearStepTime()
+    done, _, _ = run_rows([(0.0, 50, 3), (0.0, 70, 5)], step_time=st_)
+    a, b = done
+    t = st_.step_s(120, prefill_pairs(50) + prefill_pairs(70), 0, 0)
+    assert a.first_token_s == b.first_token_s == t
+    ctx = 51 + 71
+    for _ in range(2):  # both decode together until a has its 3 tokens
+        t += st_.step_s(0, 0.0, 2, ctx)
+        ctx += 2
+    assert a.finish_s == t
+    ctx = 70 + 2 + 1
+    for _ in range(2):  # b alone for its last two tokens
+        t += st_.step_s(0, 0.0, 1, ctx)
+        ctx += 1
+    assert b.finish_s == t
+
+
+def test_kv_too_small_for_two_long_prompts_preempts_the_newest_and_both_finish():
+    # 160-token prompts take 10 blocks each; 25 blocks run out while both decode.
+    for step_by_step in (False, True):
+        done, timeline, reps = run_rows(
+            [(0.0, 160, 100), (0.0, 160, 100)], kv_blocks=25, step_by_step=step_by_step
+        )
+        a, b = done
+        assert (a.status, b.status) == ("finished", "finished")
+        assert a.preemptions == 0 and b.preemptions >= 1
+        assert b.finish_s > a.finish_s
+        assert max(row[2][6] for row in timeline) <= 25
+        assert reps[0].kv.used_blocks(reps[0].step_no) == 0  # everything freed
+
+
+def test_long_prompt_is_chunked_by_the_token_budget():
+    st_ = LinearStepTime()
+    done, _, _ = run_rows(
+        [(0.0, 1000, 1)], settings={"max_num_batched_tokens": 512, "max_num_seqs": 4}, step_time=st_
+    )
+    t = st_.step_s(512, prefill_pairs(512), 0, 0)
+    t += st_.step_s(488, prefill_pairs(488, cached=512), 0, 0)
+    assert done[0].first_token_s == done[0].finish_s == t
+
+
+def test_request_too_long_for_the_cache_is_refused_not_stuck():
+    done, _, _ = run_rows([(0.0, 100, 10), (0.0, 5000, 10)], kv_blocks=100, block_size=16)
+    assert [s.status for s in done] == ["finished", "too_long"]
+
+
+# --- exactness: advancing runs at once gives the same records as one step at a time -------
+
+requests = st.lists(
+    st.tuples(
+        st.sampled_from([0.0, 0.0, 0.001, 0.01, 0.05, 0.3, 1.0]),  # gaps, with ties
+        st.integers(1, 400),
+        st.integers(0, 300),
+        st.integers(0, 3),
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    reqs=requests,
+    batcher=st.sampled_from(sorted(BUILTIN_BATCHERS)),
+    balancer=st.sampled_from(sorted(BUILTIN_BALANCERS)),
+    replicas=st.integers(1, 3),
+    kv_blocks=st.integers(20, 300),
+    block_size=st.sampled_from([4, 16]),
+    max_seqs=st.integers(1, 8),
+)
+def test_skip_mode_gives_the_same_records_as_step_by_step(
+    reqs, batcher, balancer, replicas, kv_blocks, block_size, max_seqs
+):
+    rows, t = [], 0.0
+    for gap, p, o, session in reqs:
+        t += gap
+        rows.append((t, p, o, session))
+    options = {"max_num_seqs": max_seqs}
+    if batcher in ("vllm", "sarathi"):
+        options["max_num_batched_tokens"] = max(max_seqs, 64)
+    common = dict(
+        batcher=batcher,
+        settings=options,
+        balancer=balancer,
+        replicas=replicas,
+        kv_blocks=kv_blocks,
+        block_size=block_size,
+        step_time=REAL,
+        seed=3,
+    )
+    fast, fast_tl, _ = run_rows(rows, **common)
+    slow, slow_tl, _ = run_rows(rows, step_by_step=True, **common)
+    assert [record(s) for s in fast] == [record(s) for s in slow]
+    assert [s.row for s in fast] == list(range(len(rows)))  # each request ends exactly once
+    capacity = kv_blocks
+    assert all(row[2][6] <= capacity for row in fast_tl + slow_tl)
+    for s in fast:
+        if s.status == "finished":
+            assert s.arrival_s <= s.start_s <= s.first_token_s <= s.finish_s

@@ -1,0 +1,141 @@
+"""Helpers for the replay tests: build a small fleet directly and run the engine on rows.
+
+(No tests here; pytest collects the file and finds none.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from tokenfleet.calibrate.profile import list_profiles, load_profile
+from tokenfleet.models import get_model
+from tokenfleet.replay.balancer import make_balancer
+from tokenfleet.replay.batcher import make_batcher
+from tokenfleet.replay.engine import simulate
+from tokenfleet.replay.kvcache import KVCache
+from tokenfleet.replay.replica import Replica
+
+GPU = "h100-sxm" if "h100-sxm" in list_profiles() else "a100-80gb"
+
+
+class LinearStepTime:
+    """A hand-checkable step time: fixed cost plus per-token and per-context terms."""
+
+    def step_s(self, prefill_tokens, prefill_attn_pairs, decode_seqs, decode_context_tokens):
+        return (
+            0.01
+            + 1e-4 * prefill_tokens
+            + 1e-9 * prefill_attn_pairs
+            + 1e-3 * decode_seqs
+            + 1e-6 * decode_context_tokens
+        )
+
+    def step_s_array(self, prefill_tokens, prefill_attn_pairs, decode_seqs, decode_context_tokens):
+        return np.asarray(
+            self.step_s(
+                np.asarray(prefill_tokens, np.float64),
+                np.asarray(prefill_attn_pairs, np.float64),
+                np.asarray(decode_seqs, np.float64),
+                np.asarray(decode_context_tokens, np.float64),
+            )
+        )
+
+
+def real_step_time():
+    from tokenfleet.replay.steptime import StepTime
+
+    return StepTime(get_model("llama-3.1-8b"), load_profile(GPU))
+
+
+def batches_of(rows: list[tuple], batch_rows: int = 7) -> list[pa.RecordBatch]:
+    """rows: (arrival_s, prompt_tokens, output_tokens[, session_id]) sorted by arrival."""
+    out = []
+    for start in range(0, len(rows), batch_rows):
+        chunk = rows[start : start + batch_rows]
+        out.append(
+            pa.RecordBatch.from_pydict(
+                {
+                    "arrival_s": pa.array([r[0] for r in chunk], pa.float64()),
+                    "prompt_tokens": pa.array([r[1] for r in chunk], pa.int32()),
+                    "output_tokens": pa.array([r[2] for r in chunk], pa.int32()),
+                    "request_id": pa.array(range(start, start + len(chunk)), pa.int64()),
+                    "tenant": pa.array([None] * len(chunk), pa.string()),
+                    "tier": pa.array(["standard"] * len(chunk), pa.string()),
+                    "session_id": pa.array(
+                        [r[3] if len(r) > 3 else None for r in chunk], pa.int64()
+                    ),
+                }
+            )
+        )
+    return out
+
+
+def run_rows(
+    rows: list[tuple],
+    *,
+    batcher: str = "vllm",
+    settings: dict | None = None,
+    balancer: str = "round-robin",
+    balancer_settings: dict | None = None,
+    replicas: int = 1,
+    kv_blocks: int = 100_000,
+    block_size: int = 16,
+    step_time=None,
+    step_by_step: bool = False,
+    seed: int = 0,
+    interval_s: float = 1.0,
+):
+    """Run the engine on `rows`; return (finished requests by row, timeline rows, replicas)."""
+    step_time = step_time or LinearStepTime()
+    outstanding: list[int] = []
+    finished: list = []
+    reps = []
+    for i in range(replicas):
+        outstanding.append(0)
+        reps.append(
+            Replica(
+                i,
+                "p",
+                step_time,
+                KVCache(kv_blocks, block_size),
+                make_batcher(batcher, settings or {}),
+                outstanding,
+                finished,
+                interval_s,
+                step_by_step,
+            )
+        )
+    bal = make_balancer(balancer, balancer_settings or {}, reps, outstanding, seed)
+    written: list = []
+    timeline: list = []
+    simulate(
+        batches_of(rows),
+        reps,
+        bal,
+        finished,
+        written.extend,
+        timeline.extend,
+        interval_s,
+    )
+    return sorted(written, key=lambda s: s.row), timeline, reps
+
+
+def record(seq) -> tuple:
+    """Everything requests.parquet holds about a request."""
+    return (
+        seq.row,
+        seq.replica,
+        seq.arrival_s,
+        seq.start_s,
+        seq.first_token_s,
+        seq.finish_s,
+        seq.prompt_tokens,
+        seq.output_tokens,
+        seq.preemptions,
+        seq.status,
+    )
+
+
+def p99(values: list[float]) -> float:
+    return float(np.percentile(values, 99))

@@ -1,0 +1,82 @@
+"""inspect: each figure against an independent numpy computation on the real traces."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import TRACES
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokenfleet.traces.convert import convert_trace
+from tokenfleet.traces.inspect import inspect_trace, token_stats
+
+
+@pytest.fixture(scope="module")
+def azure_code(tmp_path_factory):
+    path = tmp_path_factory.mktemp("inspect") / "code.parquet"
+    convert_trace(TRACES / "AzureLLMInferenceTrace_code.csv", path)
+    return path
+
+
+def test_figures_match_numpy_on_the_azure_code_trace(azure_code):
+    table = pq.read_table(azure_code)
+    arrival = table.column("arrival_s").to_numpy()
+    summary = inspect_trace(azure_code)
+    gaps = np.diff(arrival)
+    assert summary["interarrival_cv"] == pytest.approx(gaps.std(ddof=1) / gaps.mean(), rel=1e-9)
+    per_minute = np.bincount((arrival // 60).astype(int))
+    assert summary["peak_minute_rate_rps"] == per_minute.max() / 60
+    for column in ("prompt_tokens", "output_tokens"):
+        values = table.column(column).to_numpy()
+        got = summary[column]
+        assert got["mean"] == pytest.approx(values.mean())
+        assert [got["p50"], got["p90"], got["p99"]] == pytest.approx(
+            np.quantile(values, [0.5, 0.9, 0.99])
+        )
+        assert got["max"] == values.max() and got["total"] == values.sum()
+    assert summary["tiers"] == {"standard": 8_819}  # no tier column: all default tier
+    assert summary["tenants"] == {}
+    assert "prefix_reuse_share" not in summary
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(0, 5_000), min_size=1, max_size=300))
+def test_token_quantiles_from_counts_equal_numpy(values):
+    frame = pl.DataFrame({"value": values}).group_by("value").agg(pl.len().alias("n"))
+    stats = token_stats(frame)
+    assert [stats["p50"], stats["p90"], stats["p99"]] == pytest.approx(
+        np.quantile(values, [0.5, 0.9, 0.99]), abs=1e-9
+    )
+    assert stats["mean"] == pytest.approx(np.mean(values))
+    assert stats["max"] == max(values) and stats["total"] == sum(values)
+
+
+def test_counts_per_tier_and_tenant_with_nulls(tmp_path):
+    path = tmp_path / "t.parquet"
+    pq.write_table(
+        pa.table({
+            "arrival_s": [0.0, 30.0, 61.0, 62.0, 63.0],
+            "prompt_tokens": pa.array([1, 2, 3, 4, 5], pa.int32()),
+            "output_tokens": pa.array([0, 0, 1, 1, 1], pa.int32()),
+            "tier": ["fast", "batch", "fast", "fast", "batch"],
+            "tenant": ["a", None, "b", "b", "b"],
+        }),
+        path,
+    )  # fmt: skip
+    summary = inspect_trace(path)
+    assert summary["tiers"] == {"fast": 3, "batch": 2}
+    assert summary["tenants"] == {"b": 3, "": 1, "a": 1}
+    assert summary["peak_minute_rate_rps"] == 3 / 60
+    assert summary["mean_rate_rps"] == pytest.approx(5 / 63)
+
+
+def test_single_request_has_no_rate_or_cv(tmp_path):
+    path = tmp_path / "one.parquet"
+    pq.write_table(pa.table({"arrival_s": [0.0], "prompt_tokens": [3], "output_tokens": [1]}), path)
+    summary = inspect_trace(path)
+    assert summary["rows"] == 1 and summary["span_s"] == 0.0
+    assert summary["mean_rate_rps"] is None and summary["interarrival_cv"] is None

@@ -1,0 +1,94 @@
+"""`tokenfleet replay TRACE`: run the fleet simulator. Parse, call the library, print."""
+
+from __future__ import annotations
+
+import click
+
+from tokenfleet.cli.options import progress_enabled, quiet_option
+
+
+@click.command()
+@click.argument("trace", type=click.Path())
+@click.option("--scenario", "scenario_path", type=click.Path(), help="Scenario TOML file.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(),
+    default="replay-out",
+    show_default=True,
+    help="Output directory (replaced when the run completes).",
+)
+@click.option("--model", help="Model name (e.g. llama-3.1-8b) or a TOML / HF config.json path.")
+@click.option("--gpu", help="GPU profile name (e.g. h100-sxm) or a profile .toml path.")
+@click.option("--tp", type=int, help="Tensor-parallel GPUs per replica.")
+@click.option("--replicas", type=int, help="Replicas per pool (default: sized to the trace).")
+@click.option("--batcher", help="vllm, sarathi, orca, static, or a plugin's name.")
+@click.option(
+    "--balancer",
+    help="round-robin, random, least-requests, least-tokens, least-kv, power-of-two, session.",
+)
+@click.option("--max-num-seqs", type=int, help="Sequences per step (batch cap).")
+@click.option("--max-batched-tokens", type=int, help="Token budget per step (vllm, sarathi).")
+@click.option("--seed", type=int, help="Seed of the random choices (default 0).")
+@click.option("--interval", "interval_s", type=float, help="Timeline interval in seconds (10).")
+@click.option(
+    "--step-by-step",
+    is_flag=True,
+    help="Reference mode: advance one step at a time (same records, slower).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@quiet_option
+def replay(
+    trace,
+    scenario_path,
+    out_dir,
+    model,
+    gpu,
+    tp,
+    replicas,
+    batcher,
+    balancer,
+    max_num_seqs,
+    max_batched_tokens,
+    seed,
+    interval_s,
+    step_by_step,
+    as_json,
+    quiet,
+) -> None:
+    """Replay TRACE (a canonical Parquet trace) through a simulated serving fleet.
+
+    Writes requests.parquet, timeline.parquet, summary.json and the resolved scenario.toml
+    to --out, and prints the summary.
+    """
+    import json
+
+    from tokenfleet.replay.metrics import format_summary
+    from tokenfleet.replay.run import run_replay
+    from tokenfleet.replay.scenario import load_scenario, with_overrides
+
+    scenario = with_overrides(
+        load_scenario(scenario_path),
+        model=model,
+        gpu=gpu,
+        tp=tp,
+        replicas=replicas,
+        batcher=batcher,
+        balancer=balancer,
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_batched_tokens,
+        seed=seed,
+        interval_s=interval_s,
+    )
+    summary = run_replay(
+        trace,
+        scenario,
+        out_dir,
+        step_by_step=step_by_step,
+        progress=progress_enabled(quiet),
+    )
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, sort_keys=True))
+    else:
+        click.echo(format_summary(summary))
+        click.echo(f"\nwrote {out_dir}/: requests.parquet, timeline.parquet, summary.json")
