@@ -13,6 +13,7 @@ from tokenfleet.errors import UserError
 # name -> "module:attribute" of the click command; imported only when used.
 COMMANDS: dict[str, str] = {
     "traces": "tokenfleet.cli.traces:traces",
+    "compare": "tokenfleet.cli.compare:compare",
     "calibrate": "tokenfleet.cli.calibrate:calibrate",
     "replay": "tokenfleet.cli.replay:replay",
 }
