@@ -1,13 +1,14 @@
 """Speed and memory of `tokenfleet replay` (a script, not a test; prints figures).
 
 Tiles the Azure conv trace (../shared/data) to N requests (1,000,000 by default) and compresses
-time so that 64 replicas run at about 70% of their estimated capacity, then replays it and
+time so that 64 replicas carry the load that "auto" sizing gives them (--load 1.5: half as much
+again, a busier but still healthy fleet), then replays it and
 prints simulated requests and tokens per wall-second and peak RSS. It repeats on a slice with
 --step-by-step (the speed-up of advancing decode runs at once) and with every output length x10
 at the same load (arrivals spread to keep the estimated utilisation), to show the cost per
 request stays flat. Each run is a separate process, so each RSS figure is its own.
 
-    python scripts/bench_replay.py [--requests 1000000] [--replicas 64] [--gpu h100-sxm]
+    python scripts/bench_replay.py [--requests 1000000] [--replicas 64] [--gpu h100-sxm] [--load 1]
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1_000_000)
     parser.add_argument("--replicas", type=int, default=64)
     parser.add_argument("--gpu", default="h100-sxm")
+    parser.add_argument("--load", type=float, default=1.0, help="x the auto-sizing rate")
     parser.add_argument("--slice", type=int, default=100_000, help="requests for comparisons")
     parser.add_argument("--json", action="store_true", help="also print all figures as JSON")
     args = parser.parse_args()
@@ -132,8 +134,8 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        rate = fleet_rate(args.gpu, args.replicas, 1)
-        rate10 = fleet_rate(args.gpu, args.replicas, 10)
+        rate = fleet_rate(args.gpu, args.replicas, 1) * args.load
+        rate10 = fleet_rate(args.gpu, args.replicas, 10) * args.load
         print(
             f"Azure conv tiled, Llama-3.1-8B on {args.replicas} x {args.gpu}, vllm, "
             f"least-requests; {rate:,.0f} req/s (outputs x10: {rate10:,.0f} req/s)"

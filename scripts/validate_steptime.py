@@ -109,8 +109,17 @@ def predict(gpu: GpuProfile, engine: str, path: Path = MEASURED) -> list[Point]:
                 predicted = st.step_s(0, 0.0, batch, round(context)) * 1e3
             reason = exclusion_reason(model, tp, prompt, batch, tokens, gpu)
             points.append(
-                Point(model, tp, prompt, batch, tokens if phase == "decode" else 0, phase,
-                      measured, predicted, reason)
+                Point(
+                    model,
+                    tp,
+                    prompt,
+                    batch,
+                    tokens if phase == "decode" else 0,
+                    phase,
+                    measured,
+                    predicted,
+                    reason,
+                )
             )
     return points
 
@@ -126,6 +135,25 @@ def summary(points: list[Point]) -> dict[str, dict[str, float]]:
             "max_abs_pct": max(errors),
         }
     return out
+
+
+def batching_floor(points: list[Point]) -> tuple[float, Point, Point]:
+    """The smallest max |error| ANY step model can reach on the batched prefills, if batching
+    never makes work slower (one step of b2 prompts costs at most b2/b1 steps of b1 prompts).
+
+    For measured times m1, m2 with ratio r = m2/m1 above c = b2/b1, the best a model can do
+    is to miss both by (r - c) / (r + c). Returns the worst such pair.
+    """
+    worst = (0.0, points[0], points[0])
+    prefill = [p for p in points if p.phase == "prefill" and not p.excluded]
+    for p1 in prefill:
+        for p2 in prefill:
+            same = (p1.model, p1.tp, p1.prompt) == (p2.model, p2.tp, p2.prompt)
+            if same and p2.batch > p1.batch:
+                r, c = p2.measured_ms / p1.measured_ms, p2.batch / p1.batch
+                if (r - c) / (r + c) > worst[0]:
+                    worst = ((r - c) / (r + c), p1, p2)
+    return worst
 
 
 def main() -> int:
@@ -151,11 +179,19 @@ def main() -> int:
             f"{phase}: {s['points']} points, median |error| {s['median_abs_pct']:.1f}%, "
             f"max |error| {s['max_abs_pct']:.1f}%"
         )
+    floor, p1, p2 = batching_floor(points)
+    print(
+        f"data floor: {p1.model} TP{p1.tp} prefill of {p2.batch} x {p2.prompt} tokens took "
+        f"{p2.measured_ms / p1.measured_ms:.2f}x the time of {p1.batch} x {p1.prompt} "
+        f"(work ratio {p2.batch / p1.batch:.0f}x): any model in which batching never slows a "
+        f"step misses one of them by >= {100 * floor:.1f}%"
+    )
     if args.json:
         doc = {
             "gpu": gpu.name,
             "engine": args.engine,
             "summary": stats,
+            "batching_floor_pct": 100 * floor,
             "points": [p.__dict__ | {"error_pct": p.error_pct} for p in points],
         }
         with atomic_path(args.json) as tmp:

@@ -75,7 +75,7 @@ def make_fake_cupy(gpu: FakeGpu) -> types.ModuleType:
             return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
 
         def fill(self, value: Any) -> None:
-            gpu.advance(self.nbytes / (gpu.bandwidth_gb_s * 1e9))
+            gpu.advance(gpu.launch_s + self.nbytes / (gpu.bandwidth_gb_s * 1e9))
             np.ndarray.fill(self, value)
 
     def on_device(a: Any) -> Any:
@@ -89,11 +89,11 @@ def make_fake_cupy(gpu: FakeGpu) -> types.ModuleType:
     cupy.empty_like = lambda a, **k: on_device(np.empty_like(a, **k))
 
     def matmul(a: Any, b: Any, out: Any = None) -> Any:
-        gpu.advance((a.nbytes + b.nbytes) / (gpu.bandwidth_gb_s * 1e9))
+        gpu.advance(gpu.launch_s + (a.nbytes + b.nbytes) / (gpu.bandwidth_gb_s * 1e9))
         return np.matmul(a, b, out=out)
 
     def copyto(dst: Any, src: Any) -> None:
-        gpu.advance((dst.nbytes + src.nbytes) / (gpu.bandwidth_gb_s * 1e9))
+        gpu.advance(gpu.launch_s + (dst.nbytes + src.nbytes) / (gpu.bandwidth_gb_s * 1e9))
         np.copyto(dst, src)
 
     def add(a: Any, b: Any, out: Any = None) -> Any:

@@ -89,7 +89,7 @@ requests = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     reqs=requests,
     batcher=st.sampled_from(sorted(BUILTIN_BATCHERS)),
@@ -119,7 +119,7 @@ def test_skip_mode_gives_the_same_records_as_step_by_step(
         step_time=REAL,
         seed=3,
     )
-    fast, fast_tl, _ = run_rows(rows, **common)
+    fast, fast_tl, fast_reps = run_rows(rows, **common)
     slow, slow_tl, _ = run_rows(rows, step_by_step=True, **common)
     assert [record(s) for s in fast] == [record(s) for s in slow]
     assert [s.row for s in fast] == list(range(len(rows)))  # each request ends exactly once
@@ -128,3 +128,6 @@ def test_skip_mode_gives_the_same_records_as_step_by_step(
     for s in fast:
         if s.status == "finished":
             assert s.arrival_s <= s.start_s <= s.first_token_s <= s.finish_s
+    for rep in fast_reps:  # everything handed back at the end
+        assert rep.outstanding[rep.index] == 0 and rep.tokens_left == 0
+        assert rep.kv.used_blocks(rep.step_no) == 0 and not rep.waiting and not rep.decoding

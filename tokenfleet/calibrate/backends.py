@@ -63,7 +63,11 @@ class Timing:
     def from_samples(cls, samples_s: list[float]) -> Timing:
         if not samples_s:
             raise ValueError("no timing samples")
-        q = statistics.quantiles(samples_s, n=4) if len(samples_s) > 1 else [samples_s[0]] * 3
+        q = (
+            statistics.quantiles(samples_s, n=4, method="inclusive")
+            if len(samples_s) > 1
+            else [samples_s[0]] * 3
+        )
         return cls(
             median_s=statistics.median(samples_s),
             min_s=min(samples_s),
@@ -71,11 +75,6 @@ class Timing:
             iqr_s=q[2] - q[0],
             repeats=len(samples_s),
         )
-
-    @property
-    def spread(self) -> float:
-        """Interquartile range relative to the median: how noisy the point is."""
-        return self.iqr_s / self.median_s if self.median_s > 0 else 0.0
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ _TENSOR_FLOPS_PER_CLOCK_SM = {
     "9.0": 4096,
     "10.0": 8192,
 }
+NOISY_SPREAD = 0.2  # repeats this far apart make a point suspect
 PCIE4_X16_GB_S = 64.0  # both directions summed: the link assumed when nothing better is known
 
 
@@ -140,6 +141,32 @@ def _from_profile(profile: GpuProfile, source: str) -> Datasheet:
     )
 
 
+@dataclass(frozen=True)
+class _Bandwidth:
+    peak_bw: float  # bytes/s the efficiency is relative to
+    bw_eff: float
+    stream_rate: float  # fitted bytes/s
+    quality: FitQuality
+
+
+@dataclass(frozen=True)
+class _Interconnect:
+    link_gb_s: float
+    link_eff: float
+    latency_us: float
+    quality: FitQuality | None  # None: not measured
+
+
+COEFFICIENTS_SHOWN = (
+    "gemm_eff_max",
+    "gemm_half_tokens",
+    "attn_eff",
+    "bw_eff",
+    "link_eff",
+    "allreduce_latency_us",
+)
+
+
 def build_calibration(
     info: DeviceInfo,
     result: BenchResult,
@@ -153,66 +180,34 @@ def build_calibration(
     table = result.table()
     rows = table.to_pylist()
     notes = list(result.notes)
+    noisy = [r for r in rows if r["median_s"] > 0 and r["iqr_s"] / r["median_s"] > NOISY_SPREAD]
+    if noisy:
+        notes.append(
+            f"{len(noisy)} of {len(rows)} points vary by more than {NOISY_SPREAD:.0%} between "
+            "repeats (interquartile range / median): is something else running on the device?"
+        )
     sources: dict[str, str] = {}
+    launch = [r["median_s"] for r in rows if r["kind"] == "launch"]
+    launch_s = launch[0] if launch else 0.0
 
     # Bandwidth first: the GEMM roofline's memory side depends on it.
-    reads = [r for r in rows if r["kind"] == "memory" and r["name"] == "read"]
-    if len(reads) < 2:
-        raise ValueError("the memory benchmark must read at least two buffer sizes")
-    read_bytes = np.array([r["bytes"] for r in reads], dtype=float)
-    read_s = np.array([r["median_s"] for r in reads])
-    launch_rows = [r for r in rows if r["kind"] == "launch"]
-    launch_s = launch_rows[0]["median_s"] if launch_rows else 0.0
-    stream_rate = 1.0 / fit_bandwidth(read_bytes, read_s, 1.0, launch_s)[1].slope_s_per_unit
-    peak_bw = datasheet.hbm_tb_s * 1e12 if datasheet.hbm_tb_s else stream_rate
-    bw_eff, bw_line = fit_bandwidth(read_bytes, read_s, peak_bw, launch_s)
-    if bw_eff > 1.0:
-        notes.append(
-            f"read bandwidth {stream_rate / 1e9:.0f} GB/s exceeds the datasheet's "
-            f"{peak_bw / 1e9:.0f} GB/s; bw_eff capped at 1"
-        )
-        bw_eff = 1.0
-    sources["bw_eff"] = (
-        f"fitted: matrix-vector reads of {len(reads)} buffer sizes "
-        f"({_span(read_bytes / 1e6, 'MB')}) less the launch time, vs "
-        f"{_peak_label(datasheet.hbm_tb_s)}"
-    )
-
-    gemm_fits = _fit_gemms(rows, info, datasheet, peak_bw, bw_eff)
+    bw = _bandwidth(rows, datasheet, launch_s, notes, sources)
+    gemm_fits = _fit_gemms(rows, datasheet, bw.peak_bw, bw.bw_eff)
     primary = gemm_fits[0]
-    peak_tflops = primary.peak_tflops
-    gemm_eff_max = primary.gemm_eff_max
+    peak_tflops, gemm_eff_max = primary.peak_tflops, primary.gemm_eff_max
     if datasheet.peak_tflops_bf16 is None:  # no datasheet: the asymptote is the peak
         peak_tflops, gemm_eff_max = peak_tflops * gemm_eff_max, 1.0
+    elif gemm_eff_max >= 1.0:
+        notes.append(
+            f"{primary.dtype} GEMM reaches the datasheet's {datasheet.peak_tflops_bf16:g} TFLOPS; "
+            "gemm_eff_max capped at 1 (is the datasheet the right one? see --gpu)"
+        )
     sources["gemm_eff_max"] = sources["gemm_half_tokens"] = (
         f"fitted: {primary.quality.points} {primary.dtype} GEMM points over M "
         f"(tokens per step), roofline with bw_eff, vs {_tflops_label(datasheet)}"
     )
-
-    allreduce = _fit_allreduce(rows, datasheet, notes)
+    link = _interconnect(rows, info, datasheet, launch_s, bw.stream_rate, notes, sources)
     base = datasheet.base
-    if allreduce is not None:
-        link_gb_s, link_eff, latency_us, ar_quality = allreduce
-        sources["link_eff"] = sources["allreduce_latency_us"] = (
-            f"fitted: NCCL all-reduce over {ar_quality.points} message sizes"
-        )
-    elif base is not None:
-        link_gb_s, link_eff, latency_us, ar_quality = (
-            base.link_gb_s, base.link_eff, base.allreduce_latency_us, None,
-        )  # fmt: skip
-        sources["link_eff"] = sources["allreduce_latency_us"] = f"kept from {datasheet.source}"
-    else:
-        latency_us = launch_s * 1e6
-        if info.kind == "cpu":
-            copy = [r for r in rows if r["kind"] == "memory" and r["name"] == "copy"]
-            link_gb_s = copy[0]["gb_per_s"] if copy else stream_rate / 1e9
-            link_why = "memory copy bandwidth (ranks of a CPU share its memory)"
-        else:
-            link_gb_s, link_why = PCIE4_X16_GB_S, "PCIe 4.0 x16 assumed"
-        link_eff, ar_quality = 1.0, None
-        sources["link_eff"] = f"not measured (one device): link_gb_s = {link_why}, link_eff = 1"
-        sources["allreduce_latency_us"] = "not measured (one device): the measured launch overhead"
-
     if base is not None:
         attn_eff = base.attn_eff
         sources["attn_eff"] = f"not measured: kept from {datasheet.source}"
@@ -227,28 +222,28 @@ def build_calibration(
         peak_tflops_fp8=datasheet.peak_tflops_fp8,
         peak_tflops_fp4=datasheet.peak_tflops_fp4,
         hbm_gb=round(datasheet.hbm_gb, 3),
-        hbm_tb_s=round(peak_bw / 1e12, 6),
-        link_gb_s=round(datasheet.link_gb_s or link_gb_s, 3),
+        hbm_tb_s=round(bw.peak_bw / 1e12, 6),
+        link_gb_s=round(link.link_gb_s, 3),
         tdp_w=datasheet.tdp_w,
         gemm_eff_max=_round(gemm_eff_max),
         gemm_half_tokens=_round(primary.gemm_half_tokens),
-        attn_eff=_round(min(attn_eff, 1.0)),
-        bw_eff=_round(bw_eff),
-        link_eff=_round(min(link_eff, 1.0)),
-        allreduce_latency_us=_round(latency_us),
+        attn_eff=_round(attn_eff),
+        bw_eff=_round(bw.bw_eff),
+        link_eff=_round(link.link_eff),
+        allreduce_latency_us=_round(link.latency_us),
         default_engine=base.default_engine if base else "vllm-v1",
     )
     measured = {
         "best_tflops": primary.best_tflops,
         "gemm_dtype": primary.dtype,
-        "read_gb_s": stream_rate / 1e9,
+        "read_gb_s": bw.stream_rate / 1e9,
         **{
             f"{r['name']}_gb_s": r["gb_per_s"]
             for r in rows
             if r["kind"] == "memory" and r["name"] != "read"
         },
     }
-    if launch_rows:
+    if launch:
         measured["kernel_launch_us"] = launch_s * 1e6
     fits: dict[str, Any] = {
         f"gemm_{g.dtype}": {
@@ -260,9 +255,9 @@ def build_calibration(
         }
         for g in gemm_fits
     }
-    fits["bandwidth"] = {"stream_gb_s": stream_rate / 1e9, **bw_line.quality.as_dict()}
-    if ar_quality is not None:
-        fits["allreduce"] = ar_quality.as_dict()
+    fits["bandwidth"] = {"stream_gb_s": bw.stream_rate / 1e9, **bw.quality.as_dict()}
+    if link.quality is not None:
+        fits["allreduce"] = link.quality.as_dict()
     meta = _drop_none(
         {
             "kind": info.kind,
@@ -303,21 +298,14 @@ def build_calibration(
             },
             {
                 "figure": "read GB/s",
-                "measured": stream_rate / 1e9,
+                "measured": bw.stream_rate / 1e9,
                 "datasheet": datasheet.hbm_tb_s * 1e3 if datasheet.hbm_tb_s else None,
             },
         ],
         "coefficients": {
             key: {"value": getattr(profile, key), "source": sources[key]}
-            for key in (
-                "gemm_eff_max",
-                "gemm_half_tokens",
-                "attn_eff",
-                "bw_eff",
-                "link_eff",
-                "allreduce_latency_us",
-            )
-        },  # fmt: skip
+            for key in COEFFICIENTS_SHOWN
+        },
         "fit": fits,
         "measured": measured,
         "notes": notes,
@@ -325,9 +313,74 @@ def build_calibration(
     return Calibration(profile=profile, meta=meta, summary=summary, table=table, notes=notes)
 
 
-def _fit_gemms(
+def _bandwidth(
+    rows: list[dict[str, Any]],
+    datasheet: Datasheet,
+    launch_s: float,
+    notes: list[str],
+    sources: dict[str, str],
+) -> _Bandwidth:
+    """bw_eff from the reads at several sizes, relative to the datasheet (or the fitted rate)."""
+    reads = [r for r in rows if r["kind"] == "memory" and r["name"] == "read"]
+    if len(reads) < 2:
+        raise ValueError("the memory benchmark must read at least two buffer sizes")
+    nbytes = np.array([r["bytes"] for r in reads], dtype=float)
+    seconds = np.array([r["median_s"] for r in reads])
+    stream_rate = 1.0 / fit_bandwidth(nbytes, seconds, 1.0, launch_s)[1].slope_s_per_unit
+    peak_bw = datasheet.hbm_tb_s * 1e12 if datasheet.hbm_tb_s else stream_rate
+    bw_eff, line = fit_bandwidth(nbytes, seconds, peak_bw, launch_s)
+    if bw_eff > 1.0:
+        notes.append(
+            f"read bandwidth {stream_rate / 1e9:.0f} GB/s exceeds the datasheet's "
+            f"{peak_bw / 1e9:.0f} GB/s; bw_eff capped at 1"
+        )
+    sources["bw_eff"] = (
+        f"fitted: matrix-vector reads of {len(reads)} buffer sizes "
+        f"({_span(nbytes / 1e6, 'MB')}) less the launch time, vs "
+        f"{_peak_label(datasheet.hbm_tb_s)}"
+    )
+    return _Bandwidth(peak_bw, min(bw_eff, 1.0), stream_rate, line.quality)
+
+
+def _interconnect(
     rows: list[dict[str, Any]],
     info: DeviceInfo,
+    datasheet: Datasheet,
+    launch_s: float,
+    stream_rate: float,
+    notes: list[str],
+    sources: dict[str, str],
+) -> _Interconnect:
+    """Link figures: fitted from the all-reduce sweep; else the base profile's; else (one
+    device, no datasheet) an honest placeholder that says what it is."""
+    measured = _fit_allreduce(rows, datasheet, notes)
+    if measured is not None:
+        link_gb_s, link_eff, latency_us, quality = measured
+        if link_eff > 1.0:
+            notes.append(
+                f"all-reduce bus bandwidth beats {link_gb_s:g} GB/s of link; link_eff capped at 1"
+            )
+        sources["link_eff"] = sources["allreduce_latency_us"] = (
+            f"fitted: NCCL all-reduce over {quality.points} message sizes"
+        )
+        return _Interconnect(link_gb_s, min(link_eff, 1.0), latency_us, quality)
+    base = datasheet.base
+    if base is not None:
+        sources["link_eff"] = sources["allreduce_latency_us"] = f"kept from {datasheet.source}"
+        return _Interconnect(base.link_gb_s, base.link_eff, base.allreduce_latency_us, None)
+    if info.kind == "cpu":
+        copy = [r["gb_per_s"] for r in rows if r["kind"] == "memory" and r["name"] == "copy"]
+        link_gb_s = copy[0] if copy else stream_rate / 1e9
+        why = "memory copy bandwidth (ranks of a CPU share its memory)"
+    else:
+        link_gb_s, why = PCIE4_X16_GB_S, "PCIe 4.0 x16 assumed"
+    sources["link_eff"] = f"not measured (one device): link_gb_s = {why}, link_eff = 1"
+    sources["allreduce_latency_us"] = "not measured (one device): the measured launch overhead"
+    return _Interconnect(link_gb_s, 1.0, launch_s * 1e6, None)
+
+
+def _fit_gemms(
+    rows: list[dict[str, Any]],
     datasheet: Datasheet,
     peak_bw: float,
     bw_eff: float,

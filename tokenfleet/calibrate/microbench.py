@@ -10,13 +10,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from tokenfleet.calibrate.backends import DTYPE_BYTES, Backend, Timing
 from tokenfleet.errors import UserError
-from tokenfleet.models import ModelSpec
+
+if TYPE_CHECKING:  # calibrate reads a model's shapes; it does not depend on the catalog
+    from tokenfleet.models import ModelSpec
 
 # Tokens in a step: powers of two from 1 to 16384, plus a few points between them where the
 # efficiency curve bends (tile-size boundaries of GEMM kernels).

@@ -24,13 +24,13 @@ Profile TOML (what the built-ins use and what `tokenfleet calibrate` writes)::
                                         # both directions summed, per GPU
     tdp_w = 400.0                       # board power, W
 
-    [coefficients]                      # hardware efficiencies (fitted by calibrate)
-    gemm_eff_max = 0.75                 # GEMM fraction of peak at large token counts, <= 1
-    gemm_half_tokens = 64.0             # tokens per step at which GEMM efficiency is half of max
-    attn_eff = 0.5                      # prefill attention fraction of peak, <= 1
+    [coefficients]                      # hardware efficiencies (what calibrate measures)
+    gemm_eff_max = 0.80                 # GEMM fraction of peak at large token counts, <= 1
+    gemm_half_tokens = 48.0             # tokens per step at which GEMM efficiency is half of max
+    attn_eff = 0.60                     # attention-kernel fraction of peak, <= 1
     bw_eff = 0.85                       # achievable fraction of HBM bandwidth, <= 1
-    link_eff = 0.6                      # achievable all-reduce bus bandwidth fraction, <= 1
-    allreduce_latency_us = 10.0         # small-message all-reduce latency of the interconnect
+    link_eff = 0.75                     # achieved all-reduce bus bandwidth / one-way link, <= 1
+    allreduce_latency_us = 12.0         # small-message all-reduce latency of the interconnect
 
     [engine]                            # optional: a custom engine preset (see below); when
     name = "my-engine"                  # present it becomes this profile's default engine
@@ -47,14 +47,19 @@ Engine preset TOML (built-ins in profiles/engines/, or the [engine] table above)
     name = "vllm-v1"
     aliases = []                        # other names accepted for this preset
     description = "..."
-    step_overhead_ms = 2.0              # CPU time per step: scheduling, input prep, sampling sync
-    seq_overhead_us = 10.0              # CPU time per sequence in the step (bookkeeping, sampling)
-    layer_launch_us = 60.0              # CPU time to launch one layer's kernels in eager mode;
+    step_overhead_ms = 0.8              # CPU time per step: scheduling, input prep, sampling sync
+    seq_overhead_us = 8.0               # CPU time per decoding sequence per step
+    layer_launch_us = 40.0              # CPU time to launch one layer's kernels in eager mode;
                                         # overlaps with GPU work (the step waits for the slower)
     cuda_graphs = true                  # decode-only steps replay a captured graph ...
     layer_graph_us = 4.0                # ... costing this GPU-side gap time per layer instead
-    allreduce_overhead_us = 5.0         # per all-reduce, the engine's implementation on top of
+    allreduce_overhead_us = 0.0         # per all-reduce, the engine's implementation on top of
                                         # the interconnect latency
+    act_passes = 10.0                   # memory-bound non-GEMM traffic per token per layer
+                                        # (norms, residuals, rotary, casts) in hidden-size
+                                        # 16-bit vectors, on every TP rank; ~10 when fused
+
+StepTime's formula, with every coefficient in place, is in tokenfleet/replay/steptime.py.
 
 Unknown, missing or mistyped keys are refused with one line naming the key and the file.
 """
@@ -63,7 +68,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +104,6 @@ FRACTION_KEYS = ("gemm_eff_max", "attn_eff", "bw_eff", "link_eff")
 # The engine overheads StepTime uses (times are >= 0).
 ENGINE_KEYS = (
     "step_overhead_ms",
-    "prefill_overhead_ms",
     "seq_overhead_us",
     "layer_launch_us",
     "cuda_graphs",
@@ -115,7 +119,6 @@ class EnginePreset:
 
     name: str
     step_overhead_ms: float
-    prefill_overhead_ms: float
     seq_overhead_us: float
     layer_launch_us: float
     cuda_graphs: bool
@@ -239,7 +242,9 @@ def _profile_from_table(doc: dict, where: str) -> GpuProfile:
         values.update({k: _number(table, k, f"{where} [{section}]") for k in keys})
     for key in FRACTION_KEYS:
         if not 0 < values[key] <= 1:
-            raise UserError(f"{where} [coefficients]: key {key!r} must be in (0, 1], got {values[key]}")
+            raise UserError(
+                f"{where} [coefficients]: key {key!r} must be in (0, 1], got {values[key]}"
+            )
     for key in ("peak_tflops_bf16", "hbm_gb", "hbm_tb_s", "link_gb_s"):
         if values[key] <= 0:
             raise UserError(f"{where} [datasheet]: key {key!r} must be > 0")
@@ -328,7 +333,7 @@ def profile_to_table(profile: GpuProfile, meta: dict[str, Any] | None = None) ->
         "format": PROFILE_FORMAT,
         "name": profile.name,
         "description": profile.description,
-        "default_engine": profile.default_engine,
+        "default_engine": profile.engine.name if profile.engine else profile.default_engine,
         "datasheet": {k: getattr(profile, k) for k in DATASHEET_KEYS},
         "coefficients": {k: getattr(profile, k) for k in COEFFICIENT_KEYS},
     }
@@ -348,8 +353,3 @@ def save_profile(profile: GpuProfile, path: str | Path, meta: dict[str, Any] | N
     _profile_from_table(doc, str(path))  # never write a file we would refuse to read
     with atomic_path(path) as tmp:
         tmp.write_bytes(tomli_w.dumps(doc).encode())
-
-
-def profile_fields() -> list[str]:
-    """All GpuProfile field names, for tables that show a profile."""
-    return [f.name for f in fields(GpuProfile)]

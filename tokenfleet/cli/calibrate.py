@@ -119,7 +119,10 @@ def calibrate(ctx, backend, device, model, tp, dtypes, base, name, quick, out, a
 
 def _print_calibration(s: dict) -> None:
     kind = "CPU measurement, not a GPU" if s["kind"] == "cpu" else "GPU measurement"
-    click.echo(f"{s['device']} ({s['backend']} backend; {kind}) in {s['wall_s']:.1f} s")
+    click.echo(
+        f"{s['device']} ({s['backend']} backend; {kind}) in {s['wall_s']:.1f} s, "
+        f"peak memory {s['peak_memory_bytes'] / 1e9:.2f} GB"
+    )
     click.echo(f"datasheet: {s['datasheet_source']}")
     click.echo("")
     click.echo(f"{'figure':<22}{'measured':>12}{'datasheet':>12}{'ratio':>8}")
@@ -202,6 +205,7 @@ def fit_steps(steps, gpu, model, tp, dtype, engine, name, fmt, columns, out, as_
         "base_engine": base.name,
         "engine": {k: v for k, v in fit.preset.__dict__.items() if k != "aliases"},
         "fitted_keys": list(fit.fitted_keys),
+        "held_keys": list(fit.held_keys),
         "errors": error_summary(fit),
         "points": fit.points.to_pylist(),
     }
@@ -229,4 +233,8 @@ def fit_steps(steps, gpu, model, tp, dtype, engine, name, fmt, columns, out, as_
     )
     for key in fit.fitted_keys:
         click.echo(f"  {key:<24}{getattr(base, key):>10.4g} -> {getattr(fit.preset, key):.4g}")
+    for key in fit.held_keys:
+        click.echo(
+            f"  {key:<24}{getattr(base, key):>10.4g}    kept: no effect of its own on these steps"
+        )
     click.echo(f"wrote {out} and {Path(points_file).name}")

@@ -16,6 +16,9 @@ COMMANDS: dict[str, str] = {
     "compare": "tokenfleet.cli.compare:compare",
     "calibrate": "tokenfleet.cli.calibrate:calibrate",
     "replay": "tokenfleet.cli.replay:replay",
+    "steptime": "tokenfleet.cli.steptime:steptime",
+    "models": "tokenfleet.cli.catalog:models",
+    "gpus": "tokenfleet.cli.catalog:gpus",
 }
 
 

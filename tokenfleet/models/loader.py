@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from tokenfleet.models.spec import ModelSpec
 
 CATALOG_DIR = Path(__file__).parent / "catalog"
 _FIELDS = {f.name: f for f in fields(ModelSpec)}
-_REQUIRED = [f.name for f in fields(ModelSpec) if f.default is f.default_factory]  # no default
+_REQUIRED = [f.name for f in fields(ModelSpec) if f.default is MISSING]
 
 
 def list_models() -> list[str]:

@@ -235,7 +235,7 @@ class ModelSpec:
 
     @cached_property
     def kv_values_per_token(self) -> int:
-        """Cached values per token over all layers: K and V per KV head, or MLA's latent + RoPE key."""
+        """Cached values per token, all layers: K and V per KV head, or MLA's latent + RoPE key."""
         per_layer = (
             self.kv_lora_rank + self.qk_rope_head_dim
             if self.is_mla
@@ -267,8 +267,10 @@ class ModelSpec:
         decompressed per-head keys and values, which costs far fewer FLOPs per pair.
         """
         if self.is_mla:
-            qk = self.kv_lora_rank + self.qk_rope_head_dim if decode else (
-                self.qk_nope_head_dim + self.qk_rope_head_dim
+            qk = (
+                self.kv_lora_rank + self.qk_rope_head_dim
+                if decode
+                else (self.qk_nope_head_dim + self.qk_rope_head_dim)
             )
             v = self.kv_lora_rank if decode else self.v_head_dim
         else:
@@ -277,8 +279,10 @@ class ModelSpec:
 
     def attn_flops(self, context_tokens: float, decode: bool = False) -> float:
         """Attention FLOPs for one new token attending to `context_tokens` earlier tokens."""
-        return self.attn_flops_per_pair(decode) * self.effective_pairs_fraction(context_tokens) * (
-            context_tokens
+        return (
+            self.attn_flops_per_pair(decode)
+            * self.effective_pairs_fraction(context_tokens)
+            * (context_tokens)
         )
 
     def effective_pairs_fraction(self, context_tokens: float) -> float:

@@ -47,7 +47,7 @@ class _Queue:
 
     def __init__(self, policy: str) -> None:
         if policy not in ("fcfs", "priority"):
-            raise UserError(f"batcher policy = {policy!r}: use 'fcfs' or 'priority'")
+            raise UserError(f"scheduling_policy = {policy!r}: use 'fcfs' or 'priority'")
         self.by_priority = policy == "priority"
 
     def new_queue(self):
@@ -79,7 +79,7 @@ class _Queue:
 class VllmSettings:
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
-    policy: str = "fcfs"
+    scheduling_policy: str = "fcfs"
 
 
 class VllmBatcher:
@@ -109,7 +109,7 @@ class VllmBatcher:
                 f"{self.max_num_seqs} (every running sequence needs a token each step)"
             )
         self.budget = budget if budget is not None else 1 << 62
-        self.queue = _Queue(settings.policy)
+        self.queue = _Queue(settings.scheduling_policy)
         self.new_queue = self.queue.new_queue
         self.enqueue = self.queue.enqueue
         self.requeue = self.queue.requeue
@@ -200,7 +200,7 @@ class VllmBatcher:
 class SarathiSettings:
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 512
-    policy: str = "fcfs"
+    scheduling_policy: str = "fcfs"
 
 
 class SarathiBatcher(VllmBatcher):
@@ -217,7 +217,7 @@ class SarathiBatcher(VllmBatcher):
 @dataclasses.dataclass(frozen=True)
 class OrcaSettings:
     max_num_seqs: int = 256
-    policy: str = "fcfs"
+    scheduling_policy: str = "fcfs"
 
 
 class OrcaBatcher(VllmBatcher):
@@ -324,7 +324,3 @@ def _lookup(name: str, builtins: dict[str, type], group: str, kind: str) -> type
         return plugins[name].load()
     known = ", ".join(sorted(set(builtins) | set(plugins)))
     raise UserError(f"unknown {kind} {name!r}; known: {known}")
-
-
-def known_names(builtins: dict[str, type], group: str) -> list[str]:
-    return sorted(set(builtins) | {ep.name for ep in entry_points(group=group)})

@@ -126,7 +126,7 @@ class _TimelineEmitter:
         for iv in range(self.done, limit):
             for rep in reps:
                 acc = rep.acc.pop(iv, None)
-                rows.append((iv, rep.index, acc or [0.0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0]))
+                rows.append((iv, rep.index, acc or [0.0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0, 0]))
         self.done = max(self.done, limit)
         for rep in reps:
             rep.cur_iv = -1  # its cached row may have been written out

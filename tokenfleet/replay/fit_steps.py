@@ -20,8 +20,9 @@ Two input shapes:
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
+import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,19 @@ FIT_BOUNDS = {
     for key in ENGINE_KEYS
     if key != "cuda_graphs"
 }
+# When two overheads move the predictions alike, the earlier one here is fitted and the later
+# one keeps the base preset's value.
+FIT_PRIORITY = (
+    "step_overhead_ms",
+    "seq_overhead_us",
+    "layer_launch_us",
+    "layer_graph_us",
+    "act_passes",
+    "allreduce_overhead_us",
+    "prefill_overhead_ms",
+)
+VISIBLE_RMS = 1e-3  # a key must move predictions by 0.1% (rms) when it doubles
+SEPARABLE_FRACTION = 0.1  # ... and 10% of that movement must be its own, not the others'
 DECODE_SAMPLES = 16  # contexts at which a mean decode step is evaluated
 ROBUST_SCALE = 0.1  # soft-L1 loss beyond 10% log error: one outlier cannot steer the fit
 PRIOR_WEIGHT = 1e-6  # holds directions the data cannot see at the base preset
@@ -76,6 +90,7 @@ class EngineFit:
     preset: EnginePreset
     base: EnginePreset
     fitted_keys: tuple[str, ...]
+    held_keys: tuple[str, ...]  # kept at the base preset: the log cannot tell them apart
     before: FitQuality
     after: FitQuality
     points: pa.Table
@@ -344,35 +359,38 @@ def fit_engine(
     name: str,
     dtype: str = "bf16",
 ) -> EngineFit:
-    """Least squares (log error, soft-L1) over the engine overheads the log can inform."""
-    keys = list(FIT_BOUNDS)
-    unseen = set()
-    if not base.cuda_graphs or "decode" not in log.phase:  # graphs replay decode-only steps
-        unseen.add("layer_graph_us")
-    if base.cuda_graphs and set(log.phase) == {"decode"}:  # no step launches eagerly
-        unseen.add("layer_launch_us")
-    if set(log.phase) == {"decode"}:
-        unseen.add("prefill_overhead_ms")
-    if int(log.tp.max()) == 1:  # no all-reduces to see
-        unseen.add("allreduce_overhead_us")
-    keys = [k for k in keys if k not in unseen]
-    x0 = np.array([float(getattr(base, k)) for k in keys])
-    scale = np.array([max(float(getattr(base, k)), FIT_BOUNDS[k] * 1e-4) for k in keys])
+    """Least squares (log error, soft-L1) over the engine overheads the log can tell apart;
+    the others keep the base preset's values (see `separable_keys`)."""
     measured = log.step_ms
+    all_keys = sorted(FIT_BOUNDS, key=lambda k: FIT_PRIORITY.index(k) if k in FIT_PRIORITY else 99)
+    scale_of = {k: max(float(getattr(base, k)), _typical(k)) for k in all_keys}
 
-    def preset(x: np.ndarray) -> EnginePreset:
+    def preset_of(keys: list[str], x: np.ndarray) -> EnginePreset:
         return dataclasses.replace(base, **dict(zip(keys, map(float, x), strict=True)))
 
+    def log_error(keys: list[str], x: np.ndarray) -> np.ndarray:
+        return np.log(predict_ms(log, gpu, preset_of(keys, x), dtype) / measured)
+
+    x_all = np.array([float(getattr(base, k)) for k in all_keys])
+    keys = separable_keys(
+        lambda x: log_error(all_keys, x), all_keys, x_all, np.array([scale_of[k] for k in all_keys])
+    )
+    x0 = np.array([float(getattr(base, k)) for k in keys])
+    scale = np.array([scale_of[k] for k in keys])
+
     def residuals(x: np.ndarray) -> np.ndarray:
-        fit = np.log(predict_ms(log, gpu, preset(x), dtype) / measured)
         prior = np.sqrt(PRIOR_WEIGHT) * (x - x0) / scale
-        return np.concatenate([fit, prior])
+        return np.concatenate([log_error(keys, x), prior])
 
     lower = np.zeros(len(keys))
     upper = np.array([FIT_BOUNDS[k] for k in keys])
-    best = least_squares(residuals, x0, lower, upper, robust_scale=ROBUST_SCALE)
+    best = (
+        least_squares(residuals, x0, lower, upper, robust_scale=ROBUST_SCALE, x_scale=scale)
+        if keys
+        else x0  # no overhead shows in these steps: the base preset stands
+    )
     fitted = dataclasses.replace(
-        preset(_tidy(keys, best)),
+        preset_of(keys, _tidy(keys, best)),
         name=name,
         aliases=(),
         description=(
@@ -403,10 +421,45 @@ def fit_engine(
         preset=fitted,
         base=base,
         fitted_keys=tuple(keys),
+        held_keys=tuple(k for k in all_keys if k not in keys),
         before=quality(before_ms, measured),
         after=quality(after_ms, measured),
         points=points,
     )
+
+
+def separable_keys(
+    log_error: Callable[[np.ndarray], np.ndarray],
+    keys: list[str],
+    x: np.ndarray,
+    scale: np.ndarray,
+) -> list[str]:
+    """The keys, in priority order, whose effect on the predictions the log can see and can
+    tell apart from the keys already chosen (Gram-Schmidt on the Jacobian's columns). With one
+    model at one tp, for example, the all-reduce overhead is a fixed cost per step exactly like
+    the step overhead, so fitting both would only trade one against the other."""
+    base = log_error(x)
+    chosen: list[str] = []
+    basis: list[np.ndarray] = []
+    for i, key in enumerate(keys):
+        shifted = x.copy()
+        shifted[i] += 0.01 * scale[i]
+        column = (log_error(shifted) - base) / 0.01
+        size = float(np.sqrt(np.mean(column**2)))
+        if size < VISIBLE_RMS:
+            continue
+        own = column.copy()
+        for unit in basis:
+            own -= (own @ unit) * unit
+        if float(np.sqrt(np.mean(own**2))) > SEPARABLE_FRACTION * size:
+            chosen.append(key)
+            basis.append(own / np.linalg.norm(own))
+    return chosen
+
+
+def _typical(key: str) -> float:
+    """The size a key's value is judged against when its base value is 0 (1 ms, 10 us, 1)."""
+    return 1.0 if key.endswith("_ms") else 10.0 if key.endswith("_us") else 1.0
 
 
 def _tidy(keys: list[str], values: np.ndarray) -> np.ndarray:
@@ -434,7 +487,8 @@ def write_fit(
     name: str | None = None,
 ) -> Path:
     """The base GPU profile, hardware untouched, carrying the fitted engine as its default,
-    written with the per-point errors as `<stem>.steps-fit.parquet` beside it."""
+    written with the per-point errors as `<stem>.steps-fit.parquet` beside it. No clock time
+    goes in: the same steps file gives byte-identical outputs."""
     profile = dataclasses.replace(
         gpu,
         name=name or f"{gpu.name}-{fit.preset.name}",
@@ -445,13 +499,14 @@ def write_fit(
     meta = {
         "kind": "engine fit",
         "measurement": f"step times of a real engine from {Path(log.source).name}",
-        "steps_file": str(Path(log.source).resolve()),
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "steps_file": log.source,
+        "steps_sha256": hashlib.sha256(Path(log.source).read_bytes()).hexdigest(),
         "tokenfleet_version": __version__,
         "base_profile": gpu.name,
         "base_engine": fit.base.name,
         "dtype": dtype,
         "fitted_keys": list(fit.fitted_keys),
+        "held_keys": list(fit.held_keys),
         "hardware": "coefficients and peaks are the base profile's, unchanged by this fit",
         "fit": {"before": fit.before.as_dict(), "after": fit.after.as_dict()},
         "errors": error_summary(fit),

@@ -7,6 +7,7 @@ so a default run is loaded but not overloaded.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -70,8 +71,6 @@ def build_fleet(
 
     Raises UserError (from the model, profile or memory plan) before anything is simulated.
     """
-    import dataclasses
-
     model = get_model(scenario.model.name)
     dtype = scenario.model.dtype
     kv_dtype = scenario.model.kv_dtype or None
@@ -89,7 +88,9 @@ def build_fleet(
         )
         count = pool.replicas
         if count == AUTO:
-            max_seqs = getattr(make_batcher(pool.batcher.policy, pool.batcher.settings), "max_num_seqs", 256)
+            max_seqs = getattr(
+                make_batcher(pool.batcher.policy, pool.batcher.settings), "max_num_seqs", 256
+            )
             per_request = replica_seconds_per_request(step_time, stats, max_seqs)
             load = stats.rate_per_s / n_auto * per_request
             count = max(1, math.ceil(load / TARGET_UTILISATION))

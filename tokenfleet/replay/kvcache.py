@@ -68,7 +68,7 @@ class KVCache:
         return self.hist[-step_no % self.block_size]
 
     def steps_until_full(self, step_no: int, max_steps: int) -> int:
-        """How many decode-only steps from `step_no` (at most `max_steps`) fit in the free blocks."""
+        """How many decode-only steps from `step_no` (at most `max_steps`) fit in free blocks."""
         room = self.capacity_blocks - self.other_blocks
         if self.decoder_blocks(step_no + max_steps) <= room:
             return max_steps

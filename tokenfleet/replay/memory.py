@@ -1,4 +1,4 @@
-"""Memory planning for a replica: weights per GPU, what is left for the KV cache, in tokens and blocks.
+"""Memory planning for a replica: weights per GPU and what is left for the KV cache.
 
 Like vLLM, a fraction `gpu_memory_utilization` of each GPU is the budget; the weights shard over
 `tp` GPUs, a reserve is kept for the runtime and the activations of a large prefill step, and the
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from tokenfleet.calibrate.profile import GpuProfile
 from tokenfleet.errors import UserError
-from tokenfleet.models.spec import ModelSpec, kv_dtype_bytes
+from tokenfleet.models.spec import ModelSpec
 
 RUNTIME_RESERVE_BYTES = 1e9  # CUDA context, NCCL and allocator buffers per GPU
 ACTIVATION_TOKENS = 8192  # the prefill step whose activations are reserved (a common budget)
@@ -56,9 +56,7 @@ def plan_memory(
 ) -> MemoryPlan:
     """The replica's memory plan, or a one-line UserError when the model does not fit."""
     if not 0 < gpu_memory_utilization <= 1:
-        raise UserError(
-            f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}"
-        )
+        raise UserError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
     if block_size < 1:
         raise UserError(f"block_size must be >= 1, got {block_size}")
     kv_dtype = kv_dtype or ("fp16" if dtype == "fp16" else "bf16")
@@ -71,7 +69,9 @@ def plan_memory(
     kv_tokens = int(kv_bytes // kv_per_token) if kv_bytes > 0 else 0
     blocks = kv_tokens // block_size
     if blocks < 1:
-        raise UserError(_refusal(model, gpu, tp, dtype, weights_total, budget - reserve))
+        raise UserError(
+            _refusal(model, gpu, tp, dtype, weights_total, budget - reserve, gpu_memory_utilization)
+        )
     return MemoryPlan(
         weights_per_gpu_bytes=weights,
         reserve_per_gpu_bytes=reserve,
@@ -84,9 +84,15 @@ def plan_memory(
 
 
 def _refusal(
-    model: ModelSpec, gpu: GpuProfile, tp: int, dtype: str, weights: float, usable: float
+    model: ModelSpec,
+    gpu: GpuProfile,
+    tp: int,
+    dtype: str,
+    weights: float,
+    usable: float,
+    utilization: float,
 ) -> str:
-    """e.g. "llama-3.1-405b in bf16 needs 812 GB of weights; 8 x h100-sxm hold 640 GB; ..."."""
+    """e.g. "llama-3.1-405b in bf16 needs 812 GB of weights; 8 x h100-sxm hold 687 GB; ..."."""
     fixes = []
     if usable > 0:
         need_tp = 2 ** math.ceil(math.log2(weights / usable * 1.05))
@@ -94,10 +100,16 @@ def _refusal(
             fixes.append(f"--tp {need_tp}")
     if dtype in ("bf16", "fp16"):
         fixes.append("--dtype fp8")
+    held = tp * gpu.hbm_bytes
+    if weights < held:
+        fixes.append("a higher gpu_memory_utilization")
     fixes.append("a larger GPU")
-    what = f"needs {weights / 1e9:,.0f} GB of weights"
-    if weights / tp <= usable:
-        what += " and leaves no room for the KV cache"
-    suggestion = f"{', '.join(fixes[:-1])}, or {fixes[-1]}" if len(fixes) > 1 else fixes[0]
-    held = tp * gpu.hbm_bytes / 1e9
-    return f"{model.name} in {dtype} {what}; {tp} x {gpu.name} hold {held:,.0f} GB; use {suggestion}"
+    what = f"{model.name} in {dtype} needs {weights / 1e9:,.0f} GB of weights"
+    where = f"{tp} x {gpu.name} hold {held / 1e9:,.0f} GB"
+    if weights < held:
+        what += " plus room for its KV cache"
+        where += (
+            f", {max(usable, 0) * tp / 1e9:,.0f} GB usable at gpu_memory_utilization "
+            f"{utilization:g} after the runtime and activation reserve"
+        )
+    return f"{what}; {where}; use {', '.join(fixes[:-1])}, or {fixes[-1]}"

@@ -60,6 +60,7 @@ TIMELINE_SCHEMA = pa.schema(
         ("max_batch", pa.int32()),
         ("prefill_tokens", pa.int64()),
         ("decode_tokens", pa.int64()),
+        ("output_tokens", pa.int64()),
         ("kv_peak_blocks", pa.int64()),
         ("kv_peak_frac", pa.float64()),
         ("requests_arrived", pa.int64()),
@@ -67,12 +68,6 @@ TIMELINE_SCHEMA = pa.schema(
         ("mean_in_system", pa.float64()),
     ]
 )
-
-
-def _floats(values: list) -> pa.Array:
-    """float64 with None as null."""
-    arr = np.array([math.nan if v is None else v for v in values], dtype=np.float64)
-    return pa.array(arr, mask=np.isnan(arr))
 
 
 class RequestWriter:
@@ -90,7 +85,9 @@ class RequestWriter:
         first = np.array(
             [math.nan if s.first_token_s is None else s.first_token_s for s in seqs], np.float64
         )
-        finish = np.array([math.nan if s.finish_s is None else s.finish_s for s in seqs], np.float64)
+        finish = np.array(
+            [math.nan if s.finish_s is None else s.finish_s for s in seqs], np.float64
+        )
         start = np.array([math.nan if s.start_s is None else s.start_s for s in seqs], np.float64)
         out = np.array([s.output_tokens for s in seqs], dtype=np.int32)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -158,6 +155,7 @@ class TimelineWriter:
             pa.array(np.array([a[3] for a in acc], dtype=np.int32)),
             pa.array(np.array([a[4] for a in acc], dtype=np.int64)),
             pa.array(np.array([a[5] for a in acc], dtype=np.int64)),
+            pa.array(np.array([a[10] for a in acc], dtype=np.int64)),
             pa.array(kv_peak),
             pa.array(kv_peak / capacity),
             pa.array(np.array([a[7] for a in acc], dtype=np.int64)),
@@ -188,23 +186,24 @@ def summarise(out_dir: Path, fleet: dict) -> dict:
         pl.col("preemptions").cast(pl.Int64).sum().alias("preemptions"),
     ]
     for col in LATENCIES:
-        aggs.append(pl.col(col).mean().alias(f"{col}:mean"))
         for p in PERCENTILES:
             aggs.append(pl.col(col).quantile(p / 100, "linear").alias(f"{col}:p{p}"))
     row = done.select(aggs).collect().row(0, named=True)
+    # Float means in numpy: Polars sums in parallel chunks, whose order (and last bit) varies.
+    latencies = done.select(LATENCIES).collect()
+    for col in LATENCIES:
+        row[f"{col}:mean"] = _mean(latencies[col].to_numpy())
     counts = requests.group_by("status").len().collect()
     by_status = dict(zip(counts["status"].to_list(), counts["len"].to_list(), strict=True))
-    tl = (
-        timeline.select(
-            pl.col("busy_s").sum().alias("busy_s"),
-            pl.col("kv_peak_frac").mean().alias("kv_mean_peak"),
-            pl.col("kv_peak_frac").max().alias("kv_max_peak"),
-            pl.col("mean_batch").filter(pl.col("steps") > 0).mean().alias("mean_batch"),
-            pl.col("steps").sum().alias("steps"),
-        )
-        .collect()
-        .row(0, named=True)
-    )
+    tl_cols = timeline.select("busy_s", "kv_peak_frac", "mean_batch", "steps").collect()
+    active = tl_cols.filter(pl.col("steps") > 0)
+    tl = {
+        "busy_s": float(np.sum(tl_cols["busy_s"].to_numpy())),
+        "kv_mean_peak": _mean(tl_cols["kv_peak_frac"].to_numpy()),
+        "kv_max_peak": tl_cols["kv_peak_frac"].max(),
+        "mean_batch": _mean(active["mean_batch"].to_numpy()),
+        "steps": int(tl_cols["steps"].sum()),
+    }
     finished = row["finished"]
     start = row["first_arrival_s"] or 0.0
     duration = (row["last_finish_s"] - start) if finished else 0.0
@@ -245,6 +244,12 @@ def summarise(out_dir: Path, fleet: dict) -> dict:
         "kv_peak_frac_max": tl["kv_max_peak"],
     }
     return summary
+
+
+def _mean(values: np.ndarray) -> float | None:
+    """Mean ignoring nulls (NaN), None when there are none; deterministic."""
+    values = values[~np.isnan(values)]
+    return float(np.mean(values)) if values.size else None
 
 
 def write_summary(path: Path, summary: dict) -> None:

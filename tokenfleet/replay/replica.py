@@ -13,7 +13,6 @@ step long, which gives the same records by construction of the same decisions.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections import deque
 from heapq import heappop, heappush
 from itertools import accumulate
 
@@ -23,10 +22,22 @@ from tokenfleet.replay.kvcache import KVCache
 
 IDLE, STEP, RUN = 0, 1, 2
 # Runs shorter than this are priced with scalar calls; longer chunks with one vectorised call.
-_VECTOR_MIN_STEPS = 24
-_FIRST_CHUNK_STEPS = 8
+_VECTOR_MIN_STEPS = 32
+_FIRST_CHUNK_MIN_STEPS = 2
 # Timeline accumulator fields, in order (see metrics.TIMELINE_COLUMNS).
-BUSY, STEPS, BATCH_SUM, BATCH_MAX, PREFILL, DECODE, KV_PEAK, ARRIVED, FINISHED, IN_SYSTEM = range(10)
+(
+    BUSY,
+    STEPS,
+    BATCH_SUM,
+    BATCH_MAX,
+    PREFILL,
+    DECODE,
+    KV_PEAK,
+    ARRIVED,
+    FINISHED,
+    IN_SYSTEM,
+    OUTPUT,
+) = range(11)
 
 
 class Seq:
@@ -132,6 +143,8 @@ class Replica:
         "in_sys_s",
         "cur_iv",
         "cur_row",
+        "replan",
+        "run_hint",
     )
 
     def __init__(
@@ -184,6 +197,10 @@ class Replica:
         self.in_sys_s = 0.0  # time up to which the in-system integral is accounted
         self.cur_iv = -1  # the interval whose accumulator was used last, and that row
         self.cur_row: list = []
+        # Set (by a preemption, or by a batcher) when the next step must be chosen afresh even
+        # if this one holds only decodes: vLLM admits nothing in a step that preempted.
+        self.replan = False
+        self.run_hint = 4.0  # recent run length in steps (sizes the first chunk priced)
 
     # ------------------------------------------------------------------ engine interface
 
@@ -201,7 +218,7 @@ class Replica:
         if state == RUN:
             times = self.run_times
             while times[-1] < now and len(times) < self.run_n_max:
-                self._extend()
+                self._extend(now)
             k = bisect_left(times, now) + 1
             if k < len(times):
                 del times[k:]
@@ -235,7 +252,7 @@ class Replica:
             return 0
         times = self.run_times
         while times[-1] < now and len(times) < self.run_n_max:
-            self._extend()
+            self._extend(now)
         return bisect_left(times, now)
 
     def kv_used_at(self, now: float) -> float:
@@ -270,6 +287,7 @@ class Replica:
         seq.fin_step = -1
         seq.cached = 0
         seq.preemptions += 1
+        self.replan = True
         self.batcher.requeue(self.waiting, seq)
         return -(-(offset + s) // self.kv.block_size)
 
@@ -282,6 +300,7 @@ class Replica:
         seq.blocks = 0
         seq.cached = 0
         seq.preemptions += 1
+        self.replan = True
         self.batcher.requeue(self.waiting, seq)
         return freed
 
@@ -290,6 +309,7 @@ class Replica:
     def _plan(self, now: float) -> float | None:
         """Choose the step starting at `now`; return when the replica next needs the engine."""
         self.chunks = []
+        self.replan = False
         wake = self.batcher.schedule(self, now)
         chunks = self.chunks
         d = self.n_dec
@@ -318,7 +338,7 @@ class Replica:
         fin_heap = self.fin_heap
         while fin_heap[0][2].fin_step != fin_heap[0][0]:
             heappop(fin_heap)  # left behind by a preemption
-        n = 1 if self.step_by_step else fin_heap[0][0] - s + 1
+        n = 1 if self.step_by_step or self.replan else fin_heap[0][0] - s + 1
         kv = self.kv
         ph = kv.n_phased
         if n > 1 and ph:
@@ -335,20 +355,31 @@ class Replica:
         self._extend()
         return self.run_times[-1]
 
-    def _extend(self) -> None:
-        """Price the next chunk of the run: a few steps first, then doubling."""
+    def _extend(self, until: float | None = None) -> None:
+        """Price more steps of the run: up to the first step end >= `until` when a caller needs
+        that time (an arrival, a balancer's look); otherwise a little more than runs here have
+        lasted lately, then doubling. Long stretches go through one vectorised call."""
         times = self.run_times
         k = len(times)
-        m = min(self.run_n_max - k, max(_FIRST_CHUNK_STEPS, k))
+        t = times[-1] if k else self.t_start
+        if until is not None and k:
+            # Estimate the steps left from the last step's duration; stop early below.
+            m = int((until - t) / (t - (times[-2] if k > 1 else self.t_start))) + 1
+        elif k:
+            m = max(k, _VECTOR_MIN_STEPS)  # a long run: at least one vectorised chunk
+        else:
+            m = int(self.run_hint) + _FIRST_CHUNK_MIN_STEPS
+        m = min(self.run_n_max - k, m)
         d = self.n_dec
         ctx = self.run_ctx0 + d * k
-        t = times[-1] if k else self.t_start
         if m < _VECTOR_MIN_STEPS:
             step = self.step_s
             for _ in range(m):
                 t += step(0, 0.0, d, ctx)
                 times.append(t)
                 ctx += d
+                if until is not None and t >= until:
+                    return
             return
         ctxs = np.arange(ctx, ctx + d * m, d, dtype=np.int64)
         durations = self.step_s_array(
@@ -362,6 +393,7 @@ class Replica:
         times = self.run_times
         end = times[k - 1]
         s0 = self.run_s0
+        self.run_hint += (k - self.run_hint) * 0.25
         self._account_run(s0, k, times)
         self.step_no = s0 + k - 1
         self._end_step(end)
@@ -372,6 +404,7 @@ class Replica:
         chunks = self.chunks
         if chunks:
             self.partial = None
+            sampled = 0  # tokens sampled at the end of a (re)prefill
             for seq, n in chunks:
                 cached = seq.cached + n
                 seq.cached = cached
@@ -386,6 +419,7 @@ class Replica:
                     self._finish(seq, now)
                     continue
                 seq.generated += 1
+                sampled += 1
                 self.tokens_left -= 1
                 if seq.first_token_s is None:
                     seq.first_token_s = now
@@ -408,6 +442,8 @@ class Replica:
                 seq.fin_step = fin = s + out - seq.generated
                 heappush(self.fin_heap, (fin, seq.row, seq))
             self.chunks = []
+            if sampled:
+                self._row(int(self.t_start // self.interval_s))[OUTPUT] += sampled
         fin_heap = self.fin_heap
         while fin_heap and fin_heap[0][0] == s:
             seq = heappop(fin_heap)[2]
@@ -454,7 +490,7 @@ class Replica:
             return self.cur_row
         row = self.acc.get(iv)
         if row is None:
-            row = self.acc[iv] = [0.0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0]
+            row = self.acc[iv] = [0.0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0, 0]
         self.cur_iv = iv
         self.cur_row = row
         return row
@@ -499,6 +535,7 @@ class Replica:
             row[BATCH_MAX] = batch
         row[PREFILL] += prefill
         row[DECODE] += self.n_gen
+        row[OUTPUT] += self.n_gen
         self.tokens_left -= self.n_gen
         if kv_blocks > row[KV_PEAK]:
             row[KV_PEAK] = kv_blocks
@@ -524,6 +561,20 @@ class Replica:
         start = self.t_start
         end = times[k - 1]
         iv = int(start // size)
+        self.tokens_left -= gen * k
+        if end <= (iv + 1) * size:  # the usual case: the run lies within one interval
+            row = self._row(iv)
+            row[BUSY] += end - start
+            row[STEPS] += k
+            row[BATCH_SUM] += k * d
+            if d > row[BATCH_MAX]:
+                row[BATCH_MAX] = d
+            row[DECODE] += k * gen
+            row[OUTPUT] += k * gen
+            peak = kv.other_blocks + kv.decoder_blocks(s0 + k)
+            if peak > row[KV_PEAK]:
+                row[KV_PEAK] = peak
+            return
         done = 0
         while done < k:
             edge = (iv + 1) * size
@@ -537,13 +588,13 @@ class Replica:
                 if d > row[BATCH_MAX]:
                     row[BATCH_MAX] = d
                 row[DECODE] += steps * gen
+                row[OUTPUT] += steps * gen
                 peak = kv.other_blocks + kv.decoder_blocks(s0 + upto)
                 if peak > row[KV_PEAK]:
                     row[KV_PEAK] = peak
                 done = upto
             iv += 1
         self._busy(int(start // size), start, end)
-        self.tokens_left -= gen * k
 
     def busy_since(self) -> float:
         """Start of the step or run in flight (inf when idle): accounting is final before it."""

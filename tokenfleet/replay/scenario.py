@@ -260,9 +260,7 @@ def scenario_to_dict(scenario: Scenario) -> dict[str, Any]:
         "pools": [
             {
                 **{
-                    f.name: getattr(p, f.name)
-                    for f in dataclasses.fields(p)
-                    if f.name != "batcher"
+                    f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.name != "batcher"
                 },
                 "batcher": policy(p.batcher),
             }

@@ -1,22 +1,24 @@
 """StepTime: the duration of one forward pass of a mixed batch, from physics and a few coefficients.
 
 For a step with P prefill tokens (causal query-key pairs A), D decoding sequences whose contexts
-total K tokens, on `tp` GPUs (every time is per GPU; all GPUs work in parallel)::
+total K tokens, N = P + D tokens, on `tp` GPUs (times per GPU; the GPUs work in parallel)::
 
-    gemm  = max(dense FLOPs / (peak * eff(P + D)), weight bytes read / (bw * bw_eff))
-            (+ the same for MoE experts: FLOPs at the tokens each expert gets, bytes of the
-            experts the batch touches in expectation)
-    attn  = prefill attention FLOPs / (peak * attn_eff)
-            + max(decode attention FLOPs / (peak * attn_eff), KV bytes read and written / bw)
-    comm  = 2 all-reduces per layer: latency + ring bytes / (link bw * link_eff)
-    gpu   = gemm + attn + comm
-    step  = step_overhead + seq_overhead * D + max(n_layers * layer_launch, gpu)    (eager)
-          = step_overhead + seq_overhead * D + n_layers * layer_graph + gpu        (CUDA graphs,
-                                                                                     decode-only)
+    gemm  = max(dense FLOPs / (peak * eff(N)), weight bytes / bw)   eff(N) = emax N / (N + half)
+          + max(expert FLOPs / (peak * eff(tokens per expert)), bytes of experts touched / bw)
+    attn  = A * FLOPs per pair / (peak * attn_eff)
+          + max(K * FLOPs per pair / (peak * attn_eff), (K + N) * KV bytes per token / bw)
+    comm  = 2 * layers * (latency + N * hidden * 2 bytes * 2 (tp - 1) / tp / link)     (tp > 1)
+    act   = N * act_passes * layers * hidden * 2 bytes / bw      (norms, residuals; every rank)
+    gpu   = gemm + attn + comm + act
+    step  = step_overhead + D * seq_overhead + max(layers * layer_launch, gpu)       (eager)
+          = step_overhead + D * seq_overhead + layers * layer_graph + gpu      (CUDA graphs,
+                                                                               decode-only)
 
-In eager mode the CPU launches kernels ahead of the GPU, so the step waits for the slower of
-the two; a 2023 engine at small batches is launch-bound, a modern one replays a CUDA graph.
-The hardware coefficients come from the GPU profile, the overheads from the engine preset.
+bw = HBM bandwidth x bw_eff and link = one direction of the scale-up link x link_eff. MoE
+experts touched by N tokens: E (1 - (1 - k/E)^N). Prefill tokens skip the LM head. In eager mode
+the CPU launches kernels ahead of the GPU, so a step waits for the slower of the two: a 2023
+engine at small batches is launch-bound; a modern one replays a CUDA graph for decode steps.
+Hardware coefficients come from the GPU profile, overheads from the engine preset.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ import numpy as np
 
 from tokenfleet.calibrate.profile import EnginePreset, GpuProfile, load_engine
 from tokenfleet.errors import UserError
+from tokenfleet.models.spec import UNQUANTISED_BYTES, ModelSpec, weight_dtype_bytes
 from tokenfleet.replay.memory import kv_shard
-from tokenfleet.models.spec import ModelSpec, kv_dtype_bytes, weight_dtype_bytes
 
 ACTIVATION_BYTES = 2.0  # bf16 activations on the wire for the TP all-reduces
 
@@ -60,7 +62,6 @@ class StepTime:
         else:
             self.engine = load_engine(engine or gpu.default_engine, gpu)
         wbytes = weight_dtype_bytes(dtype)
-        kvbytes = kv_dtype_bytes(self.kv_dtype)
 
         peak = gpu.peak_flops(dtype)
         bw = gpu.hbm_tb_s * 1e12 * gpu.bw_eff
@@ -75,7 +76,9 @@ class StepTime:
         # Weights read once per step: all but the embedding table (a row lookup) and the routed
         # experts, which are read only where the batch routes tokens.
         routed_bytes = model.n_moe_layers * model.n_experts * model.expert_params * wbytes
-        embedding_bytes = 0.0 if model.tied_embeddings else model.embedding_params * 2.0
+        embedding_bytes = (
+            0.0 if model.tied_embeddings else model.embedding_params * UNQUANTISED_BYTES
+        )
         self._weights_s = (model.weight_bytes(dtype) - routed_bytes - embedding_bytes) / (tp * bw)
         self._expert_s = model.n_moe_layers * model.expert_params * wbytes / (tp * bw)
         self._k_per_e = model.experts_per_token / max(model.n_experts, 1)
@@ -83,7 +86,7 @@ class StepTime:
         self._n_experts = float(model.n_experts)
         # Attention. KV heads split over TP down to one head per GPU; MLA's latent is replicated.
         shard = kv_shard(model, tp)
-        attn = tp * peak * gpu.attn_eff
+        attn = tp * gpu.peak_flops("bf16") * gpu.attn_eff  # attention runs in 16-bit
         self._attn_pre_s = model.attn_flops_per_pair(decode=False) / attn
         self._attn_dec_s = model.attn_flops_per_pair(decode=True) / attn
         self._kv_s = model.kv_bytes_per_token(self.kv_dtype) / (shard * bw)
@@ -103,7 +106,6 @@ class StepTime:
         )
         # Engine overheads.
         self._step_s = self.engine.step_overhead_ms * 1e-3
-        self._prefill_step_s = self._step_s + self.engine.prefill_overhead_ms * 1e-3
         self._seq_s = self.engine.seq_overhead_us * 1e-6
         self._launch_s = model.n_layers * self.engine.layer_launch_us * 1e-6
         self._graph_s = (
@@ -128,7 +130,7 @@ class StepTime:
         launch = mx(self._launch_s, t)
         if self._graph_s >= 0.0:
             launch = decode_only(self._graph_s + t, launch)
-        return decode_only(self._step_s, self._prefill_step_s) + d * self._seq_s + launch
+        return self._step_s + d * self._seq_s + launch
 
     def step_s(
         self,
@@ -164,8 +166,10 @@ class StepTime:
     ) -> np.ndarray:
         """`step_s` over arrays (broadcast together); equal to it element by element."""
         p, a, d, k = np.broadcast_arrays(
-            *(np.asarray(x, dtype=np.float64) for x in (prefill_tokens, prefill_attn_pairs,
-                                                        decode_seqs, decode_context_tokens))
+            *(
+                np.asarray(x, dtype=np.float64)
+                for x in (prefill_tokens, prefill_attn_pairs, decode_seqs, decode_context_tokens)
+            )
         )
         touched = 0.0
         if self._n_experts:
@@ -188,3 +192,66 @@ class StepTime:
     def weight_read_s(self) -> float:
         """Seconds to read the weights once at the achievable bandwidth (dense part)."""
         return self._weights_s
+
+    def decode_gemm_s(self, decode_seqs: int) -> tuple[float, float]:
+        """(compute, weight read) seconds of the GEMMs of a decode step of `decode_seqs`."""
+        n = float(decode_seqs)
+        compute = n * self._dec_s / (self._emax * n / (n + self._half))
+        memory = self._weights_s
+        if self._n_experts:
+            touched = self._n_experts * (1.0 - math.pow(self._miss, n))
+            per_expert = n * self._k_per_e * self._n_experts / touched
+            compute += n * self._exp_s / (self._emax * per_expert / (per_expert + self._half))
+            memory += touched * self._expert_s
+        return compute, memory
+
+    def compute_bound_batch(self, limit: int = 1 << 20) -> int | None:
+        """Smallest decode batch whose GEMMs take longer to compute than to read their weights:
+        below it, adding sequences is nearly free; above it, cost per token stops falling."""
+        if self.decode_gemm_s(limit)[0] < self.decode_gemm_s(limit)[1]:
+            return None
+        low, high = 0, limit  # compute < memory at `low` (or low == 0), >= at `high`
+        while high - low > 1:
+            mid = (low + high) // 2
+            compute, memory = self.decode_gemm_s(mid)
+            if compute >= memory:
+                high = mid
+            else:
+                low = mid
+        return high
+
+
+PREFILL_SWEEP_TOKENS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+DECODE_SWEEP_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+DECODE_SWEEP_CONTEXTS = (1024, 4096, 16384)
+
+
+def steptime_sweep(
+    st: StepTime, kv_capacity_tokens: int, usd_per_gpu_hour: float | None = None
+) -> list[dict]:
+    """The batch-size economics of one replica as rows: one prompt of each length prefilled
+    from an empty cache, then decode steps of each batch at a few per-sequence contexts."""
+    usd_per_s = None if usd_per_gpu_hour is None else st.tp * usd_per_gpu_hour / 3600.0
+    rows = []
+
+    def row(phase: str, prompt: int, batch: int, context: int, seconds: float, tokens: int):
+        tokens_per_s = tokens / seconds
+        rows.append(
+            {
+                "phase": phase,
+                "prompt_tokens": prompt,
+                "batch": batch,
+                "context_tokens": context,
+                "step_ms": seconds * 1e3,
+                "tokens_per_s": tokens_per_s,
+                "usd_per_mtoken": None if usd_per_s is None else usd_per_s / tokens_per_s * 1e6,
+                "fits_kv": batch * (prompt or context) <= kv_capacity_tokens,
+            }
+        )
+
+    for p in PREFILL_SWEEP_TOKENS:
+        row("prefill", p, 1, 0, st.step_s(p, p * (p + 1) / 2, 0, 0), p)
+    for context in DECODE_SWEEP_CONTEXTS:
+        for d in DECODE_SWEEP_BATCHES:
+            row("decode", 0, d, context, st.step_s(0, 0.0, d, d * context), d)
+    return rows

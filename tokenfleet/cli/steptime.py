@@ -1,0 +1,170 @@
+"""`tokenfleet steptime`: step time, tokens/s and $/Mtoken of one replica across batch sizes."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+STEPTIME_COLUMNS = (
+    "phase",
+    "prompt_tokens",
+    "batch",
+    "context_tokens",
+    "step_ms",
+    "tokens_per_s",
+    "usd_per_mtoken",
+    "fits_kv",
+)
+
+
+@click.command()
+@click.option(
+    "--model", "model_name", required=True, help="Built-in model, model .toml or config.json."
+)
+@click.option("--gpu", "gpu_name", required=True, help="Built-in GPU profile or profile .toml.")
+@click.option("--tp", default=1, show_default=True, help="Tensor-parallel GPUs per replica.")
+@click.option(
+    "--dtype",
+    default="bf16",
+    show_default=True,
+    type=click.Choice(["bf16", "fp16", "fp8", "fp4", "int4"]),
+    help="Weight dtype.",
+)
+@click.option(
+    "--kv-dtype",
+    default=None,
+    type=click.Choice(["bf16", "fp16", "fp8"]),
+    help="KV-cache dtype [default: the weights' 16-bit type].",
+)
+@click.option(
+    "--engine",
+    default=None,
+    help="Engine preset (or .toml) for overheads [default: the profile's].",
+)
+@click.option(
+    "--usd-per-gpu-hour",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Price of one GPU-hour: adds $/Mtoken.",
+)
+@click.option(
+    "--gpu-memory-utilization",
+    default=0.9,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Fraction of GPU memory used.",
+)
+@click.option(
+    "--parquet",
+    "parquet_path",
+    type=click.Path(dir_okay=False),
+    help="Also write the table as Parquet.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Also write everything as JSON ('-' for stdout, table then not printed).",
+)
+def steptime(
+    model_name,
+    gpu_name,
+    tp,
+    dtype,
+    kv_dtype,
+    engine,
+    usd_per_gpu_hour,
+    gpu_memory_utilization,
+    parquet_path,
+    json_path,
+) -> None:
+    """Step time and tokens/s of one replica for prefill lengths and decode batch sizes.
+
+    Shows where decoding turns compute-bound (cost per token stops falling with batch size),
+    the replica's KV-cache capacity, and with --usd-per-gpu-hour the cost per million tokens.
+    """
+    from tokenfleet.atomic import atomic_path
+    from tokenfleet.calibrate.profile import load_profile
+    from tokenfleet.models import get_model
+    from tokenfleet.replay.memory import plan_memory
+    from tokenfleet.replay.steptime import StepTime, steptime_sweep
+
+    model = get_model(model_name)
+    gpu = load_profile(gpu_name)
+    st = StepTime(model, gpu, tp=tp, dtype=dtype, kv_dtype=kv_dtype, engine=engine)
+    plan = plan_memory(model, gpu, tp, dtype, st.kv_dtype, gpu_memory_utilization)
+    rows = steptime_sweep(st, plan.kv_capacity_tokens, usd_per_gpu_hour)
+    bound = st.compute_bound_batch()
+    doc = {
+        "model": model.name,
+        "gpu": gpu.name,
+        "tp": tp,
+        "dtype": dtype,
+        "kv_dtype": st.kv_dtype,
+        "engine": st.engine.name,
+        "usd_per_gpu_hour": usd_per_gpu_hour,
+        "weights_per_gpu_bytes": plan.weights_per_gpu_bytes,
+        "kv_capacity_tokens": plan.kv_capacity_tokens,
+        "kv_blocks": plan.kv_blocks,
+        "block_size": plan.block_size,
+        "compute_bound_decode_batch": bound,
+        "rows": rows,
+    }
+    if parquet_path:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pylist(rows)
+        with atomic_path(parquet_path) as tmp:
+            pq.write_table(table, tmp)
+    if json_path == "-":
+        click.echo(json.dumps(doc, indent=1))
+        return
+    if json_path:
+        with atomic_path(json_path) as tmp:
+            tmp.write_text(json.dumps(doc, indent=1))
+    _print(doc, usd_per_gpu_hour is not None)
+
+
+def _print(doc: dict, with_cost: bool) -> None:
+    echo = click.echo
+    echo(
+        f"{doc['model']} on {doc['tp']} x {doc['gpu']}, {doc['dtype']} weights, "
+        f"{doc['kv_dtype']} KV cache, engine {doc['engine']}"
+    )
+    echo(
+        f"weights {doc['weights_per_gpu_bytes'] / 1e9:,.1f} GB per GPU; KV cache "
+        f"{doc['kv_capacity_tokens']:,} tokens ({doc['kv_blocks']:,} blocks of "
+        f"{doc['block_size']})"
+    )
+    bound = doc["compute_bound_decode_batch"]
+    echo(
+        f"decode turns compute-bound at batch {bound:,}"
+        if bound
+        else "decode stays bound by reading weights at every batch size"
+    )
+    cost = f" {'usd_per_mtoken':>14}" if with_cost else ""
+
+    def money(r: dict) -> str:
+        return f" {r['usd_per_mtoken']:>14.3f}" if with_cost else ""
+
+    def fits(r: dict) -> str:
+        return "" if r["fits_kv"] else "  exceeds KV cache"
+
+    echo("\nprefill: one prompt, empty cache")
+    echo(f"{'prompt_tokens':>13} {'step_ms':>10} {'tokens_per_s':>12}{cost}")
+    for r in doc["rows"]:
+        if r["phase"] == "prefill":
+            echo(
+                f"{r['prompt_tokens']:>13,} {r['step_ms']:>10.2f} {r['tokens_per_s']:>12,.0f}"
+                f"{money(r)}{fits(r)}"
+            )
+    echo("\ndecode: one step of `batch` sequences, each with context_tokens of KV cache")
+    echo(f"{'context_tokens':>14} {'batch':>6} {'step_ms':>10} {'tokens_per_s':>12}{cost}")
+    for r in doc["rows"]:
+        if r["phase"] == "decode":
+            echo(
+                f"{r['context_tokens']:>14,} {r['batch']:>6,} {r['step_ms']:>10.2f} "
+                f"{r['tokens_per_s']:>12,.0f}{money(r)}{fits(r)}"
+            )
