@@ -52,6 +52,7 @@ class FakeGpu:
         self.count_error = count_error
         self.clock_ms = 0.0
         self.gemm_calls: list[tuple] = []
+        self.weight_pointers: list[int] = []
         self.allreduce_calls: list[tuple] = []
 
     def advance(self, seconds: float) -> None:
@@ -184,6 +185,7 @@ def make_fake_cupy(gpu: FakeGpu) -> types.ModuleType:
                 ctype, ldc, compute, algo):  # fmt: skip
         gpu.gemm_calls.append((handle, transa, transb, m, n, k, atype, lda, btype, ldb, ctype, ldc,
                                compute, algo))  # fmt: skip
+        gpu.weight_pointers.append(a)  # cuBLAS's A is the row-major weight matrix
         itemsize = {0: 4, 2: 2, 14: 2}[atype]
         gpu.advance(gpu.gemm_seconds(n, m, k, itemsize))  # cuBLAS n is the row-major M
 
@@ -368,3 +370,22 @@ def test_nccl_all_reduce_spans_every_gpu(fake_gpu) -> None:
     counts = sorted({c[0] for c in gpu.allreduce_calls})
     assert counts == [b // 2 for b in plan.allreduce_bytes]  # fp16 elements
     assert {c[1:] for c in gpu.allreduce_calls} == {(6, 0)}  # NCCL_FLOAT16, NCCL_SUM
+
+
+def test_small_weights_rotate_through_copies_larger_than_the_cache(fake_gpu) -> None:
+    """A weight matrix that fits in L2 would be read from cache; the backend cycles through
+    copies that together cover twice the L2, as a model's weights stream from HBM."""
+    gpu = fake_gpu()
+    backend, _ = open_backend("cupy")
+    weight_bytes = 1024 * 1024 * 2
+    run = backend.gemm("fp16", 4, 1024, 1024)  # 2 MiB of weights against a 50 MiB L2
+    for _ in range(120):
+        run()
+    pointers = gpu.weight_pointers
+    distinct = len(set(pointers))
+    assert distinct * weight_bytes >= 2 * backend.info.cache_bytes
+    assert pointers[:distinct] == pointers[distinct : 2 * distinct]  # a fixed cycle
+    big = backend.gemm("fp16", 4, 8192, 8192)  # 128 MiB: one copy is enough
+    big()
+    big()
+    assert gpu.weight_pointers[-1] == gpu.weight_pointers[-2]

@@ -47,7 +47,11 @@ def test_throughput_grows_with_batch_until_compute_bound_then_flattens(model, gp
     bound = steptime.compute_bound_batch()
     batches = np.array([1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096])
     tokens_per_s = batches / steptime.step_s_array(0, 0.0, batches, batches * 512)
-    assert np.all(np.diff(tokens_per_s) > 0)  # batching never lowers throughput here
+    # Batching never lowers throughput, except that a step computing past the boost window runs
+    # at the power-capped clock: that costs at most the clock's loss.
+    gpu_profile = load_profile(gpu)
+    assert np.all(tokens_per_s[1:] >= gpu_profile.sustained_clock_frac * tokens_per_s[:-1])
+    assert np.all(np.diff(tokens_per_s[: int(np.argmax(tokens_per_s)) + 1]) > 0)
     # Far below the bound, doubling the batch nearly doubles throughput (weights dominate) ...
     assert tokens_per_s[1] / tokens_per_s[0] > 1.8
     # ... well above it, doubling buys little: the step is compute-bound.
@@ -155,10 +159,10 @@ def test_validation_on_the_splitwise_measurements(shared_data: Path) -> None:
     assert summary["decode"]["points"] == 75 and summary["prefill"]["points"] == 51
     assert summary["decode"]["median_abs_pct"] <= 10
     assert summary["decode"]["max_abs_pct"] <= 25
-    # Prefill misses the 10% target (see the script: the data's batched prefills are slower
-    # than one step can be); this bound guards what the model achieves.
-    assert summary["prefill"]["median_abs_pct"] <= 13
-    assert summary["prefill"]["max_abs_pct"] <= 36
+    assert summary["prefill"]["median_abs_pct"] <= 9
+    # The max misses the 25% target: Llama's batched 512-token prefills are slower than one step
+    # can be (the script's data floor, >= 28%); this bound guards what the model achieves.
+    assert summary["prefill"]["max_abs_pct"] <= 34
 
 
 def test_steptime_cli_prints_and_writes_the_same_figures(tmp_path: Path, runner) -> None:

@@ -7,6 +7,7 @@ measurement is labelled as one (`DeviceInfo.kind == "cpu"`), never passed off as
 
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import resource
@@ -132,7 +133,9 @@ class Backend(ABC):
 
     @abstractmethod
     def gemm(self, dtype: str, m: int, n: int, k: int) -> Callable[[], object]:
-        """Allocate operands for C[m,n] = A[m,k] @ B[k,n] in `dtype`; return the call to time."""
+        """Allocate operands for C[m,n] = A[m,k] @ B[k,n] in `dtype`; return the call to time.
+        Successive calls cycle through `weight_copies` copies of B, so a weight matrix smaller
+        than the cache is still read from memory, as a model's weights are in a real step."""
 
     @abstractmethod
     def peak_memory_bytes(self) -> int:
@@ -169,6 +172,11 @@ _DTYPE_REFUSALS = {
     ("cupy", "fp8"): "fp8 GEMM needs cuBLASLt, which CuPy does not expose",
     ("cupy", "bf16"): "bf16 tensor cores need compute capability 8.0 or newer",
 }
+
+
+def weight_copies(cache_bytes: int, weight_bytes: int, limit: int = 64) -> int:
+    """Copies of a weight matrix that together cover twice the cache (at least one)."""
+    return max(1, min(limit, -(-2 * cache_bytes // max(weight_bytes, 1))))
 
 
 def _wall_time(
@@ -225,9 +233,12 @@ class NumpyBackend(Backend):
         np_dtype = _CPU_GEMM_DTYPES[self.check_dtypes([dtype])[0]]
         rng = np.random.default_rng(0)
         a = rng.standard_normal((m, k), dtype=np.float32).astype(np_dtype)
-        b = rng.standard_normal((k, n), dtype=np.float32).astype(np_dtype)
+        copies = weight_copies(self.info.cache_bytes, k * n * DTYPE_BYTES[dtype])
+        weights = itertools.cycle(
+            [rng.standard_normal((k, n), dtype=np.float32).astype(np_dtype) for _ in range(copies)]
+        )
         c = np.empty((m, n), dtype=np_dtype)
-        return lambda: np.matmul(a, b, out=c)
+        return lambda: np.matmul(a, next(weights), out=c)
 
     def peak_memory_bytes(self) -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
@@ -369,7 +380,8 @@ class CupyBackend(Backend):
         cp = self._cupy
         cuda_type, itemsize, _ = _GPU_GEMM_DTYPES[self.check_dtypes([dtype])[0]]
         a = _random_operand(cp, (m, k), dtype)
-        b = _random_operand(cp, (k, n), dtype)
+        copies = weight_copies(self.info.cache_bytes, k * n * itemsize)
+        weights = itertools.cycle([_random_operand(cp, (k, n), dtype) for _ in range(copies)])
         c = cp.empty((m, n), dtype=a.dtype)
         alpha = np.array(1.0, dtype=np.float32)
         beta = np.array(0.0, dtype=np.float32)
@@ -377,6 +389,7 @@ class CupyBackend(Backend):
         gemm_ex = cp.cuda.cublas.gemmEx
 
         def run() -> None:
+            b = next(weights)
             gemm_ex(
                 handle, _CUBLAS_OP_N, _CUBLAS_OP_N, n, m, k,
                 alpha.ctypes.data, b.data.ptr, cuda_type, n, a.data.ptr, cuda_type, k,

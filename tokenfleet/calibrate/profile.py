@@ -31,6 +31,10 @@ Profile TOML (what the built-ins use and what `tokenfleet calibrate` writes)::
     bw_eff = 0.85                       # achievable fraction of HBM bandwidth, <= 1
     link_eff = 0.75                     # achieved all-reduce bus bandwidth / one-way link, <= 1
     allreduce_latency_us = 12.0         # small-message all-reduce latency of the interconnect
+    sustained_clock_frac = 0.755        # optional: clock under sustained power-capped compute /
+                                        # boost clock, <= 1 (default 1: the clock holds)
+    boost_window_s = 0.2                # optional: compute seconds per step run at boost clock
+                                        # before the power limiter pulls the clock down
 
     [engine]                            # optional: a custom engine preset (see below); when
     name = "my-engine"                  # present it becomes this profile's default engine
@@ -40,6 +44,7 @@ Profile TOML (what the built-ins use and what `tokenfleet calibrate` writes)::
     source = "..."                      # where each figure comes from
 
 GEMM efficiency over the tokens n in a step is `gemm_eff_max * n / (n + gemm_half_tokens)`.
+A step's compute beyond `boost_window_s` runs at `sustained_clock_frac` of the boost clock.
 
 Engine preset TOML (built-ins in profiles/engines/, or the [engine] table above)::
 
@@ -100,7 +105,9 @@ COEFFICIENT_KEYS = (
     "link_eff",
     "allreduce_latency_us",
 )
-FRACTION_KEYS = ("gemm_eff_max", "attn_eff", "bw_eff", "link_eff")
+# Optional hardware coefficients and their defaults (profiles written before they existed).
+OPTIONAL_COEFFICIENTS = {"sustained_clock_frac": 1.0, "boost_window_s": 0.0}
+FRACTION_KEYS = ("gemm_eff_max", "attn_eff", "bw_eff", "link_eff", "sustained_clock_frac")
 # The engine overheads StepTime uses (times are >= 0).
 ENGINE_KEYS = (
     "step_overhead_ms",
@@ -147,6 +154,8 @@ class GpuProfile:
     bw_eff: float
     link_eff: float
     allreduce_latency_us: float
+    sustained_clock_frac: float = 1.0
+    boost_window_s: float = 0.0
     description: str = ""
     default_engine: str = "vllm-v1"
     engine: EnginePreset | None = None  # a custom preset carried by the file, if any
@@ -234,12 +243,15 @@ def _profile_from_table(doc: dict, where: str) -> GpuProfile:
     if doc["format"] != PROFILE_FORMAT:
         raise UserError(f"{where}: key 'format' must be {PROFILE_FORMAT!r}, got {doc['format']!r}")
     values: dict[str, float] = {}
+    optional = tuple(OPTIONAL_COEFFICIENTS)
     for section, keys in (("datasheet", DATASHEET_KEYS), ("coefficients", COEFFICIENT_KEYS)):
         table = doc[section]
         if not isinstance(table, dict):
             raise UserError(f"{where}: key {section!r} must be a table [{section}]")
-        _check_keys(table, keys, keys, f"{where} [{section}]")
-        values.update({k: _number(table, k, f"{where} [{section}]") for k in keys})
+        allowed = (*keys, *optional) if section == "coefficients" else keys
+        _check_keys(table, allowed, keys, f"{where} [{section}]")
+        values.update({k: _number(table, k, f"{where} [{section}]") for k in allowed if k in table})
+    values = {**OPTIONAL_COEFFICIENTS, **values}
     for key in FRACTION_KEYS:
         if not 0 < values[key] <= 1:
             raise UserError(
@@ -335,7 +347,9 @@ def profile_to_table(profile: GpuProfile, meta: dict[str, Any] | None = None) ->
         "description": profile.description,
         "default_engine": profile.engine.name if profile.engine else profile.default_engine,
         "datasheet": {k: getattr(profile, k) for k in DATASHEET_KEYS},
-        "coefficients": {k: getattr(profile, k) for k in COEFFICIENT_KEYS},
+        "coefficients": {
+            k: getattr(profile, k) for k in (*COEFFICIENT_KEYS, *OPTIONAL_COEFFICIENTS)
+        },
     }
     if profile.engine is not None:
         engine = asdict(profile.engine)

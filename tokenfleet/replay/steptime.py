@@ -5,8 +5,9 @@ total K tokens, N = P + D tokens, on `tp` GPUs (times per GPU; the GPUs work in 
 
     gemm  = max(dense FLOPs / (peak * eff(N)), weight bytes / bw)   eff(N) = emax N / (N + half)
           + max(expert FLOPs / (peak * eff(tokens per expert)), bytes of experts touched / bw)
-    attn  = A * FLOPs per pair / (peak * attn_eff)
-          + max(K * FLOPs per pair / (peak * attn_eff), (K + N) * KV bytes per token / bw)
+          + A * FLOPs per pair / (peak * attn_eff)                          (prefill attention)
+    gemm += max(gemm - boost_window, 0) * (1 / sustained_clock - 1)        (power-capped clock)
+    attn  = max(K * FLOPs per pair / (peak * attn_eff), (K + N) * KV bytes per token / bw)
     comm  = 2 * layers * (latency + N * hidden * 2 bytes * 2 (tp - 1) / tp / link)     (tp > 1)
     act   = N * act_passes * layers * hidden * 2 bytes / bw      (norms, residuals; every rank)
     gpu   = gemm + attn + comm + act
@@ -15,9 +16,12 @@ total K tokens, N = P + D tokens, on `tp` GPUs (times per GPU; the GPUs work in 
                                                                                decode-only)
 
 bw = HBM bandwidth x bw_eff and link = one direction of the scale-up link x link_eff. MoE
-experts touched by N tokens: E (1 - (1 - k/E)^N). Prefill tokens skip the LM head. In eager mode
-the CPU launches kernels ahead of the GPU, so a step waits for the slower of the two: a 2023
-engine at small batches is launch-bound; a modern one replays a CUDA graph for decode steps.
+experts touched by N tokens: E (1 - (1 - k/E)^N). Prefill tokens skip the LM head. A step's
+compute runs at the boost clock for `boost_window` seconds; beyond it the board's power limit
+holds the clock at `sustained_clock` of boost (long prefills; decode steps are far shorter).
+In eager mode the CPU launches kernels ahead of the GPU, so a step waits for the slower of the
+two: a 2023 engine at small batches is launch-bound; a modern one replays a CUDA graph for
+decode steps.
 Hardware coefficients come from the GPU profile, overheads from the engine preset.
 """
 
@@ -66,6 +70,8 @@ class StepTime:
         peak = gpu.peak_flops(dtype)
         bw = gpu.hbm_tb_s * 1e12 * gpu.bw_eff
         self._emax, self._half = gpu.gemm_eff_max, gpu.gemm_half_tokens
+        self._boost_s = gpu.boost_window_s
+        self._throttle = 1.0 / gpu.sustained_clock_frac - 1.0  # extra time per second beyond it
         # FLOPs per token per GPU, pre-divided by the peak so the formula stays short (seconds).
         lm_head_flops = 2.0 * (model.lm_head_params or model.embedding_params)
         routed_flops = 2.0 * model.n_moe_layers * model.experts_per_token * model.expert_params
@@ -125,7 +131,9 @@ class StepTime:
         if self._slide_frac:
             a = self._full_frac * a + self._slide_frac * mn(a, p * self._window)
             k = self._full_frac * k + self._slide_frac * mn(k, d * self._window)
-        t = t + a * self._attn_pre_s + mx(k * self._attn_dec_s, (k + n) * self._kv_s)
+        t = t + a * self._attn_pre_s
+        t = t + mx(t - self._boost_s, 0.0) * self._throttle
+        t = t + mx(k * self._attn_dec_s, (k + n) * self._kv_s)
         t = t + (self._comm_fixed_s + n * self._comm_tok_s) + n * self._act_s
         launch = mx(self._launch_s, t)
         if self._graph_s >= 0.0:
