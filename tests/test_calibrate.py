@@ -173,3 +173,19 @@ def test_unwritable_out_directory_is_refused_before_measuring(runner, tmp_path, 
     assert result.exit_code == 2
     assert "is not writable; choose another path" in result.output
     assert started == [] and list(tmp_path.iterdir()) == []
+
+
+def test_cpu_profile_drives_the_steptime_command(calibrated, runner) -> None:
+    out, _ = calibrated
+    model = str(out.parent / "tiny.toml")
+    result = runner.invoke(cli, ["steptime", "--model", model, "--gpu", str(out), "--json", "-"])
+    assert result.exit_code == 0, result.output
+    table = json.loads(result.output)
+    cpu = load_profile(str(out))
+    assert table["gpu"] == cpu.name
+    step = StepTime(get_model(model), cpu, tp=1)
+    decode = [r for r in table["rows"] if r["phase"] == "decode"]
+    assert decode, table["rows"][:2]
+    for row in decode[:5]:
+        expected = step.step_s(0, 0.0, row["batch"], row["batch"] * row["context_tokens"])
+        assert row["step_ms"] == pytest.approx(expected * 1e3)

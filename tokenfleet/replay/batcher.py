@@ -117,7 +117,7 @@ class VllmBatcher:
     def schedule(self, rep, now_s: float) -> float | None:
         kv = rep.kv
         s = rep.step_no
-        demand = kv.hist[-s % kv.block_size]
+        demand = kv.decode_demand(s)
         if not demand and rep.partial is None and not rep.waiting:
             return None  # decodes only, none at a block edge: nothing to decide
         free = kv.capacity_blocks - kv.other_blocks - kv.decoder_blocks(s)

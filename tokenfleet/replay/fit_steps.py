@@ -1,9 +1,10 @@
 """Fit an engine preset's overheads to measured step times of a real serving engine.
 
 It lives in replay because it needs StepTime (imports flow replay -> calibrate, never back).
-Only the engine's overheads move (step, per-sequence, per-layer launch or graph gap, per
-all-reduce): the GPU profile's peaks and efficiencies stay as they are, so one engine's logs
-never bend the hardware (see DESIGN.md, StepTime).
+Only the engine preset's numeric keys move (step, per-sequence, per-layer launch or graph gap,
+per all-reduce, activation passes), and only those the log can tell apart: the GPU profile's
+peaks and efficiencies stay as they are, so one engine's logs never bend the hardware (see
+DESIGN.md, StepTime).
 
 Two input shapes:
 

@@ -60,9 +60,6 @@ class KVCache:
         """All blocks in use at the start of step `step_no` (before its allocations)."""
         return self.other_blocks + self.decoder_blocks(step_no)
 
-    def free_blocks(self, step_no: int) -> int:
-        return self.capacity_blocks - self.other_blocks - self.decoder_blocks(step_no)
-
     def decode_demand(self, step_no: int) -> int:
         """New blocks the decoding sequences need for step `step_no` (those at a block edge)."""
         return self.hist[-step_no % self.block_size]

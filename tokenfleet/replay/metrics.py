@@ -21,7 +21,6 @@ from tokenfleet.replay.replica import Seq
 REQUESTS_FILE = "requests.parquet"
 TIMELINE_FILE = "timeline.parquet"
 SUMMARY_FILE = "summary.json"
-FLUSH_ROWS = 65_536
 
 
 def requests_schema(request_id_type: pa.DataType) -> pa.Schema:

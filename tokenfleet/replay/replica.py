@@ -125,14 +125,12 @@ class Replica:
         "chunks",
         "state",
         "t_start",
-        "t_end",
         "step_prefill",
         "step_kv",
         "run_times",
         "run_s0",
         "run_n_max",
         "run_ctx0",
-        "wake_s",
         "version",
         "outstanding",
         "tokens_left",
@@ -179,14 +177,12 @@ class Replica:
         self.chunks: list = []  # (seq, new_tokens) prefill chunks of the current step
         self.state = IDLE
         self.t_start = 0.0
-        self.t_end = 0.0
         self.step_prefill = 0
         self.step_kv = 0
         self.run_times: list[float] = []
         self.run_s0 = 0
         self.run_n_max = 0
         self.run_ctx0 = 0
-        self.wake_s = None
         self.version = 0
         self.outstanding = outstanding  # shared per-fleet list: requests queued or running
         self.tokens_left = 0  # prompt + output tokens not yet generated, over outstanding
@@ -235,10 +231,16 @@ class Replica:
             last = times[-1]
             if now < last:
                 return last  # a checkpoint overtaken by an earlier extension
-            if len(times) < self.run_n_max:
+            k = len(times)
+            if k < self.run_n_max:
                 self._extend()
                 return times[-1]
-            self._close_run(len(times))
+            # The run's k steps happened: account them and end the last one.
+            s0 = self.run_s0
+            self.run_hint += (k - self.run_hint) * 0.25
+            self._account_run(s0, k, times)
+            self.step_no = s0 + k - 1
+            self._end_step(last)
         elif state == STEP:
             self._account_step(self.t_start, now, self.step_prefill, self.step_kv)
             self._end_step(now)
@@ -258,8 +260,7 @@ class Replica:
     def kv_used_at(self, now: float) -> float:
         """Fraction of the KV cache in use at `now`."""
         kv = self.kv
-        used = kv.other_blocks + kv.decoder_blocks(self.step_no + self.steps_done_at(now))
-        return used / kv.capacity_blocks
+        return kv.used_blocks(self.step_no + self.steps_done_at(now)) / kv.capacity_blocks
 
     def tokens_left_at(self, now: float) -> int:
         return self.tokens_left - self.n_gen * self.steps_done_at(now)
@@ -317,9 +318,28 @@ class Replica:
         if not chunks:
             if d == 0:
                 self.state = IDLE
-                self.wake_s = wake
                 return wake
-            return self._start_run(now, s, d)
+            # Decodes only: nothing changes the batch until a sequence finishes, the cache is
+            # full or a request arrives, so this step opens a run.
+            fin_heap = self.fin_heap
+            while fin_heap[0][2].fin_step != fin_heap[0][0]:
+                heappop(fin_heap)  # left behind by a preemption
+            n = 1 if self.step_by_step or self.replan else fin_heap[0][0] - s + 1
+            kv = self.kv
+            ph = kv.n_phased
+            if n > 1 and ph:
+                # Cheap bound first: each decoder holds at most q + (s + n) // B + 2 blocks.
+                bound = kv.q_sum + ph * ((s + n) // kv.block_size + 2)
+                if bound > kv.capacity_blocks - kv.other_blocks:
+                    n = kv.steps_until_full(s, n)
+            self.state = RUN
+            self.t_start = now
+            self.run_s0 = s
+            self.run_n_max = n
+            self.run_ctx0 = self.off_sum + d * s + d
+            self.run_times = times = []
+            self._extend()
+            return times[-1]
         prefill = 0
         pairs = 0.0
         for seq, n in chunks:
@@ -331,29 +351,7 @@ class Replica:
         self.step_prefill = prefill
         kv = self.kv
         self.step_kv = kv.other_blocks + kv.decoder_blocks(s + 1)
-        self.t_end = end = now + self.step_s(prefill, pairs, d, ctx)
-        return end
-
-    def _start_run(self, now: float, s: int, d: int) -> float:
-        fin_heap = self.fin_heap
-        while fin_heap[0][2].fin_step != fin_heap[0][0]:
-            heappop(fin_heap)  # left behind by a preemption
-        n = 1 if self.step_by_step or self.replan else fin_heap[0][0] - s + 1
-        kv = self.kv
-        ph = kv.n_phased
-        if n > 1 and ph:
-            # Cheap bound first: each decoder holds at most q + (s + n) // B + 2 blocks.
-            bound = kv.q_sum + ph * ((s + n) // kv.block_size + 2)
-            if bound > kv.capacity_blocks - kv.other_blocks:
-                n = kv.steps_until_full(s, n)
-        self.state = RUN
-        self.t_start = now
-        self.run_s0 = s
-        self.run_n_max = n
-        self.run_ctx0 = self.off_sum + d * s + d
-        self.run_times = []
-        self._extend()
-        return self.run_times[-1]
+        return now + self.step_s(prefill, pairs, d, ctx)
 
     def _extend(self, until: float | None = None) -> None:
         """Price more steps of the run: up to the first step end >= `until` when a caller needs
@@ -374,12 +372,19 @@ class Replica:
         ctx = self.run_ctx0 + d * k
         if m < _VECTOR_MIN_STEPS:
             step = self.step_s
+            append = times.append
+            if until is None:
+                for _ in range(m):
+                    t += step(0, 0.0, d, ctx)
+                    append(t)
+                    ctx += d
+                return
             for _ in range(m):
                 t += step(0, 0.0, d, ctx)
-                times.append(t)
-                ctx += d
-                if until is not None and t >= until:
+                append(t)
+                if t >= until:
                     return
+                ctx += d
             return
         ctxs = np.arange(ctx, ctx + d * m, d, dtype=np.int64)
         durations = self.step_s_array(
@@ -387,16 +392,6 @@ class Replica:
         )
         times.extend(accumulate(durations.tolist(), initial=t))
         del times[k]  # `initial` repeats the last known time
-
-    def _close_run(self, k: int) -> None:
-        """The run's first k steps happened: account them and end the last one."""
-        times = self.run_times
-        end = times[k - 1]
-        s0 = self.run_s0
-        self.run_hint += (k - self.run_hint) * 0.25
-        self._account_run(s0, k, times)
-        self.step_no = s0 + k - 1
-        self._end_step(end)
 
     def _end_step(self, now: float) -> None:
         """Tokens of step `step_no` land at `now`: prefills advance, sequences finish."""
