@@ -163,6 +163,42 @@ def test_a_local_hf_config_gives_the_built_in_figures(tmp_path: Path, config, bu
         assert spec.kv_bytes_per_token() == ref.kv_bytes_per_token()
 
 
+def test_bloom_config_json_with_its_n_embed_key_gives_the_built_in(tmp_path: Path) -> None:
+    # bigscience/bloom's config.json names the width "n_embed" and has no tie/bias keys.
+    config = {"model_type": "bloom", "n_embed": 14336, "n_layer": 70,
+              "num_attention_heads": 112, "vocab_size": 250880}  # fmt: skip
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    spec, ref = get_model(str(path)), get_model("bloom-176b")
+    assert spec.params_total == ref.params_total == 176_247_271_424
+    assert spec.kv_bytes_per_token() == ref.kv_bytes_per_token()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"num_attention_heads": 0}, "key 'n_heads' must be > 0"),
+        ({"hidden_size": "4096"}, "key 'hidden_size' must be an integer >= 0, got '4096'"),
+        ({"num_hidden_layers": 1.5}, "key 'num_hidden_layers' must be an integer >= 0"),
+    ],
+)
+def test_a_config_json_with_a_bad_value_is_one_line(tmp_path, runner, change, message) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(LLAMA_31_8B_CONFIG | change))
+    result = runner.invoke(cli, ["models", "show", str(path)])
+    assert result.exit_code == 2
+    assert message in result.output and result.output.count("\n") == 1
+
+
+@pytest.mark.parametrize("name", ["bad.toml", "config.json"])
+def test_a_model_file_that_is_not_text_is_one_line(tmp_path, runner, name) -> None:
+    path = tmp_path / name
+    path.write_bytes(b"\xff\xfe\x00binary")
+    result = runner.invoke(cli, ["models", "show", str(path)])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: {path}: not valid")
+
+
 def test_a_user_toml_model_loads_and_drives_steptime(tmp_path: Path, runner) -> None:
     text = (Path(__file__).parents[1] / "tokenfleet/models/catalog/llama-3.1-8b.toml").read_text()
     path = tmp_path / "my-model.toml"

@@ -14,6 +14,7 @@ from tokenfleet.replay.balancer import make_balancer
 from tokenfleet.replay.batcher import make_batcher
 from tokenfleet.replay.engine import simulate
 from tokenfleet.replay.kvcache import KVCache
+from tokenfleet.replay.pricing import RunPricer
 from tokenfleet.replay.replica import Replica
 
 GPU = "h100-sxm" if "h100-sxm" in list_profiles() else "a100-80gb"
@@ -91,6 +92,7 @@ def run_rows(
     outstanding: list[int] = []
     finished: list = []
     reps = []
+    pricer = RunPricer(step_time)  # shared, as in a pool
     for i in range(replicas):
         outstanding.append(0)
         reps.append(
@@ -104,6 +106,7 @@ def run_rows(
                 finished,
                 interval_s,
                 step_by_step,
+                pricer,
             )
         )
     bal = make_balancer(balancer, balancer_settings or {}, reps, outstanding, seed)

@@ -213,6 +213,10 @@ PARQUET_CASES = {
         {"arrival_s": [0.0, 2.0, 1.0], "prompt_tokens": [1, 2, 3], "output_tokens": [1, 1, 1]},
         "column 'arrival_s', row 2: expected arrivals that never decrease",
     ),
+    "tokens beyond int32": (
+        {"arrival_s": [0.0, 1.0], "prompt_tokens": [1, 2**40], "output_tokens": [1, 1]},
+        "column 'prompt_tokens', row 1: expected a whole number of tokens >= 1 and <= 2147483647",
+    ),
     "no rows": (
         {"arrival_s": pa.array([], pa.float64()), "prompt_tokens": pa.array([], pa.int32()),
          "output_tokens": pa.array([], pa.int32())},
@@ -258,6 +262,53 @@ def test_synth_refuses_a_bad_source_and_a_missing_directory(runner, dirs):
     assert "directory" in line and "does not exist" in line
     line = refused(runner, [*args, "--tenants", "a=0.5,b"], dirs[1])
     assert line == "error: --tenants: 'b' is not NAME=SHARE with a share > 0 (a=0.7,b=0.3)"
+
+
+GENERIC_HEADER = "arrival_s,prompt_tokens,output_tokens"
+
+
+@pytest.mark.parametrize(
+    ("lines", "args", "message"),
+    [
+        # One typo must not make numeric arrivals look like bad wall-clock timestamps.
+        (["0.5,10,1", "1.0,10,1", "abc,10,1"], [], "column 'arrival_s', line 4: expected a number"),
+        (["0.5,1e20,1"], [], "line 2: expected a whole number of tokens (at most 2147483647)"),
+        (
+            ["0.5,10,1"],
+            ["--columns", "arrival_s=arrival_s,arrival_s=prompt_tokens"],
+            "--columns: 'arrival_s' is mapped twice",
+        ),
+    ],
+)
+def test_convert_refuses_generic_csv_mistakes(runner, dirs, lines, args, message):
+    src = dirs[0] / "log.csv"
+    src.write_text("\n".join([GENERIC_HEADER, *lines]) + "\n")
+    line = refused(runner, ["traces", "convert", str(src), str(dirs[1] / "x.parquet"), *args],
+                   dirs[1])  # fmt: skip
+    assert message in line
+
+
+def test_convert_refuses_a_json_object_where_text_belongs(runner, dirs):
+    src = dirs[0] / "log.jsonl"
+    src.write_text('{"arrival_s": 1, "prompt_tokens": 5, "output_tokens": 1, "tenant": {"a": 1}}\n')
+    line = refused(runner, ["traces", "convert", str(src), str(dirs[1] / "x.parquet")], dirs[1])
+    assert "column 'tenant', line 1: expected a number or text, got values of type struct" in line
+
+
+def test_convert_never_overwrites_its_source(runner, dirs):
+    src = azure_csv(dirs[0] / "a.csv", [GOOD_ROW])
+    before = src.read_bytes()
+    line = refused(runner, ["traces", "convert", str(src), str(src)], dirs[1])
+    assert line == f"error: {src}: is the source file; give another name for the Parquet trace"
+    assert src.read_bytes() == before
+
+
+def test_synth_refuses_token_counts_beyond_int32_and_repeated_names(runner, dirs):
+    args = ["traces", "synth", str(dirs[1] / "x.parquet"), "--requests", "10"]
+    line = refused(runner, [*args, "--prompt", "fixed:3000000000"], dirs[1])
+    assert "token counts must be <= 2147483647" in line
+    line = refused(runner, [*args, "--tiers", "fast=1,fast=2"], dirs[1])
+    assert line == "error: --tiers: 'fast' is given twice; give each name once"
 
 
 def test_ctrl_c_leaves_no_file(tmp_path):

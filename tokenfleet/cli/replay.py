@@ -91,4 +91,5 @@ def replay(
         click.echo(json.dumps(summary, indent=2, sort_keys=True))
     else:
         click.echo(format_summary(summary))
-        click.echo(f"\nwrote {out_dir}/: requests.parquet, timeline.parquet, summary.json")
+        files = "requests.parquet, timeline.parquet, summary.json, scenario.toml"
+        click.echo(f"\nwrote {out_dir}/: {files}")

@@ -28,9 +28,12 @@ def list_models() -> list[str]:
 def get_model(name_or_path: str) -> ModelSpec:
     """A built-in model by name (case-insensitive) or a model file (.toml, HF config.json)."""
     path = Path(name_or_path)
-    if name_or_path.endswith((".toml", ".json")) or "/" in name_or_path or path.is_file():
+    local = path.is_file() or (path / "config.json").is_file()  # a file or an HF model folder
+    if name_or_path.endswith((".toml", ".json")) or "/" in name_or_path or local:
         if path.is_dir() and (path / "config.json").is_file():
             path = path / "config.json"
+        if path.is_dir():
+            raise UserError(f"{path}: is a directory without a config.json; give a model file")
         if not path.is_file():
             raise UserError(f"{path}: model file not found")
         if path.suffix == ".json":
@@ -50,7 +53,7 @@ def _read_toml(path: Path) -> dict:
     try:
         with open(path, "rb") as fh:
             return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as err:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: not valid TOML ({err})") from None
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror})") from None
@@ -59,7 +62,7 @@ def _read_toml(path: Path) -> dict:
 def _read_json(path: Path) -> dict:
     try:
         doc = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: not valid JSON ({err})") from None
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror})") from None
@@ -95,11 +98,16 @@ def spec_from_table(table: dict[str, Any], where: str) -> ModelSpec:
         raise UserError(f"{where}: {err}") from None
 
 
-def _hf(doc: dict, where: Path, *keys: str, default: Any = None) -> Any:
-    """The first of `keys` present in a HF config (their names differ between families)."""
+def _hf(doc: dict, where: Path, *keys: str, default: int | None = None) -> int:
+    """The first of `keys` present in a HF config (their names differ between families); every
+    key read this way is a size or a count, so anything but a whole number >= 0 is refused
+    here, before arithmetic on it could fail with a traceback."""
     for key in keys:
-        if doc.get(key) is not None:
-            return doc[key]
+        value = doc.get(key)
+        if value is not None:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise UserError(f"{where}: key {key!r} must be an integer >= 0, got {value!r}")
+            return value
     if default is None:
         raise UserError(f"{where}: config.json has no {' / '.join(keys)} key")
     return default
@@ -110,7 +118,7 @@ def spec_from_hf_config(doc: dict[str, Any], where: Path) -> ModelSpec:
     V2/V3, gpt-oss, BLOOM and look-alikes)."""
     model_type = str(doc.get("model_type", ""))
     name = str(doc.get("_name_or_path") or where.parent.name or model_type or "model")
-    hidden = _hf(doc, where, "hidden_size", "n_embd", "d_model")
+    hidden = _hf(doc, where, "hidden_size", "n_embed", "n_embd", "d_model")
     heads = _hf(doc, where, "num_attention_heads", "n_head")
     is_bloom = model_type == "bloom"
     values: dict[str, Any] = {
@@ -120,7 +128,7 @@ def spec_from_hf_config(doc: dict[str, Any], where: Path) -> ModelSpec:
         "hidden_size": hidden,
         "n_heads": heads,
         "n_kv_heads": _hf(doc, where, "num_key_value_heads", default=heads),
-        "head_dim": _hf(doc, where, "head_dim", default=hidden // heads),
+        "head_dim": _hf(doc, where, "head_dim", default=hidden // heads if heads else 0),
         "ffn_size": _hf(doc, where, "intermediate_size", "ffn_hidden_size", default=4 * hidden),
         "vocab_size": _hf(doc, where, "vocab_size"),
         "tied_embeddings": bool(doc.get("tie_word_embeddings", is_bloom)),

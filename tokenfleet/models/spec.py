@@ -27,22 +27,21 @@ KV_DTYPE_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0}
 UNQUANTISED_BYTES = 2.0
 
 
-def weight_dtype_bytes(dtype: str) -> float:
+def _dtype_bytes(table: dict[str, float], dtype: str, what: str) -> float:
+    """Bytes per value of `dtype`; a dtype can come from a scenario file, so unknown is a
+    user error that lists the known ones."""
     try:
-        return WEIGHT_DTYPE_BYTES[dtype]
+        return table[dtype]
     except KeyError:
-        raise UserError(
-            f"unknown weight dtype {dtype!r}; use one of {', '.join(WEIGHT_DTYPE_BYTES)}"
-        ) from None
+        raise UserError(f"unknown {what} dtype {dtype!r}; use one of {', '.join(table)}") from None
+
+
+def weight_dtype_bytes(dtype: str) -> float:
+    return _dtype_bytes(WEIGHT_DTYPE_BYTES, dtype, "weight")
 
 
 def kv_dtype_bytes(dtype: str) -> float:
-    try:
-        return KV_DTYPE_BYTES[dtype]
-    except KeyError:
-        raise UserError(
-            f"unknown KV-cache dtype {dtype!r}; use one of {', '.join(KV_DTYPE_BYTES)}"
-        ) from None
+    return _dtype_bytes(KV_DTYPE_BYTES, dtype, "KV-cache")
 
 
 @dataclass(frozen=True)
@@ -282,7 +281,7 @@ class ModelSpec:
         return (
             self.attn_flops_per_pair(decode)
             * self.effective_pairs_fraction(context_tokens)
-            * (context_tokens)
+            * context_tokens
         )
 
     def effective_pairs_fraction(self, context_tokens: float) -> float:

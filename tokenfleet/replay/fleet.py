@@ -17,6 +17,7 @@ from tokenfleet.replay.balancer import make_balancer
 from tokenfleet.replay.batcher import make_batcher
 from tokenfleet.replay.kvcache import KVCache
 from tokenfleet.replay.memory import plan_memory
+from tokenfleet.replay.pricing import RunPricer
 from tokenfleet.replay.replica import Replica
 from tokenfleet.replay.scenario import AUTO, Scenario
 from tokenfleet.replay.steptime import StepTime
@@ -95,6 +96,7 @@ def build_fleet(
             load = stats.rate_per_s / n_auto * per_request
             count = max(1, math.ceil(load / TARGET_UTILISATION))
         resolved.append(dataclasses.replace(pool, replicas=count))
+        pricer = RunPricer(step_time)
         for _ in range(count):
             batcher = make_batcher(
                 pool.batcher.policy, pool.batcher.settings, f"pool {pool.name!r} batcher"
@@ -111,6 +113,7 @@ def build_fleet(
                     finished,
                     scenario.interval_s,
                     step_by_step,
+                    pricer,
                 )
             )
         pools.append(

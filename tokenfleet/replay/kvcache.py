@@ -13,7 +13,16 @@ from __future__ import annotations
 class KVCache:
     """Blocks of one replica: decoding sequences by phase, everything else as a plain count."""
 
-    __slots__ = ("block_size", "capacity_blocks", "other_blocks", "hist", "q_sum", "n_phased")
+    __slots__ = (
+        "block_size",
+        "capacity_blocks",
+        "other_blocks",
+        "hist",
+        "q_sum",
+        "n_phased",
+        "memo_step",
+        "memo_blocks",
+    )
 
     def __init__(self, capacity_blocks: int, block_size: int = 16) -> None:
         self.block_size = block_size
@@ -25,6 +34,9 @@ class KVCache:
         # Sum over decoding sequences of a // block_size.
         self.q_sum = 0
         self.n_phased = 0
+        # The last decoder_blocks answer (asked for the same step several times per step).
+        self.memo_step = -1
+        self.memo_blocks = 0
 
     def add_decoder(self, offset: int) -> None:
         """A sequence with `cached = offset + step_no` starts decoding (its blocks count here)."""
@@ -32,6 +44,7 @@ class KVCache:
         self.hist[p] += 1
         self.q_sum += q
         self.n_phased += 1
+        self.memo_step = -1
 
     def remove_decoder(self, offset: int) -> None:
         """A decoding sequence leaves (finished or preempted): its blocks are freed."""
@@ -39,6 +52,7 @@ class KVCache:
         self.hist[p] -= 1
         self.q_sum -= q
         self.n_phased -= 1
+        self.memo_step = -1
 
     def decoder_blocks(self, step_no: int) -> int:
         """Blocks held by decoding sequences at the start of step `step_no`.
@@ -46,6 +60,8 @@ class KVCache:
         Each holds ceil((a + s) / B); with a = B q + p and s = B m + r this is
         q + m + [p + r >= 1] + [p + r >= B + 1], summed over the histogram.
         """
+        if step_no == self.memo_step:
+            return self.memo_blocks
         bs = self.block_size
         m, r = divmod(step_no, bs)
         n = self.n_phased
@@ -54,6 +70,8 @@ class KVCache:
             total -= self.hist[0]
         else:
             total += sum(self.hist[bs + 1 - r :])
+        self.memo_step = step_no
+        self.memo_blocks = total
         return total
 
     def used_blocks(self, step_no: int) -> int:

@@ -19,11 +19,13 @@ from itertools import accumulate
 import numpy as np
 
 from tokenfleet.replay.kvcache import KVCache
+from tokenfleet.replay.pricing import RunPricer
 
 IDLE, STEP, RUN = 0, 1, 2
 # Runs shorter than this are priced with scalar calls; longer chunks with one vectorised call.
 _VECTOR_MIN_STEPS = 32
 _FIRST_CHUNK_MIN_STEPS = 2
+_FIRST_CHUNK_MAX_STEPS = 3
 # Timeline accumulator fields, in order (see metrics.TIMELINE_COLUMNS).
 (
     BUSY,
@@ -112,6 +114,7 @@ class Replica:
         "batcher",
         "step_s",
         "step_s_array",
+        "pricer",
         "step_by_step",
         "max_request_tokens",
         "waiting",
@@ -156,6 +159,7 @@ class Replica:
         finished: list[Seq],
         interval_s: float,
         step_by_step: bool = False,
+        pricer: RunPricer | None = None,
     ) -> None:
         self.index = index
         self.pool = pool
@@ -163,6 +167,8 @@ class Replica:
         self.batcher = batcher
         self.step_s = step_time.step_s
         self.step_s_array = step_time.step_s_array
+        self.pricer = pricer or RunPricer(step_time)
+        self.pricer.members.append(self)
         self.step_by_step = step_by_step
         # The longest request (prompt + output) whose KV fits in an empty cache.
         self.max_request_tokens = kv.capacity_blocks * kv.block_size
@@ -364,9 +370,12 @@ class Replica:
             # Estimate the steps left from the last step's duration; stop early below.
             m = int((until - t) / (t - (times[-2] if k > 1 else self.t_start))) + 1
         elif k:
-            m = max(k, _VECTOR_MIN_STEPS)  # a long run: at least one vectorised chunk
+            # A long run: priced ahead in one vectorised call shared with the pool's runs.
+            self.pricer.top_up(self, t, t - (times[-2] if k > 1 else self.t_start))
+            return
         else:
-            m = int(self.run_hint) + _FIRST_CHUNK_MIN_STEPS
+            # A run starts: a little more than runs here have lasted lately, one by one.
+            m = min(int(self.run_hint) + _FIRST_CHUNK_MIN_STEPS, _FIRST_CHUNK_MAX_STEPS)
         m = min(self.run_n_max - k, m)
         d = self.n_dec
         ctx = self.run_ctx0 + d * k

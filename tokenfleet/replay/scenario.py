@@ -52,11 +52,15 @@ class PoolConfig:
     name: str = "default"
     gpu: str = "h100-sxm"
     tp: int = 1
-    replicas: int | str = AUTO  # a count, or "auto": sized to the trace's rate
+    replicas: int | str = field(default=AUTO, metadata={"accepts": (int, str)})  # or "auto"
     engine: str = ""  # engine preset of overheads; empty: the GPU profile's default
     gpu_memory_utilization: float = 0.9
     block_size: int = 16
     batcher: PolicyConfig = field(default_factory=lambda: PolicyConfig("vllm"))
+
+    def __post_init__(self) -> None:
+        if isinstance(self.replicas, str) and self.replicas != AUTO:
+            raise UserError(f'pool {self.name!r}: replicas = {self.replicas!r}: a count or "auto"')
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,7 @@ class Scenario:
     interval_s: float = 10.0
     model: ModelConfig = field(default_factory=ModelConfig)
     balancer: PolicyConfig = field(default_factory=lambda: PolicyConfig("least-requests"))
-    pools: tuple[PoolConfig, ...] = (PoolConfig(),)
+    pools: tuple[PoolConfig, ...] = field(default=(PoolConfig(),), metadata={"item": PoolConfig})
 
     def __post_init__(self) -> None:
         if not self.interval_s > 0:
@@ -95,35 +99,34 @@ def load_scenario(path: str | Path | None) -> Scenario:
 
 
 def scenario_from_dict(doc: dict[str, Any], where: str = "scenario") -> Scenario:
-    values: dict[str, Any] = {}
-    _check_keys(doc, Scenario, where)
-    for key, value in doc.items():
-        if key == "model":
-            values[key] = _table(ModelConfig, _expect_table(value, f"{where}: [model]"), where)
-        elif key == "balancer":
-            values[key] = _policy(value, f"{where}: [balancer]")
-        elif key == "pools":
-            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-                raise UserError(f"{where}: pools must be an array of tables: [[pools]]")
-            values[key] = tuple(_pool(v, f"{where}: pools[{i}]") for i, v in enumerate(value))
-        else:
-            values[key] = _scalar(Scenario, key, value, where)
-    return Scenario(**values)
+    return _build(Scenario, doc, where)
 
 
-def _pool(table: dict[str, Any], where: str) -> PoolConfig:
+def _build(cls: type, table: dict[str, Any], where: str):
+    """A config dataclass from its table, recursively, by the types of the fields' defaults:
+    a PolicyConfig is a plugin table, a dataclass a sub-table, metadata["item"] marks an array
+    of tables, metadata["accepts"] the types a scalar may take. A new section is a new field."""
+    _check_keys(table, cls, where)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
-    _check_keys(table, PoolConfig, where)
     for key, value in table.items():
-        if key == "batcher":
-            values[key] = _policy(value, f"{where}.batcher")
-        elif key == "replicas":
-            if value != AUTO and (isinstance(value, bool) or not isinstance(value, int)):
-                raise UserError(f'{where}: replicas = {value!r} should be a count or "auto"')
-            values[key] = value
+        f = fields[key]
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        here = f"{where}: {key}"
+        if isinstance(default, PolicyConfig):
+            values[key] = _policy(value, here)
+        elif "item" in f.metadata:
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                raise UserError(f"{here} must be an array of tables: [[{key}]]")
+            item = f.metadata["item"]
+            values[key] = tuple(
+                _build(item, v, f"{where}: {key}[{i}]") for i, v in enumerate(value)
+            )
+        elif dataclasses.is_dataclass(default):
+            values[key] = _build(type(default), _expect_table(value, here), here)
         else:
-            values[key] = _scalar(PoolConfig, key, value, where)
-    return PoolConfig(**values)
+            values[key] = _scalar(f, default, value, where)
+    return cls(**values)
 
 
 def _policy(value: Any, where: str) -> PolicyConfig:
@@ -149,21 +152,13 @@ def _check_keys(table: dict[str, Any], cls: type, where: str) -> None:
             raise UserError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
 
 
-def _table(cls: type, table: dict[str, Any], where: str):
-    _check_keys(table, cls, where)
-    return cls(**{k: _scalar(cls, k, v, where) for k, v in table.items()})
-
-
-def _scalar(cls: type, key: str, value: Any, where: str) -> Any:
-    default = {f.name: f for f in dataclasses.fields(cls)}[key].default
-    ok = (
-        isinstance(value, int | float) and not isinstance(value, bool)
-        if isinstance(default, float)
-        else type(value) is type(default)
-    )
-    if not ok:
+def _scalar(f: dataclasses.Field, default: Any, value: Any, where: str) -> Any:
+    accepts = f.metadata.get("accepts", (type(default),))
+    if float in accepts:
+        accepts = (*accepts, int)
+    if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, accepts):
         raise UserError(
-            f"{where}: {key} = {value!r} should be a {type(default).__name__} like {default!r}"
+            f"{where}: {f.name} = {value!r} should be a {type(default).__name__} like {default!r}"
         )
     return float(value) if isinstance(default, float) else value
 

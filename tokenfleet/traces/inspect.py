@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 
 from tokenfleet.traces.reader import trace_metadata
-from tokenfleet.traces.schema import DEFAULT_TIER
+from tokenfleet.traces.schema import DEFAULT_TIER, INT32_MAX
 from tokenfleet.traces.validate import validate_trace
 
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
@@ -120,6 +120,7 @@ def _breaks_schema(main: dict, prompts: pl.DataFrame, outputs: pl.DataFrame) -> 
         or outputs["value"].null_count()
         or prompts["value"].min() < 1
         or outputs["value"].min() < 0
+        or max(prompts["value"].max(), outputs["value"].max()) > INT32_MAX
     )
 
 

@@ -190,5 +190,7 @@ def _check_tokens(name: str, column: pa.Array) -> pa.Array:
     first = _first((values < low) | (values > INT32_MAX))
     if first is not None:
         note = " (a request has at least one prompt token)" if low else ""
+        if values[first] > INT32_MAX:
+            note = f" and <= {INT32_MAX} (the int32 of the trace format)"
         raise _Bad(first, f"a whole number of tokens >= {low}{note}", values[first])
     return column if column.type == pa.int32() else pa.array(values.astype(np.int32))

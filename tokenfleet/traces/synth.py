@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from tokenfleet.errors import UserError
 from tokenfleet.traces.reader import read_trace_batches
+from tokenfleet.traces.schema import INT32_MAX
 from tokenfleet.traces.writer import TraceWriter
 
 CHUNK_ROWS = 1 << 20
@@ -56,7 +57,7 @@ class LengthDist:
             return rng.integers(low, high + 1, size=n, dtype=np.int32)
         mean, sigma = self.params
         values = np.rint(rng.lognormal(math.log(mean) - sigma**2 / 2, sigma, size=n))
-        return np.clip(values, 1, self.max_tokens or np.iinfo(np.int32).max).astype(np.int32)
+        return np.clip(values, 1, self.max_tokens or INT32_MAX).astype(np.int32)
 
 
 def parse_length(text: str, option: str) -> LengthDist:
@@ -69,6 +70,8 @@ def parse_length(text: str, option: str) -> LengthDist:
         raise UserError(usage) from None
     if not all(math.isfinite(p) for p in params):
         raise UserError(usage)
+    if any(p > INT32_MAX for p in params):
+        raise UserError(f"{option} {text!r}: token counts must be <= {INT32_MAX} (int32)")
     if kind == "lognormal" and len(params) in (2, 3):
         if params[0] < 1 or params[1] < 0:
             raise UserError(f"{option} {text!r}: the mean must be >= 1 and sigma >= 0")
@@ -102,6 +105,8 @@ def parse_shares(text: str, option: str) -> dict[str, float]:
             share = -1.0
         if not sep or not name.strip() or not (math.isfinite(share) and share > 0):
             raise UserError(f"{option}: {item!r} is not NAME=SHARE with a share > 0 (a=0.7,b=0.3)")
+        if name.strip() in shares:
+            raise UserError(f"{option}: {name.strip()!r} is given twice; give each name once")
         shares[name.strip()] = share
     if not shares:
         raise UserError(f"{option}: expected NAME=SHARE pairs like a=0.7,b=0.3, or a count")

@@ -30,6 +30,7 @@ from tokenfleet.traces.convert.sources import csv_batches, jsonl_batches, sniff
 from tokenfleet.traces.convert.timestamps import BadValue, first_failure, wallclock_ns
 from tokenfleet.traces.schema import (
     CANONICAL_COLUMNS,
+    INT32_MAX,
     PREFIX_BLOCK_SIZE_KEY,
     TraceChecker,
     bad_value,
@@ -71,6 +72,8 @@ def convert_trace(
     src, dst = Path(src), Path(dst)
     _check_options(time_unit, time_scale, shift_s, start_s, end_s, limit)
     sniffed = sniff(src)
+    if dst.exists() and dst.samefile(src):  # the rename at the end would replace the source
+        raise UserError(f"{dst}: is the source file; give another name for the Parquet trace")
     spec, chosen = resolve_format(str(src), fmt, sniffed, columns)
     pipeline = _Pipeline(src, spec, chosen, time_unit, drop_failed and spec.failed_rows)
     # The block size describes prefix_hashes: only a trace that has them carries it.
@@ -215,25 +218,22 @@ class _Pipeline:
         return self.checker.check(batch)
 
     def _parse(self, out: str, column: pa.Array) -> pa.Array:
-        if out == "arrival_s":
-            return pa.array(self._seconds(column), pa.float64())
-        if out in ("prompt_tokens", "output_tokens"):
-            return pa.array(_tokens(out, column), pa.int64())
-        if out == "prefix_hashes":
-            return column
-        return pc.cast(column, pa.string())
+        try:
+            if out == "arrival_s":
+                return pa.array(self._seconds(column), pa.float64())
+            if out in ("prompt_tokens", "output_tokens"):
+                return pa.array(_tokens(out, column), pa.int64())
+            if out == "prefix_hashes":
+                return column
+            return pc.cast(column, pa.string())
+        except pa.ArrowNotImplementedError:  # e.g. a JSON object where text or a number belongs
+            expected = {"arrival_s": TIMESTAMP_EXPECTED}.get(out, "a number or text")
+            raise _Unparsable(out, 0, expected, f"values of type {column.type}") from None
 
     def _seconds(self, column: pa.Array) -> np.ndarray:
         """Seconds since the first request: wall-clock strings or numbers in a unit."""
         if self.unit is None:  # generic source: numbers in --time-unit, or wall-clock strings
-            numeric = pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
-            if not numeric:
-                try:
-                    pc.cast(column, pa.float64())
-                    numeric = True
-                except pa.ArrowInvalid:
-                    pass
-            self.unit = "auto-number" if numeric else "datetime"
+            self.unit = "auto-number" if _first_is_number(column) else "datetime"
         if self.unit == "datetime":
             try:
                 ns = wallclock_ns(column)
@@ -253,6 +253,21 @@ class _Pipeline:
 TIMESTAMP_EXPECTED = "a wall-clock timestamp like 2023-11-16 18:17:03.9799600"
 
 
+def _first_is_number(column: pa.Array) -> bool:
+    """Whether generic arrivals are numbers, judged by the first non-empty value alone: judged
+    on the whole chunk, one typo further down would make every row look like a bad timestamp."""
+    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+        return True
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return False  # JSON may hand over parsed timestamps; those are wall clock
+    text = pc.utf8_trim_whitespace(column.drop_null())
+    text = text.filter(pc.not_equal(text, ""))
+    try:
+        return len(text) == 0 or math.isfinite(float(text[0].as_py()))
+    except ValueError:
+        return False
+
+
 class _Unparsable(Exception):
     """A source value that cannot be read as its column's type: column, row index, value."""
 
@@ -263,10 +278,11 @@ class _Unparsable(Exception):
 
 def _tokens(out: str, column: pa.Array) -> np.ndarray:
     values = _numbers(out, column, "a whole number of tokens")
-    bad = ~np.isfinite(values) | (values != np.round(values))
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(values) | (values != np.round(values)) | (np.abs(values) > INT32_MAX)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise _Unparsable(out, i, "a whole number of tokens", values[i])
+        raise _Unparsable(out, i, f"a whole number of tokens (at most {INT32_MAX})", values[i])
     return values.astype(np.int64)
 
 

@@ -169,5 +169,7 @@ def parse_column_mapping(text: str) -> dict[str, str]:
                 f"--columns: {item!r} is not OUTPUT=SOURCE "
                 "(example: --columns arrival_s=ts,prompt_tokens=input,output_tokens=output)"
             )
+        if out.strip() in mapping:
+            raise UserError(f"--columns: {out.strip()!r} is mapped twice; map each column once")
         mapping[out.strip()] = src.strip()
     return mapping
