@@ -311,8 +311,9 @@ def test_synth_refuses_token_counts_beyond_int32_and_repeated_names(runner, dirs
     assert line == "error: --tiers: 'fast' is given twice; give each name once"
 
 
-def test_ctrl_c_leaves_no_file(tmp_path):
-    """SIGINT once the temporary file exists: exit 130, no output, no temporary file."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_leaves_no_file(tmp_path, signum):
+    """Ctrl-C or a kill once the temporary file exists: exit 130, no output, no temp file."""
     dst = tmp_path / "big.parquet"
     cmd = [sys.executable, "-m", "tokenfleet", "traces", "synth", str(dst), "--requests",
            "200000000", "--quiet"]  # fmt: skip
@@ -322,7 +323,7 @@ def test_ctrl_c_leaves_no_file(tmp_path):
         while not any(p.name.startswith(".big.parquet.tmp") for p in tmp_path.iterdir()):
             assert child.poll() is None and time.monotonic() < deadline, "no temporary file"
             time.sleep(0.02)
-        os.kill(child.pid, signal.SIGINT)
+        os.kill(child.pid, signum)
         _, stderr = child.communicate(timeout=30)
     finally:
         if child.poll() is None:

@@ -72,7 +72,6 @@ Unknown, missing or mistyped keys are refused with one line naming the key and t
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +80,7 @@ import tomli_w
 
 from tokenfleet.atomic import atomic_path
 from tokenfleet.errors import UserError
+from tokenfleet.tomlfile import read_toml
 
 PROFILE_FORMAT = "tokenfleet-gpu-profile/1"
 ENGINE_FORMAT = "tokenfleet-engine/1"
@@ -205,18 +205,6 @@ def _string(table: dict, key: str, where: str, default: str = "") -> str:
     return value
 
 
-def _read_toml(path: Path) -> dict:
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except tomllib.TOMLDecodeError as err:
-        raise UserError(f"{path}: not valid TOML ({err})") from None
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror})") from None
-
-
 def _engine_from_table(table: dict, where: str) -> EnginePreset:
     allowed = ("format", "name", "aliases", "description", *ENGINE_KEYS)
     _check_keys(table, allowed, ("name", *ENGINE_KEYS), where)
@@ -296,7 +284,7 @@ def load_profile(name_or_path: str) -> GpuProfile:
     """A built-in profile by name (case-insensitive) or a profile TOML file by path."""
     if _looks_like_path(name_or_path):
         path = Path(name_or_path)
-        return _profile_from_table(_read_toml(path), str(path))
+        return _profile_from_table(read_toml(path), str(path))
     name = name_or_path.lower()
     if name not in list_profiles():
         raise UserError(
@@ -304,14 +292,14 @@ def load_profile(name_or_path: str) -> GpuProfile:
             "(or pass a profile .toml path)"
         )
     path = PROFILES_DIR / f"{name}.toml"
-    return _profile_from_table(_read_toml(path), str(path))
+    return _profile_from_table(read_toml(path), str(path))
 
 
 def _builtin_engines() -> dict[str, EnginePreset]:
     presets = {}
     for stem in _builtin_names(ENGINES_DIR):
         path = ENGINES_DIR / f"{stem}.toml"
-        preset = _engine_from_table(_read_toml(path), str(path))
+        preset = _engine_from_table(read_toml(path), str(path))
         for key in (preset.name, *preset.aliases):
             presets[key] = preset
     return presets
@@ -328,7 +316,7 @@ def load_engine(name_or_path: str, profile: GpuProfile | None = None) -> EngineP
         return profile.engine
     if _looks_like_path(name_or_path):
         path = Path(name_or_path)
-        return _engine_from_table(_read_toml(path), str(path))
+        return _engine_from_table(read_toml(path), str(path))
     presets = _builtin_engines()
     preset = presets.get(name_or_path.lower())
     if preset is None:

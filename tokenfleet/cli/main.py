@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 import click
@@ -36,6 +37,8 @@ class LazyGroup(click.Group):
         return getattr(importlib.import_module(module), attr)
 
     def invoke(self, ctx: click.Context):
+        # SIGTERM (a killed job) unwinds like Ctrl-C, so atomic writers remove their temp files.
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             return super().invoke(ctx)
         except UserError as err:
@@ -44,6 +47,10 @@ class LazyGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("error: interrupted; no output was written", err=True)
             sys.exit(130)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -7,13 +7,13 @@ the way to add a model. A Hugging Face `config.json` is read from disk only (nev
 from __future__ import annotations
 
 import json
-import tomllib
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
 from tokenfleet.errors import UserError
 from tokenfleet.models.spec import ModelSpec
+from tokenfleet.tomlfile import read_toml
 
 CATALOG_DIR = Path(__file__).parent / "catalog"
 _FIELDS = {f.name: f for f in fields(ModelSpec)}
@@ -38,7 +38,7 @@ def get_model(name_or_path: str) -> ModelSpec:
             raise UserError(f"{path}: model file not found")
         if path.suffix == ".json":
             return spec_from_hf_config(_read_json(path), path)
-        return spec_from_table(_read_toml(path), str(path))
+        return spec_from_table(read_toml(path), str(path))
     name = name_or_path.lower()
     if name not in list_models():
         raise UserError(
@@ -46,17 +46,7 @@ def get_model(name_or_path: str) -> ModelSpec:
             "(or pass a model .toml or a local config.json)"
         )
     path = CATALOG_DIR / f"{name}.toml"
-    return spec_from_table(_read_toml(path), str(path))
-
-
-def _read_toml(path: Path) -> dict:
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: not valid TOML ({err})") from None
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+    return spec_from_table(read_toml(path), str(path))
 
 
 def _read_json(path: Path) -> dict:
