@@ -86,7 +86,10 @@ def test_replay_of_the_azure_conv_trace_keeps_every_invariant(runner, azure_conv
     summary = check_invariants(out, azure_conv)
     assert summary["finished"] == 19_366
     assert summary["replicas"] >= 1  # sized to the trace's rate
-    # The summary's figures come from the files.
+    # The table shows the summary's figures, and those come from the files.
+    ttft = summary["latency_s"]["ttft"]
+    assert f"{ttft['p50'] * 1e3:,.1f}" in result.stdout
+    assert f"{ttft['p99'] * 1e3:,.1f}" in result.stdout
     requests = pl.read_parquet(out / "requests.parquet")
     assert summary["latency_s"]["ttft"]["p50"] == pytest.approx(requests["ttft_s"].median())
     assert summary["tokens"]["output"] == requests["output_tokens"].sum()
@@ -112,6 +115,20 @@ def test_step_by_step_gives_byte_identical_requests(runner, azure_slice, tmp_pat
         assert result.exit_code == 0, result.output
     assert (fast / "requests.parquet").read_bytes() == (slow / "requests.parquet").read_bytes()
     assert pl.read_parquet(fast / "requests.parquet")["preemptions"].sum() > 0
+
+
+def test_two_pools_behind_one_balancer(runner, azure_slice, tmp_path):
+    out = tmp_path / "run"
+    example = Path(__file__).resolve().parents[1] / "examples" / "replay-batchers.toml"
+    result = replay(runner, azure_slice, "--scenario", example, "--gpu", GPU, "--out", out)
+    assert result.exit_code == 0, result.output
+    requests = pl.read_parquet(out / "requests.parquet")
+    by_pool = requests.group_by("pool").len().sort("pool")
+    # Round-robin over 2 + 2 replicas: each pool serves half the requests.
+    assert by_pool.rows() == [("chunked", 1000), ("whole-prompt", 1000)]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [p["batcher"] for p in summary["pools"]] == ["sarathi", "orca"]
+    assert summary["gpus"] == 4
 
 
 def test_same_inputs_and_seed_give_identical_outputs(runner, azure_slice, tmp_path):

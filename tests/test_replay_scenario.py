@@ -84,7 +84,7 @@ def test_a_file_that_is_not_toml_is_refused(tmp_path):
     bad.write_text("[pools\n")
     with pytest.raises(UserError, match="not valid TOML"):
         load_scenario(bad)
-    with pytest.raises(UserError, match="no such scenario"):
+    with pytest.raises(UserError, match="file not found"):
         load_scenario(tmp_path / "missing.toml")
 
 

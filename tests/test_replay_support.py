@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from tokenfleet.calibrate.profile import list_profiles, load_profile
+from tokenfleet.calibrate.profile import load_profile
 from tokenfleet.models import get_model
 from tokenfleet.replay.balancer import make_balancer
 from tokenfleet.replay.batcher import make_batcher
@@ -17,7 +17,7 @@ from tokenfleet.replay.kvcache import KVCache
 from tokenfleet.replay.pricing import RunPricer
 from tokenfleet.replay.replica import Replica
 
-GPU = "h100-sxm" if "h100-sxm" in list_profiles() else "a100-80gb"
+GPU = "h100-sxm"
 
 
 class LinearStepTime:

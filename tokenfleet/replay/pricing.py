@@ -39,18 +39,10 @@ class RunPricer:
             if left <= 0:
                 continue
             last = times[-1]
-            if rep is asker:
-                cap = left
-            elif last < low:
-                # Another run: no further than runs on that replica have lasted lately.
-                cap = min(left, int(rep.run_hint) + 2 - k)
-                if cap <= 0:
-                    continue
-            else:
-                continue
-            step = last - (times[-2] if k > 1 else rep.t_start)
-            m = int((far - last) / step) + 1 if step > 0 else cap
-            wanted.append((rep, m if m < cap else cap))
+            if last < low or rep is asker:
+                step = last - (times[-2] if k > 1 else rep.t_start)
+                m = int((far - last) / step) + 1 if step > 0 else left
+                wanted.append((rep, m if m < left else left))
         self.price(wanted)
 
     def price(self, wanted: list) -> None:

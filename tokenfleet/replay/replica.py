@@ -4,10 +4,11 @@ A replica runs one step (one forward pass of a mixed batch) at a time. Its batch
 step's prefill chunks; every decoding sequence adds one token per step. When a step holds only
 decodes, nothing can change the batch until a sequence finishes, the cache runs out of blocks or
 a request arrives, so the replica advances over that whole *run* of steps at once: the durations
-come from StepTime for contexts that grow by D tokens per step, and are computed lazily (a few
-steps at first, then doubling), so the work done tracks events, not tokens. An arrival routed
-here cuts the run at the first step end at or after it. In step-by-step mode every run is one
-step long, which gives the same records by construction of the same decisions.
+come from StepTime for contexts that grow by D tokens per step, and are priced lazily: a few
+steps one by one, then ahead in vectorised calls shared with the pool's other runs (pricing.py),
+so the work done tracks events, not tokens. An arrival routed here cuts the run at the first
+step end at or after it. In step-by-step mode every run is one step long; both modes take the
+same decisions, so they write the same records.
 """
 
 from __future__ import annotations

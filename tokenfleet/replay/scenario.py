@@ -20,7 +20,6 @@ same unknown-key errors as built-ins. New sections are added as dataclass fields
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 from tokenfleet.errors import UserError
 from tokenfleet.replay.balancer import balancer_class
 from tokenfleet.replay.batcher import batcher_class, build_settings
+from tokenfleet.tomlfile import read_toml
 
 AUTO = "auto"
 
@@ -86,16 +86,7 @@ def load_scenario(path: str | Path | None) -> Scenario:
     """Read a scenario file (None: the defaults), refusing unknown keys and wrong types."""
     if path is None:
         return validate(Scenario())
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such scenario file")
-    try:
-        doc = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise UserError(f"{path}: not valid TOML ({err})") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a text file; expected a TOML scenario") from None
-    return validate(scenario_from_dict(doc, str(path)))
+    return validate(scenario_from_dict(read_toml(path), str(path)))
 
 
 def scenario_from_dict(doc: dict[str, Any], where: str = "scenario") -> Scenario:
