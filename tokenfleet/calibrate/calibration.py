@@ -31,7 +31,13 @@ from tokenfleet.calibrate.fit import (
     fit_gemm,
 )
 from tokenfleet.calibrate.microbench import BenchResult
-from tokenfleet.calibrate.profile import GpuProfile, list_profiles, load_profile, save_profile
+from tokenfleet.calibrate.profile import (
+    COEFFICIENT_KEYS,
+    GpuProfile,
+    list_profiles,
+    load_profile,
+    save_profile,
+)
 from tokenfleet.errors import UserError
 
 # Built-in profile for a device name CuPy reports (PCIe variants differ in bandwidth, power and
@@ -155,16 +161,6 @@ class _Interconnect:
     link_eff: float
     latency_us: float
     quality: FitQuality | None  # None: not measured
-
-
-COEFFICIENTS_SHOWN = (
-    "gemm_eff_max",
-    "gemm_half_tokens",
-    "attn_eff",
-    "bw_eff",
-    "link_eff",
-    "allreduce_latency_us",
-)
 
 
 def build_calibration(
@@ -304,7 +300,7 @@ def build_calibration(
         ],
         "coefficients": {
             key: {"value": getattr(profile, key), "source": sources[key]}
-            for key in COEFFICIENTS_SHOWN
+            for key in COEFFICIENT_KEYS
         },
         "fit": fits,
         "measured": measured,
