@@ -15,6 +15,7 @@ from tokenfleet.errors import UserError
 COMMANDS: dict[str, str] = {
     "traces": "tokenfleet.cli.traces:traces",
     "compare": "tokenfleet.cli.compare:compare",
+    "frontier": "tokenfleet.cli.frontier:frontier",
     "calibrate": "tokenfleet.cli.calibrate:calibrate",
     "replay": "tokenfleet.cli.replay:replay",
     "steptime": "tokenfleet.cli.steptime:steptime",
