@@ -6,9 +6,16 @@ again, a busier but still healthy fleet), then replays it and
 prints simulated requests and tokens per wall-second and peak RSS. It repeats on a slice with
 --step-by-step (the speed-up of advancing decode runs at once) and with every output length x10
 at the same load (arrivals spread to keep the estimated utilisation), to show the cost per
-request stays flat. Each run is a separate process, so each RSS figure is its own.
+request stays flat. Each run is a separate process importing the tokenfleet of the checkout this
+script is in, so each RSS figure is its own. Speeds are
+per wall-second and per CPU-second of the run (the CPU figure is steadier on a shared machine).
+
+With --baseline DIR (another checkout of tokenfleet, e.g. `git worktree add /tmp/base HEAD`),
+every run is repeated with that checkout's package right after the current one, and the speed-up
+is printed: a before/after comparison in one invocation, under the same machine load.
 
     python scripts/bench_replay.py [--requests 1000000] [--replicas 64] [--gpu h100-sxm] [--load 1]
+                                   [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -75,17 +82,21 @@ def fleet_rate(gpu: str, replicas: int, output_scale: int) -> float:
 
 
 def _child(trace: str, args: dict, queue) -> None:
+    sys.path.insert(0, args["root"])  # that checkout's package, whichever one is installed
     from tokenfleet.replay.run import run_replay
     from tokenfleet.replay.scenario import load_scenario, with_overrides
 
     scenario = with_overrides(load_scenario(None), gpu=args["gpu"], replicas=args["replicas"])
     with tempfile.TemporaryDirectory() as out:
+        cpu = time.process_time()
         start = time.perf_counter()
         summary = run_replay(trace, scenario, Path(out) / "run", step_by_step=args["sbs"])
         wall = time.perf_counter() - start
+        cpu = time.process_time() - cpu
     queue.put(
         {
             "wall_s": wall,
+            "cpu_s": cpu,
             "requests": summary["requests"],
             "tokens": summary["tokens"]["input"] + summary["tokens"]["output"],
             "output_tokens": summary["tokens"]["output"],
@@ -99,15 +110,23 @@ def _child(trace: str, args: dict, queue) -> None:
     )
 
 
-def measure(trace: Path, gpu: str, replicas: int, step_by_step: bool = False) -> dict:
+def measure(
+    trace: Path, gpu: str, replicas: int, step_by_step: bool = False, root: Path = ROOT
+) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    args = {"gpu": gpu, "replicas": replicas, "sbs": step_by_step}
+    args = {
+        "gpu": gpu,
+        "replicas": replicas,
+        "sbs": step_by_step,
+        "root": str(root),
+    }
     proc = ctx.Process(target=_child, args=(str(trace), args, queue))
     proc.start()
     result = queue.get()
     proc.join()
     result["requests_per_wall_s"] = result["requests"] / result["wall_s"]
+    result["requests_per_cpu_s"] = result["requests"] / result["cpu_s"]
     result["tokens_per_wall_s"] = result["tokens"] / result["wall_s"]
     return result
 
@@ -115,7 +134,8 @@ def measure(trace: Path, gpu: str, replicas: int, step_by_step: bool = False) ->
 def show(label: str, r: dict) -> None:
     print(
         f"{label:<42} {r['requests']:>9,} req in {r['wall_s']:7.1f} s wall: "
-        f"{r['requests_per_wall_s']:>9,.0f} req/s, {r['tokens_per_wall_s']:>12,.0f} tok/s, "
+        f"{r['requests_per_wall_s']:>9,.0f} req/s ({r['requests_per_cpu_s']:,.0f} per CPU-s), "
+        f"{r['tokens_per_wall_s']:>12,.0f} tok/s, "
         f"{r['steps'] / r['requests']:6.1f} steps/req, peak RSS {r['peak_rss_bytes'] / 1e6:,.0f} MB"
     )
 
@@ -127,11 +147,31 @@ def main() -> None:
     parser.add_argument("--gpu", default="h100-sxm")
     parser.add_argument("--load", type=float, default=1.0, help="x the auto-sizing rate")
     parser.add_argument("--slice", type=int, default=100_000, help="requests for comparisons")
+    parser.add_argument(
+        "--baseline", type=Path, help="another tokenfleet checkout to run each case with too"
+    )
     parser.add_argument("--json", action="store_true", help="also print all figures as JSON")
     args = parser.parse_args()
     if not AZURE_CONV.exists():
         sys.exit(f"error: {AZURE_CONV} not found; put ../shared beside the checkout")
+    if args.baseline is not None and not (args.baseline / "tokenfleet").is_dir():
+        sys.exit(f"error: {args.baseline} holds no tokenfleet package; give a checkout's root")
     results = {}
+
+    def case(key: str, label: str, trace: Path, step_by_step: bool = False) -> dict:
+        results[key] = r = measure(trace, args.gpu, args.replicas, step_by_step)
+        show(label, r)
+        if args.baseline is not None:
+            results[key + "_baseline"] = b = measure(
+                trace, args.gpu, args.replicas, step_by_step, args.baseline
+            )
+            show("  baseline", b)
+            print(
+                f"  speed-up vs baseline: {b['wall_s'] / r['wall_s']:.2f}x wall, "
+                f"{b['cpu_s'] / r['cpu_s']:.2f}x CPU"
+            )
+        return r
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         rate = fleet_rate(args.gpu, args.replicas, 1) * args.load
@@ -141,41 +181,46 @@ def main() -> None:
             f"least-requests; {rate:,.0f} req/s (outputs x10: {rate10:,.0f} req/s)"
         )
         tiled_trace(tmp / "main.parquet", args.requests, rate, 1)
-        results["main"] = r = measure(tmp / "main.parquet", args.gpu, args.replicas)
-        show("main", r)
+        case("main", "main", tmp / "main.parquet")
         tiled_trace(tmp / "slice.parquet", args.slice, rate, 1)
-        results["slice"] = fast = measure(tmp / "slice.parquet", args.gpu, args.replicas)
-        show("slice", fast)
-        results["slice_step_by_step"] = slow = measure(
-            tmp / "slice.parquet", args.gpu, args.replicas, step_by_step=True
-        )
-        show("slice --step-by-step", slow)
+        case("slice", "slice", tmp / "slice.parquet")
+        case("slice_step_by_step", "slice --step-by-step", tmp / "slice.parquet", True)
         tiled_trace(tmp / "x10.parquet", args.slice, rate10, 10)
-        results["slice_outputs_x10"] = x10 = measure(tmp / "x10.parquet", args.gpu, args.replicas)
-        show("slice, outputs x10", x10)
+        case("slice_outputs_x10", "slice, outputs x10", tmp / "x10.parquet")
         small = args.slice // 5
         tiled_trace(tmp / "x10-small.parquet", small, rate10, 10)
-        results["small_outputs_x10"] = fast10 = measure(
-            tmp / "x10-small.parquet", args.gpu, args.replicas
+        case("small_outputs_x10", "small slice, outputs x10", tmp / "x10-small.parquet")
+        case(
+            "small_outputs_x10_step_by_step",
+            "small slice, outputs x10, --step-by-step",
+            tmp / "x10-small.parquet",
+            True,
         )
-        show("small slice, outputs x10", fast10)
-        results["small_outputs_x10_step_by_step"] = slow10 = measure(
-            tmp / "x10-small.parquet", args.gpu, args.replicas, step_by_step=True
+    for suffix, name in (("", "this checkout"), ("_baseline", "baseline")):
+        if "main" + suffix not in results:
+            continue
+        fast, slow = results["slice" + suffix], results["slice_step_by_step" + suffix]
+        fast10 = results["small_outputs_x10" + suffix]
+        slow10 = results["small_outputs_x10_step_by_step" + suffix]
+        x10 = results["slice_outputs_x10" + suffix]
+        speedup = slow["wall_s"] / fast["wall_s"]
+        speedup10 = slow10["wall_s"] / fast10["wall_s"]
+        flat = (x10["cpu_s"] / x10["requests"]) / (fast["cpu_s"] / fast["requests"])
+        print(f"{name}:")
+        print(
+            f"  skip vs --step-by-step: {speedup:.1f}x faster ({speedup10:.1f}x with outputs x10)"
         )
-        show("small slice, outputs x10, --step-by-step", slow10)
-    speedup = slow["wall_s"] / fast["wall_s"]
-    speedup10 = slow10["wall_s"] / fast10["wall_s"]
-    flat = (x10["wall_s"] / x10["requests"]) / (fast["wall_s"] / fast["requests"])
-    print(f"skip vs --step-by-step: {speedup:.1f}x faster ({speedup10:.1f}x with outputs x10)")
-    print(f"cost per request, outputs x10 vs x1: {flat:.2f}x (target <= 1.5x)")
-    print(
-        f"targets: >= 50,000 req/s: {r['requests_per_wall_s']:,.0f}; "
-        f"peak RSS < 1 GB: {r['peak_rss_bytes'] / 1e9:.2f} GB"
-    )
+        print(f"  CPU cost per request, outputs x10 vs x1: {flat:.2f}x (target <= 1.5x)")
+        main_run = results["main" + suffix]
+        print(
+            f"  targets: >= 50,000 req/s: {main_run['requests_per_wall_s']:,.0f} "
+            f"({main_run['requests_per_cpu_s']:,.0f} per CPU-s); "
+            f"peak RSS < 1 GB: {main_run['peak_rss_bytes'] / 1e9:.2f} GB"
+        )
+        results["speedup_vs_step_by_step" + suffix] = speedup
+        results["speedup_vs_step_by_step_outputs_x10" + suffix] = speedup10
+        results["x10_cost_ratio" + suffix] = flat
     if args.json:
-        results["speedup_vs_step_by_step"] = speedup
-        results["speedup_vs_step_by_step_outputs_x10"] = speedup10
-        results["x10_cost_ratio"] = flat
         print(json.dumps(results, indent=2))
 
 

@@ -8,6 +8,8 @@ from test_replay_support import LinearStepTime, real_step_time, record, run_rows
 
 from tokenfleet.replay.balancer import BUILTIN_BALANCERS
 from tokenfleet.replay.batcher import BUILTIN_BATCHERS
+from tokenfleet.replay.scenario import GatewayConfig, LimitConfig, RetryConfig
+from tokenfleet.replay.tiers import Tier
 
 REAL = real_step_time()
 
@@ -129,5 +131,80 @@ def test_skip_mode_gives_the_same_records_as_step_by_step(
         if s.status == "finished":
             assert s.arrival_s <= s.start_s <= s.first_token_s <= s.finish_s
     for rep in fast_reps:  # everything handed back at the end
+        assert rep.outstanding[rep.index] == 0 and rep.tokens_left == 0
+        assert rep.kv.used_blocks(rep.step_no) == 0 and not rep.waiting and not rep.decoding
+
+
+# --- the same through the gateway: tiers with priorities, deferral, latency, limits, retries --
+
+TIERS = (
+    Tier("fast", priority=10),
+    Tier("standard"),
+    Tier("batch", priority=-5, deferred=True, deadline_s=3.0),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    reqs=st.lists(
+        st.tuples(
+            st.sampled_from([0.0, 0.0, 0.001, 0.01, 0.05, 0.3, 1.0]),
+            st.integers(1, 400),
+            st.integers(0, 300),
+            st.sampled_from(["fast", "standard", "batch", "unknown"]),
+            st.sampled_from(["a", "b"]),
+        ),
+        min_size=1,
+        max_size=25,
+    ),
+    batcher=st.sampled_from(["vllm", "sarathi", "orca"]),
+    replicas=st.integers(1, 3),
+    kv_blocks=st.integers(20, 300),
+    max_seqs=st.integers(1, 8),
+    latency_s=st.sampled_from([0.0, 0.02]),
+    rpm=st.sampled_from([0.0, 6.0]),
+    retries=st.integers(0, 2),
+    margin=st.sampled_from([0.0, 0.5]),
+)
+def test_gateway_runs_give_the_same_records_as_step_by_step(
+    reqs, batcher, replicas, kv_blocks, max_seqs, latency_s, rpm, retries, margin
+):
+    rows, t = [], 0.0
+    for gap, p, o, tier, tenant in reqs:
+        t += gap
+        rows.append((t, p, o, None, tier, tenant))
+    options = {"max_num_seqs": max_seqs, "scheduling_policy": "priority"}
+    if batcher in ("vllm", "sarathi"):
+        options["max_num_batched_tokens"] = max(max_seqs, 64)
+    gateway = GatewayConfig(
+        latency_s=latency_s,
+        deferred_max_utilisation=0.5,
+        deferred_margin=margin,
+        tick_s=0.1,
+        retries=RetryConfig(max_retries=retries, base_backoff_s=0.5),
+        limits=(LimitConfig(tenant="a", requests_per_minute=rpm),) if rpm else (),
+    )
+    common = dict(
+        batcher=batcher,
+        settings=options,
+        balancer="least-requests",
+        replicas=replicas,
+        kv_blocks=kv_blocks,
+        step_time=REAL,
+        seed=3,
+        tiers=TIERS,
+        gateway=gateway,
+    )
+    fast, fast_tl, fast_reps = run_rows(rows, **common)
+    slow, _, _ = run_rows(rows, step_by_step=True, **common)
+    assert [record(s) for s in fast] == [record(s) for s in slow]
+    assert [s.row for s in fast] == list(range(len(rows)))  # each request ends exactly once
+    for s in fast:
+        assert s.tier in ("fast", "standard", "batch")  # unknown tiers served as the default
+        if s.status in ("finished", "expired") and s.start_s is not None:
+            assert s.arrival_s + latency_s <= s.start_s <= s.first_token_s <= s.finish_s
+        if s.status == "rate_limited":
+            assert s.tenant == "a" and s.attempts == retries + 1
+    for rep in fast_reps:
         assert rep.outstanding[rep.index] == 0 and rep.tokens_left == 0
         assert rep.kv.used_blocks(rep.step_no) == 0 and not rep.waiting and not rep.decoding

@@ -13,6 +13,7 @@ from tokenfleet.replay.scenario import (
     load_scenario,
     scenario_from_dict,
     scenario_to_dict,
+    validate,
     with_overrides,
 )
 
@@ -50,9 +51,28 @@ def test_the_default_example_is_the_default():
     assert scenario_from_dict(scenario_to_dict(example)) == example  # round trip
 
 
-@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("replay-*.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.toml")), ids=lambda p: p.name)
 def test_every_example_loads(path):
-    assert load_scenario(path).pools
+    scenario = load_scenario(path)
+    assert scenario.pools
+    assert scenario_from_dict(scenario_to_dict(scenario)) == scenario  # round trip
+
+
+def test_economics_sections_default_and_read_back():
+    s = load_scenario(None)
+    assert [t.name for t in s.tiers] == ["standard"]
+    assert (s.gateway.unknown_tier, s.gateway.latency_s, s.gateway.limits) == ("default", 0.0, ())
+    (pool,) = s.pools
+    assert (pool.pricing.kind, pool.autoscale.enabled) == ("rented", False)
+    doc = {
+        "pools": [{"name": "a"}, {"name": "b", "pricing": {"kind": "owned", "pue": 1.4}}],
+        "tiers": [{"name": "standard"}, {"name": "fast", "pools": ["b"], "priority": 3}],
+        "gateway": {"limits": [{"tier": "fast", "requests_per_minute": 600.0}]},
+    }
+    t = validate(scenario_from_dict(doc))
+    assert t.tiers[1].pools == ("b",) and t.tiers[1].priority == 3
+    assert t.pools[1].pricing.build("b").pue == 1.4
+    assert scenario_from_dict(scenario_to_dict(t)) == t
 
 
 @pytest.mark.parametrize(
@@ -70,11 +90,26 @@ def test_every_example_loads(path):
         ({"pools": [{"name": "a"}, {"name": "a"}]}, "used twice"),
         ({"interval_s": 0}, "interval_s"),
         ({"pools": [{"batcher": {"policy": "vllm", "scheduling_policy": "lifo"}}]}, "lifo"),
+        ({"gateway": {"retries": {"max_retry": 2}}}, "unknown key 'max_retry'"),
+        ({"pools": [{"pricing": {"usd_per_gpu_hr": 2.0}}]}, "unknown key 'usd_per_gpu_hr'"),
+        ({"pools": [{"autoscale": {"enable": True}}]}, "unknown key 'enable'"),
+        ({"tiers": [{"name": "x", "price": 1.0}]}, "unknown key 'price'"),
+        ({"tiers": [{"usd_per_mtoken_input": 1.0}]}, "needs a name"),
+        ({"tiers": [{"name": "a"}, {"name": "a"}]}, "tier name 'a' is used twice"),
+        ({"tiers": [{"name": "fast"}]}, "default_tier = 'standard' is not a tier"),
+        ({"gateway": {"unknown_tier": "drop"}}, "unknown_tier = 'drop'"),
+        ({"gateway": {"latency_s": -1.0}}, "latency_s = -1.0"),
+        ({"gateway": {"limits": [{"requests_per_minute": 5.0}]}}, "exactly one of tenant"),
+        ({"gateway": {"limits": [{"tier": "gold"}]}}, "tier 'gold' is not a tier"),
+        ({"pools": [{"pricing": {"kind": "owned", "pue": 0.8}}]}, "pue = 0.8"),
+        (
+            {"pools": [{"replicas": 9, "autoscale": {"enabled": True, "max_replicas": 4}}]},
+            "outside autoscale",
+        ),
+        ({"pools": [{"autoscale": {"enabled": True, "metric": "gpu"}}]}, "metric = 'gpu'"),
     ],
 )
 def test_mistakes_are_refused_by_name(doc, needle):
-    from tokenfleet.replay.scenario import validate
-
     with pytest.raises(UserError, match=needle):
         validate(scenario_from_dict(doc))
 

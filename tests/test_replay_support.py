@@ -10,9 +10,11 @@ import pyarrow as pa
 
 from tokenfleet.calibrate.profile import load_profile
 from tokenfleet.models import get_model
-from tokenfleet.replay.balancer import make_balancer
+from tokenfleet.replay.balancer import Router, make_balancer
 from tokenfleet.replay.batcher import make_batcher
 from tokenfleet.replay.engine import simulate
+from tokenfleet.replay.fleet import slots_of
+from tokenfleet.replay.gateway import Gateway, Timers
 from tokenfleet.replay.kvcache import KVCache
 from tokenfleet.replay.pricing import RunPricer
 from tokenfleet.replay.replica import Replica
@@ -50,7 +52,8 @@ def real_step_time():
 
 
 def batches_of(rows: list[tuple], batch_rows: int = 7) -> list[pa.RecordBatch]:
-    """rows: (arrival_s, prompt_tokens, output_tokens[, session_id]) sorted by arrival."""
+    """rows: (arrival_s, prompt_tokens, output_tokens[, session_id[, tier[, tenant]]]) sorted by
+    arrival."""
     out = []
     for start in range(0, len(rows), batch_rows):
         chunk = rows[start : start + batch_rows]
@@ -61,8 +64,10 @@ def batches_of(rows: list[tuple], batch_rows: int = 7) -> list[pa.RecordBatch]:
                     "prompt_tokens": pa.array([r[1] for r in chunk], pa.int32()),
                     "output_tokens": pa.array([r[2] for r in chunk], pa.int32()),
                     "request_id": pa.array(range(start, start + len(chunk)), pa.int64()),
-                    "tenant": pa.array([None] * len(chunk), pa.string()),
-                    "tier": pa.array(["standard"] * len(chunk), pa.string()),
+                    "tenant": pa.array([r[5] if len(r) > 5 else None for r in chunk], pa.string()),
+                    "tier": pa.array(
+                        [r[4] if len(r) > 4 else "standard" for r in chunk], pa.string()
+                    ),
                     "session_id": pa.array(
                         [r[3] if len(r) > 3 else None for r in chunk], pa.int64()
                     ),
@@ -86,8 +91,13 @@ def run_rows(
     step_by_step: bool = False,
     seed: int = 0,
     interval_s: float = 1.0,
+    tiers: tuple | None = None,
+    gateway=None,
 ):
-    """Run the engine on `rows`; return (finished requests by row, timeline rows, replicas)."""
+    """Run the engine on `rows`; return (finished requests by row, timeline rows, replicas).
+
+    With `gateway` (a GatewayConfig) and `tiers`, requests enter through a Gateway whose tiers
+    all route to the whole fleet."""
     step_time = step_time or LinearStepTime()
     outstanding: list[int] = []
     finished: list = []
@@ -110,6 +120,20 @@ def run_rows(
             )
         )
     bal = make_balancer(balancer, balancer_settings or {}, reps, outstanding, seed)
+    gw = None
+    if gateway is not None:
+        router = Router(balancer, balancer_settings or {}, reps, outstanding, seed)
+        router.set_members(list(range(replicas)))
+        gw = Gateway(
+            gateway,
+            tiers,
+            {t.name: router for t in tiers},
+            lambda i: slots_of(reps[i]),
+            finished,
+            outstanding,
+            Timers(),
+            seed,
+        )
     written: list = []
     timeline: list = []
     simulate(
@@ -120,6 +144,7 @@ def run_rows(
         written.extend,
         timeline.extend,
         interval_s,
+        gateway=gw,
     )
     return sorted(written, key=lambda s: s.row), timeline, reps
 
@@ -137,6 +162,10 @@ def record(seq) -> tuple:
         seq.output_tokens,
         seq.preemptions,
         seq.status,
+        seq.prefill_s,
+        seq.decode_s,
+        seq.attempts,
+        seq.tier,
     )
 
 

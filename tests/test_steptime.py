@@ -110,11 +110,14 @@ steps = st.tuples(
 ).filter(lambda s: s[0] + s[2] > 0)
 
 
+ENGINES = ["vllm-v1", "trtllm", "vllm-v0-2023"]  # CUDA graphs for decode, and eager
+
+
 @settings(max_examples=60, deadline=None)
-@given(st.lists(steps, min_size=1, max_size=20), st.sampled_from(CASES))
-def test_step_s_and_step_s_array_agree_exactly(batch, case) -> None:
+@given(st.lists(steps, min_size=1, max_size=20), st.sampled_from(CASES), st.sampled_from(ENGINES))
+def test_step_s_and_step_s_array_agree_exactly(batch, case, engine) -> None:
     model, gpu, tp = case
-    steptime = StepTime(get_model(model), load_profile(gpu), tp=tp)
+    steptime = StepTime(get_model(model), load_profile(gpu), tp=tp, engine=engine)
     p = np.array([s[0] for s in batch])
     a = np.array([s[0] * (s[0] + 1) / 2 * s[1] for s in batch])  # up to a whole prompt's pairs
     d = np.array([s[2] for s in batch])
@@ -122,6 +125,36 @@ def test_step_s_and_step_s_array_agree_exactly(batch, case) -> None:
     vector = steptime.step_s_array(p, a, d, k)
     scalar = [steptime.step_s(int(p[i]), a[i], int(d[i]), int(k[i])) for i in range(len(p))]
     assert vector.tolist() == scalar
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.sampled_from(CASES),
+    st.sampled_from(ENGINES),
+    st.integers(1, 512),
+    st.integers(0, 8_000),
+    st.integers(1, 300),
+    st.floats(0.0, 1e5),
+    st.one_of(st.none(), st.floats(0.0, 1.0)),
+)
+def test_decode_times_equal_stepping_one_decode_step_at_a_time(
+    case, engine, batch, context, steps, start_s, until_frac
+) -> None:
+    model, gpu, tp = case
+    steptime = StepTime(get_model(model), load_profile(gpu), tp=tp, engine=engine)
+    ends, t, k = [], start_s, batch * context
+    for _ in range(steps):
+        t += steptime.step_s(0, 0.0, batch, k)
+        ends.append(t)
+        k += batch
+    if until_frac is None:
+        assert steptime.decode_times(batch, batch * context, steps, start_s) == ends
+        return
+    # Stop at the first end at or after `until_s` (the last end if none is).
+    until_s = start_s + until_frac * (ends[-1] - start_s) * 1.2
+    first = next((i for i, end in enumerate(ends) if end >= until_s), steps - 1)
+    got = steptime.decode_times(batch, batch * context, steps, start_s, until_s)
+    assert got == ends[: first + 1]
 
 
 @given(st.integers(1, 4096), st.integers(1, 100_000))

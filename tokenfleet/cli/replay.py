@@ -32,6 +32,11 @@ from tokenfleet.cli.options import progress_enabled, quiet_option
 @click.option("--seed", type=int, help="Seed of the random choices (default 0).")
 @click.option("--interval", "interval_s", type=float, help="Timeline interval in seconds (10).")
 @click.option(
+    "--unknown-tier",
+    type=click.Choice(["default", "reject"]),
+    help="Trace tiers missing from the scenario: serve as the default tier, or refuse the run.",
+)
+@click.option(
     "--step-by-step",
     is_flag=True,
     help="Reference mode: advance one step at a time (same records, slower).",
@@ -52,6 +57,7 @@ def replay(
     max_batched_tokens,
     seed,
     interval_s,
+    unknown_tier,
     step_by_step,
     as_json,
     quiet,
@@ -79,6 +85,7 @@ def replay(
         max_num_batched_tokens=max_batched_tokens,
         seed=seed,
         interval_s=interval_s,
+        unknown_tier=unknown_tier,
     )
     summary = run_replay(
         trace,

@@ -195,3 +195,53 @@ def make_balancer(
     cls = balancer_class(name)
     built = build_settings(cls.Settings, settings, f"balancer {name!r}")
     return cls(built, replicas, outstanding, seed)
+
+
+class Router:
+    """A balancer over some of the fleet's replicas (a tier's pools, the replicas an autoscaler
+    has ready), rebuilt when that set changes. Over the whole, unchanging fleet it is the plain
+    balancer on the fleet's own counts, so the default path pays nothing for it."""
+
+    def __init__(
+        self, policy: str, settings: dict[str, Any], replicas: list, outstanding: list[int], seed
+    ) -> None:
+        self.policy = policy
+        self.settings = settings
+        self.all = replicas
+        self.fleet_outstanding = outstanding
+        self.seed = seed
+        self.rebuilds = 0
+        self.members: list[int] = []
+        self.view: list[int] = []
+        self.pick = None
+
+    def set_members(self, members: list[int]) -> None:
+        """Route over these replica indices from now on (their order is the balancer's)."""
+        for i in self.members:
+            rep = self.all[i]
+            rep.views = [v for v in rep.views if v[0] is not self.view]
+        self.members = list(members)
+        self.rebuilds += 1
+        if self.members == list(range(len(self.all))):
+            self.view = self.fleet_outstanding
+            balancer = make_balancer(
+                self.policy, self.settings, self.all, self.view, self.seed + self.rebuilds - 1
+            )
+            self.pick = balancer.pick
+            return
+        self.view = [self.fleet_outstanding[i] for i in self.members]
+        reps = [self.all[i] for i in self.members]
+        for pos, rep in enumerate(reps):
+            rep.views.append((self.view, pos))
+        if not reps:
+            self.pick = None
+            return
+        balancer = make_balancer(
+            self.policy, self.settings, reps, self.view, self.seed + self.rebuilds - 1
+        )
+        members_ = self.members
+
+        def pick(seq, now_s: float) -> int:
+            return members_[balancer.pick(seq, now_s)]
+
+        self.pick = pick

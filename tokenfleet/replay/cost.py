@@ -124,3 +124,45 @@ class OwnedPricing:
         return gpu_s * self.fixed_usd_per_gpu_hour / SECONDS_PER_HOUR + self.energy_usd(
             gpu_s, busy_gpu_s
         )
+
+
+@dataclass(frozen=True)
+class CostRates:
+    """A replica's cost spread over time, for the timeline: $ per second always (owned capital
+    and idle power, reserved capacity), per provisioned second (on demand) and per busy second
+    (owned power above idle). Summed over a run they give `pool_cost_usd` (on-demand billing
+    rounding is added where each provisioned span ends)."""
+
+    always_usd_per_s: float
+    provisioned_usd_per_s: float
+    busy_usd_per_s: float
+
+
+def cost_rates(pricing: RentedPricing | OwnedPricing, tp: int) -> CostRates:
+    """The rates of one replica of `tp` GPUs."""
+    if isinstance(pricing, OwnedPricing):
+        per_kwh = pricing.pue * pricing.usd_per_kwh / JOULES_PER_KWH
+        idle = pricing.fixed_usd_per_gpu_hour / SECONDS_PER_HOUR
+        idle += (pricing.gpu_idle_w + pricing.server_w_per_gpu) * per_kwh
+        busy = (pricing.gpu_tdp_w - pricing.gpu_idle_w) * per_kwh
+        return CostRates(idle * tp, 0.0, busy * tp)
+    rate = pricing.usd_per_gpu_hour / SECONDS_PER_HOUR * tp
+    if pricing.commitment == "reserved":
+        return CostRates(rate, 0.0, 0.0)
+    return CostRates(0.0, rate, 0.0)
+
+
+def pool_cost_usd(
+    pricing: RentedPricing | OwnedPricing,
+    tp: int,
+    replicas: int,
+    spans_s: list[float],
+    run_s: float,
+    busy_s: float,
+) -> float:
+    """What a pool of `replicas` replicas (the most it may have: owned or reserved) of `tp` GPUs
+    costs over `run_s`: on demand, its provisioned spans; reserved and owned, every replica for
+    the whole run (owned power at the observed busy replica-seconds `busy_s`)."""
+    if isinstance(pricing, OwnedPricing):
+        return pricing.cost_usd(replicas * tp, run_s, busy_s * tp)
+    return pricing.cost_usd(tp, spans_s, run_s, replicas)

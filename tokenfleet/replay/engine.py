@@ -3,6 +3,10 @@
 Events are processed in time order. At equal times arrivals come first (so requests arriving
 together share a step), then replicas by index; each replica keeps a version number so an event
 superseded by a later decision is skipped. A run is a pure function of its inputs and seed.
+
+With a gateway (tiers, limits, deferral, autoscaling), requests enter through it, and its timed
+callbacks (retries, delayed dispatch, deferral and autoscaler ticks) interleave with the
+replicas' events: at equal times arrivals first, then timers, then replicas.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from heapq import heappop, heappush
 
 import pyarrow as pa
 
-from tokenfleet.replay.replica import Replica, Seq
+from tokenfleet.replay.replica import BILLED_EXTRA, Replica, Seq, new_row
 
 TRACE_COLUMNS = [
     "arrival_s",
@@ -37,18 +41,33 @@ def simulate(
     write_timeline: Callable[[list], None],
     interval_s: float,
     progress: Callable[[float], None] | None = None,
-) -> None:
+    gateway=None,
+    billers: list | None = None,
+) -> float:
     """Replay the batches through the fleet; records go out through the two writers.
 
     `finished` is the list the replicas append finished requests to; it is flushed through
     `write_requests` every FLUSH_ROWS rows. Timeline rows are emitted once every replica has
-    moved past their interval.
+    moved past their interval. Returns the end of the run: the end of the last interval.
     """
+    if gateway is not None:
+        return _simulate_gateway(
+            batches,
+            replicas,
+            gateway,
+            finished,
+            write_requests,
+            write_timeline,
+            interval_s,
+            progress,
+            billers,
+        )
     heap: list = []
     pick = balancer.pick
-    timeline = _TimelineEmitter(replicas, interval_s, write_timeline)
+    timeline = _TimelineEmitter(replicas, interval_s, write_timeline, billers)
     next_emit = interval_s
     row = 0
+    now = t = 0.0
     for batch in batches:
         arrivals = batch.column("arrival_s").to_numpy().tolist()
         prompts = batch.column("prompt_tokens").to_numpy().tolist()
@@ -100,34 +119,161 @@ def simulate(
                     progress(t)
     write_requests(finished)
     finished.clear()
-    timeline.emit(float("inf"))
+    return timeline.emit(float("inf"), max(now, t))
+
+
+def _simulate_gateway(
+    batches,
+    replicas,
+    gateway,
+    finished,
+    write_requests,
+    write_timeline,
+    interval_s,
+    progress,
+    billers,
+) -> float:
+    """The same loop with requests entering through the gateway and its timers interleaved."""
+    heap: list = []
+    timers = gateway.timers.heap
+    timeline = _TimelineEmitter(replicas, interval_s, write_timeline, billers)
+    next_emit = interval_s
+    last = 0.0
+
+    def dispatch(seq: Seq, now: float) -> None:
+        r = gateway.routers[seq.tier].pick(seq, now)
+        rep = replicas[r]
+        if seq.prompt_tokens + seq.output_tokens > rep.max_request_tokens:
+            seq.replica = r
+            seq.status = TOO_LONG
+            finished.append(seq)
+            return
+        nt = rep.on_arrival(seq, now)
+        if nt is not None:
+            heappush(heap, (nt, r, rep.version))
+
+    gateway.dispatch = dispatch
+
+    def advance(until: float) -> None:
+        """Process timers and replica events before `until`, in time order."""
+        nonlocal next_emit, last
+        while True:
+            tt = timers[0][0] if timers else INF
+            tr = heap[0][0] if heap else INF
+            if tt <= tr:
+                if tt >= until:
+                    return
+                t, _, fn, arg = heappop(timers)
+                fn(t, arg)  # timers alone neither extend the run nor move the timeline on
+                if len(finished) >= FLUSH_ROWS:
+                    write_requests(finished)
+                    finished.clear()
+                continue
+            else:
+                if tr >= until:
+                    return
+                t, r, version = heappop(heap)
+                rep = replicas[r]
+                if version != rep.version:
+                    continue
+                nt = rep.on_event(t)
+                if nt is not None:
+                    heappush(heap, (nt, r, version))
+            last = t
+            if t >= next_emit:
+                timeline.emit(t)
+                next_emit = (int(t // interval_s) + 1) * interval_s
+                if progress is not None:
+                    progress(t)
+            if len(finished) >= FLUSH_ROWS:
+                write_requests(finished)
+                finished.clear()
+
+    row = 0
+    for batch in batches:
+        arrivals = batch.column("arrival_s").to_numpy().tolist()
+        prompts = batch.column("prompt_tokens").to_numpy().tolist()
+        outputs = batch.column("output_tokens").to_numpy().tolist()
+        ids = batch.column("request_id").to_pylist()
+        tenants = batch.column("tenant").to_pylist()
+        tiers = batch.column("tier").to_pylist()
+        sessions = batch.column("session_id").to_pylist()
+        for i in range(len(arrivals)):
+            now = arrivals[i]
+            advance(now)
+            last = now
+            if now >= next_emit:
+                timeline.emit(now)
+                next_emit = (int(now // interval_s) + 1) * interval_s
+                if progress is not None:
+                    progress(now)
+            seq = Seq(row, now, prompts[i], outputs[i], ids[i], tenants[i], tiers[i], sessions[i])
+            row += 1
+            gateway.arrive(seq, now)
+            if len(finished) >= FLUSH_ROWS:
+                write_requests(finished)
+                finished.clear()
+    gateway.trace_done = True
+    advance(INF)
+    write_requests(finished)
+    finished.clear()
+    return timeline.emit(INF, last)
+
+
+INF = float("inf")
 
 
 class _TimelineEmitter:
-    """Writes interval rows (all replicas, in interval then replica order) once they are final."""
+    """Writes interval rows (all replicas, in interval then replica order) once they are final.
 
-    def __init__(self, replicas: list[Replica], interval_s: float, write: Callable) -> None:
+    Each row carries the replica's provisioned seconds in the interval and the on-demand
+    billing rounding of the provisioned spans that end in it (`billers[i]`: seconds billed for
+    a span of replica i, None when not billed by span)."""
+
+    def __init__(
+        self, replicas: list[Replica], interval_s: float, write: Callable, billers=None
+    ) -> None:
         self.replicas = replicas
         self.interval_s = interval_s
         self.write = write
+        self.billers = billers or [None] * len(replicas)
         self.done = 0  # intervals before this one are written
 
-    def emit(self, now: float) -> None:
+    def emit(self, now: float, last_s: float = 0.0) -> float:
+        """Write the intervals every replica has moved past (all, when `now` is inf, up to the
+        one holding `last_s` too); return the end of the last interval written."""
         reps = self.replicas
+        size = self.interval_s
         horizon = min(now, min(rep.busy_since() for rep in reps))
-        if horizon == float("inf"):
+        if horizon == INF:
             last = max((max(rep.acc) for rep in reps if rep.acc), default=self.done - 1)
-            limit = last + 1
+            limit = max(last + 1, int(last_s // size) + 1)
+            run_end = limit * size
         else:
-            limit = int(horizon // self.interval_s)
+            limit = int(horizon // size)
+            run_end = INF
             for rep in reps:
-                rep.settle(limit * self.interval_s)
+                rep.settle(limit * size)
         rows = []
+        billers = self.billers
         for iv in range(self.done, limit):
+            start, end = iv * size, (iv + 1) * size
             for rep in reps:
-                acc = rep.acc.pop(iv, None)
-                rows.append((iv, rep.index, acc or [0.0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0, 0]))
+                acc = rep.acc.pop(iv, None) or new_row()
+                provisioned = 0.0
+                for a, b in rep.spans:
+                    if b == INF:
+                        b = run_end
+                    lo = a if a > start else start
+                    hi = b if b < end else end
+                    if hi > lo:
+                        provisioned += hi - lo
+                    billed = billers[rep.index]
+                    if billed is not None and start < b <= end:
+                        acc[BILLED_EXTRA] += billed(b - a) - (b - a)
+                rows.append((iv, rep.index, acc, provisioned))
         self.done = max(self.done, limit)
         for rep in reps:
             rep.cur_iv = -1  # its cached row may have been written out
         self.write(rows)
+        return self.done * size

@@ -2,7 +2,11 @@
 
 A pool whose replica count is "auto" is sized to carry the trace's mean rate at about 70% of an
 estimated capacity (prefill of the mean prompt plus the mean output decoded at a moderate batch),
-so a default run is loaded but not overloaded.
+so a default run is loaded but not overloaded. An autoscaled pool starts there (clamped to its
+bounds) and has its maximum of replicas created, the rest unprovisioned.
+
+Tiers are routed to their pools by one Router per distinct set of pools; the gateway, the
+autoscalers and their shared timers are built here when the scenario needs them.
 """
 
 from __future__ import annotations
@@ -13,8 +17,11 @@ from dataclasses import dataclass
 
 from tokenfleet.calibrate.profile import load_profile
 from tokenfleet.models import get_model
-from tokenfleet.replay.balancer import make_balancer
+from tokenfleet.replay.autoscale import Autoscaler
+from tokenfleet.replay.balancer import Router
 from tokenfleet.replay.batcher import make_batcher
+from tokenfleet.replay.cost import cost_rates
+from tokenfleet.replay.gateway import Gateway, Timers, needs_gateway
 from tokenfleet.replay.kvcache import KVCache
 from tokenfleet.replay.memory import plan_memory
 from tokenfleet.replay.pricing import RunPricer
@@ -49,6 +56,11 @@ class Fleet:
     pools: list[dict]  # name, gpu, tp, replicas, batcher, kv_blocks per pool
     pool_of: list[str]  # pool name of each replica
     kv_blocks: list[int]  # KV capacity of each replica
+    pricing: dict  # pool name -> RentedPricing | OwnedPricing
+    rates: list  # cost.CostRates of each replica
+    billers: list  # on-demand: seconds billed for a provisioned span, per replica
+    gateway: Gateway | None = None
+    autoscalers: dict | None = None  # pool name -> Autoscaler
 
     @property
     def gpus(self) -> int:
@@ -80,6 +92,10 @@ def build_fleet(
     replicas: list[Replica] = []
     pools: list[dict] = []
     resolved = []
+    pricing: dict = {}
+    rates: list = []
+    billers: list = []
+    indices: dict[str, list[int]] = {}
     n_auto = sum(1 for p in scenario.pools if p.replicas == AUTO)
     for pool in scenario.pools:
         gpu = load_profile(pool.gpu)
@@ -95,9 +111,18 @@ def build_fleet(
             per_request = replica_seconds_per_request(step_time, stats, max_seqs)
             load = stats.rate_per_s / n_auto * per_request
             count = max(1, math.ceil(load / TARGET_UTILISATION))
+        scale = pool.autoscale
+        if scale.enabled:
+            count = min(scale.max_replicas, max(scale.min_replicas, count))
         resolved.append(dataclasses.replace(pool, replicas=count))
+        price = pricing[pool.name] = pool.pricing.build(f"pool {pool.name!r} pricing")
+        rate = cost_rates(price, pool.tp)
+        biller = getattr(price, "billed_seconds", None) if rate.provisioned_usd_per_s else None
         pricer = RunPricer(step_time)
-        for _ in range(count):
+        indices[pool.name] = list(range(len(replicas), len(replicas) + count))
+        if scale.enabled:
+            indices[pool.name] = list(range(len(replicas), len(replicas) + scale.max_replicas))
+        for _ in indices[pool.name]:
             batcher = make_batcher(
                 pool.batcher.policy, pool.batcher.settings, f"pool {pool.name!r} batcher"
             )
@@ -116,6 +141,9 @@ def build_fleet(
                     pricer,
                 )
             )
+            replicas[-1].tp = pool.tp
+            rates.append(rate)
+            billers.append(biller)
         pools.append(
             {
                 "name": pool.name,
@@ -125,18 +153,95 @@ def build_fleet(
                 "batcher": pool.batcher.policy,
                 "kv_blocks": plan.kv_blocks,
                 "kv_capacity_tokens": plan.kv_capacity_tokens,
+                "max_replicas": len(indices[pool.name]),
+                "pricing": pool.pricing.kind,
+                "autoscaled": scale.enabled,
             }
         )
-    balancer = make_balancer(
-        scenario.balancer.policy, scenario.balancer.settings, replicas, outstanding, scenario.seed
-    )
+    resolved_scenario = dataclasses.replace(scenario, pools=tuple(resolved))
     fleet = Fleet(
         replicas,
-        balancer,
+        None,
         outstanding,
         finished,
         pools,
         [r.pool for r in replicas],
         [r.kv.capacity_blocks for r in replicas],
+        pricing,
+        rates,
+        billers,
     )
-    return fleet, dataclasses.replace(scenario, pools=tuple(resolved))
+    _route(fleet, resolved_scenario, indices)
+    return fleet, resolved_scenario
+
+
+def slots_of(replica: Replica) -> int:
+    """Batch slots of a replica: its batcher's sequence cap (256 when a plugin has none)."""
+    batcher = replica.batcher
+    return getattr(batcher, "max_num_seqs", None) or getattr(
+        getattr(batcher, "settings", None), "max_num_seqs", 256
+    )
+
+
+def _route(fleet: Fleet, scenario: Scenario, indices: dict[str, list[int]]) -> None:
+    """Routers per set of pools a tier uses; the gateway and autoscalers if needed."""
+    all_pools = tuple(p.name for p in scenario.pools)
+    routers: dict[tuple, Router] = {}
+    by_tier: dict[str, Router] = {}
+    for tier in scenario.tiers:
+        key = tuple(p for p in all_pools if not tier.pools or p in tier.pools)
+        if key not in routers:
+            routers[key] = Router(
+                scenario.balancer.policy,
+                scenario.balancer.settings,
+                fleet.replicas,
+                fleet.outstanding,
+                scenario.seed,
+            )
+        by_tier[tier.name] = routers[key]
+    ready = {p.name: indices[p.name][: p.replicas] for p in scenario.pools}
+
+    def refresh(pool: str | None = None) -> None:
+        for key, router in routers.items():
+            if pool is None or pool in key:
+                router.set_members(sorted(i for p in key for i in ready[p]))
+
+    refresh()
+    autoscaled = [p for p in scenario.pools if p.autoscale.enabled]
+    if not needs_gateway(scenario, bool(autoscaled)):
+        (router,) = routers.values()
+        fleet.balancer = router
+        return
+    timers = Timers()
+    gateway = Gateway(
+        scenario.gateway,
+        scenario.tiers,
+        by_tier,
+        lambda i: slots_of(fleet.replicas[i]),
+        fleet.finished,
+        fleet.outstanding,
+        timers,
+        scenario.seed,
+    )
+    fleet.gateway = gateway
+
+    def active() -> bool:
+        return not gateway.trace_done or gateway.pending > 0 or any(fleet.outstanding)
+
+    fleet.autoscalers = {}
+    for pool in autoscaled:
+
+        def set_ready(members: list[int], name: str = pool.name) -> None:
+            ready[name] = members
+            refresh(name)
+
+        fleet.autoscalers[pool.name] = Autoscaler(
+            pool.autoscale,
+            fleet.replicas,
+            indices[pool.name],
+            pool.replicas,
+            slots_of(fleet.replicas[indices[pool.name][0]]),
+            set_ready,
+            active,
+            timers,
+        )

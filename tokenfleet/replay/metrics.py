@@ -3,6 +3,14 @@
 The two Parquet files are written in batches as the simulation goes (memory stays bounded by
 the requests in flight); the summary is computed afterwards from those files with Polars, so
 every figure printed can be recomputed from the files.
+
+Money: each request carries its GPU-seconds (its token share of every step it took part in;
+replica.py). Once the run is over and each pool's cost is known (cost.py), requests.parquet is
+rewritten batch by batch with `cost_usd` = gpu_s x (pool cost / the pool's total gpu_s): the
+pool's idle (and unattributable padding) time is spread in proportion to the work, so the
+requests of a pool add up to its cost. Revenue and SLOs come from the tier's prices and
+promises (tiers.py). Float sums are taken in numpy, in file order, so outputs stay
+byte-identical run to run.
 """
 
 from __future__ import annotations
@@ -16,9 +24,12 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tokenfleet.replay.replica import Seq
+from tokenfleet.replay.cost import CostRates
+from tokenfleet.replay.replica import ARRIVED, BILLED_EXTRA, BUSY, Seq
+from tokenfleet.replay.tiers import TOKENS_PER_MTOKEN, Tier, revenue_expr, slo_met_expr
 
 REQUESTS_FILE = "requests.parquet"
+RAW_REQUESTS_FILE = ".requests-raw.parquet"  # before costs are known; removed after
 TIMELINE_FILE = "timeline.parquet"
 SUMMARY_FILE = "summary.json"
 
@@ -43,7 +54,20 @@ def requests_schema(request_id_type: pa.DataType) -> pa.Schema:
             ("queue_s", pa.float64()),
             ("preemptions", pa.int32()),
             ("status", pa.string()),
+            ("attempts", pa.int32()),
+            ("gpu_s", pa.float64()),
+            ("prefill_gpu_s", pa.float64()),
         ]
+    )
+
+
+def priced_schema(request_id_type: pa.DataType) -> pa.Schema:
+    """requests.parquet as written at the end: the raw columns plus money and SLO."""
+    return (
+        requests_schema(request_id_type)
+        .append(pa.field("cost_usd", pa.float64()))
+        .append(pa.field("revenue_usd", pa.float64()))
+        .append(pa.field("slo_met", pa.bool_()))
     )
 
 
@@ -65,6 +89,8 @@ TIMELINE_SCHEMA = pa.schema(
         ("requests_arrived", pa.int64()),
         ("requests_finished", pa.int64()),
         ("mean_in_system", pa.float64()),
+        ("provisioned_s", pa.float64()),
+        ("cost_usd", pa.float64()),
     ]
 )
 
@@ -72,10 +98,16 @@ TIMELINE_SCHEMA = pa.schema(
 class RequestWriter:
     """Appends finished (or refused) requests to requests.parquet in batches."""
 
-    def __init__(self, path: Path, request_id_type: pa.DataType, pools: list[str]) -> None:
+    def __init__(
+        self, path: Path, request_id_type: pa.DataType, pools: list[str], tp: list[int]
+    ) -> None:
         self.schema = requests_schema(request_id_type)
         self.writer = pq.ParquetWriter(path, self.schema)
         self.pools = pools  # pool name of each replica index
+        self.tp = tp  # GPUs of each replica
+        self.pool_names = list(dict.fromkeys(pools))
+        self.pool_ix = np.array([self.pool_names.index(p) for p in pools], dtype=np.int64)
+        self.gpu_s_sum = np.zeros(len(self.pool_names))
 
     def write(self, seqs: list[Seq]) -> None:
         if not seqs:
@@ -92,12 +124,23 @@ class RequestWriter:
         with np.errstate(invalid="ignore", divide="ignore"):
             tpot = np.where(out >= 2, (finish - first) / (out - 1), math.nan)
         pools = self.pools
+        tp = self.tp
+        where = [s.replica for s in seqs]
+        gpus = np.array([tp[r] if r >= 0 else 0 for r in where], dtype=np.float64)
+        prefill = np.array([s.prefill_s for s in seqs], dtype=np.float64) * gpus
+        gpu_s = prefill + np.array([s.decode_s for s in seqs], dtype=np.float64) * gpus
+        names = [pools[r] if r >= 0 else None for r in where]
+        ran = np.array(where, dtype=np.int64)
+        ran = ran[ran >= 0]
+        self.gpu_s_sum += np.bincount(  # sequential sums, in file order: deterministic
+            self.pool_ix[ran], weights=gpu_s[gpus > 0], minlength=len(self.pool_names)
+        )
         columns = [
             pa.array([s.request_id for s in seqs], self.schema.field("request_id").type),
             pa.array([s.tenant for s in seqs], pa.string()),
             pa.array([s.tier for s in seqs], pa.string()),
-            pa.array([pools[s.replica] if s.replica >= 0 else None for s in seqs], pa.string()),
-            pa.array(np.array([s.replica for s in seqs], dtype=np.int32)),
+            pa.array(names, pa.string()),
+            pa.array(np.array(where, dtype=np.int32)),
             pa.array(arrival),
             _nullable(start),
             _nullable(first),
@@ -110,11 +153,18 @@ class RequestWriter:
             _nullable(start - arrival),
             pa.array(np.array([s.preemptions for s in seqs], dtype=np.int32)),
             pa.array([s.status for s in seqs], pa.string()),
+            pa.array(np.array([s.attempts for s in seqs], dtype=np.int32)),
+            pa.array(gpu_s),
+            pa.array(prefill),
         ]
         self.writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=self.schema))
 
     def close(self) -> None:
         self.writer.close()
+
+    @property
+    def gpu_s_by_pool(self) -> dict[str, float]:
+        return dict(zip(self.pool_names, self.gpu_s_sum.tolist(), strict=True))
 
 
 def _nullable(arr: np.ndarray) -> pa.Array:
@@ -124,19 +174,50 @@ def _nullable(arr: np.ndarray) -> pa.Array:
 class TimelineWriter:
     """Appends per-replica per-interval rows to timeline.parquet."""
 
-    def __init__(self, path: Path, interval_s: float, pools: list[str], kv_blocks: list[int]):
+    def __init__(
+        self,
+        path: Path,
+        interval_s: float,
+        pools: list[str],
+        kv_blocks: list[int],
+        rates: list[CostRates],
+    ):
         self.writer = pq.ParquetWriter(path, TIMELINE_SCHEMA)
         self.interval_s = interval_s
         self.pools = pools
         self.kv_blocks = kv_blocks
+        self.always = np.array([r.always_usd_per_s for r in rates], dtype=np.float64)
+        self.per_provisioned = np.array([r.provisioned_usd_per_s for r in rates], np.float64)
+        self.per_busy = np.array([r.busy_usd_per_s for r in rates], dtype=np.float64)
+        self.pool_names = list(dict.fromkeys(pools))
+        self.pool_ix = np.array([self.pool_names.index(p) for p in pools], dtype=np.int64)
+        n = len(self.pool_names)
+        # Per pool, in write order: busy and provisioned replica-seconds, and $.
+        self.busy_s = np.zeros(n)
+        self.provisioned_s = np.zeros(n)
+        self.cost_usd = np.zeros(n)
 
-    def write(self, rows: list[tuple[int, int, list]]) -> None:
-        """rows: (interval number, replica, accumulator) in output order."""
+    def write(self, rows: list[tuple[int, int, list, float]]) -> None:
+        """rows: (interval number, replica, accumulator, provisioned seconds) in output order."""
         if not rows:
             return
         size = self.interval_s
         acc = [r[2] for r in rows]
         replica = [r[1] for r in rows]
+        rix = np.array(replica, dtype=np.int64)
+        busy = np.array([a[BUSY] for a in acc], dtype=np.float64)
+        provisioned = np.array([r[3] for r in rows], dtype=np.float64)
+        billed_extra = np.array([a[BILLED_EXTRA] for a in acc], dtype=np.float64)
+        cost = (
+            self.always[rix] * size
+            + self.per_provisioned[rix] * (provisioned + billed_extra)
+            + self.per_busy[rix] * busy
+        )
+        pix = self.pool_ix[rix]
+        n = len(self.pool_names)
+        self.busy_s += np.bincount(pix, weights=busy, minlength=n)
+        self.provisioned_s += np.bincount(pix, weights=provisioned, minlength=n)
+        self.cost_usd += np.bincount(pix, weights=cost, minlength=n)
         steps = np.array([a[1] for a in acc], dtype=np.int64)
         batch_sum = np.array([a[2] for a in acc], dtype=np.float64)
         kv_peak = np.array([a[6] for a in acc], dtype=np.int64)
@@ -148,7 +229,7 @@ class TimelineWriter:
             pa.array(np.array(replica, dtype=np.int32)),
             pa.array(np.array([r[0] * size for r in rows], dtype=np.float64)),
             pa.array(np.full(len(rows), size, dtype=np.float64)),
-            pa.array(np.array([a[0] for a in acc], dtype=np.float64)),
+            pa.array(busy),
             pa.array(steps),
             pa.array(mean_batch),
             pa.array(np.array([a[3] for a in acc], dtype=np.int32)),
@@ -157,14 +238,164 @@ class TimelineWriter:
             pa.array(np.array([a[10] for a in acc], dtype=np.int64)),
             pa.array(kv_peak),
             pa.array(kv_peak / capacity),
-            pa.array(np.array([a[7] for a in acc], dtype=np.int64)),
+            pa.array(np.array([a[ARRIVED] for a in acc], dtype=np.int64)),
             pa.array(np.array([a[8] for a in acc], dtype=np.int64)),
             pa.array(np.array([a[9] for a in acc], dtype=np.float64) / size),
+            pa.array(provisioned),
+            pa.array(cost),
         ]
         self.writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=TIMELINE_SCHEMA))
 
     def close(self) -> None:
         self.writer.close()
+
+
+def price_requests(
+    raw: Path,
+    out: Path,
+    tiers: tuple[Tier, ...],
+    default_tier: str,
+    usd_per_gpu_s: dict[str, float],
+) -> None:
+    """requests.parquet from the raw records: the tier each request was billed as (a trace tier
+    missing from the scenario is the default tier), its attributed cost, its revenue (finished
+    requests pay their tier's prices; nothing is cached) and whether it met its tier's SLOs."""
+    parquet = pq.ParquetFile(raw)
+    schema = priced_schema(parquet.schema_arrow.field("request_id").type)
+    names = [t.name for t in tiers]
+    by_name = {t.name: t for t in tiers}
+    price_cols = {
+        key: {n: float(getattr(by_name[n], key)) for n in names}
+        for key in (
+            "usd_per_mtoken_input",
+            "usd_per_mtoken_cached_input",
+            "usd_per_mtoken_output",
+            "ttft_slo_s",
+            "tpot_slo_s",
+            "deadline_s",
+        )
+    }
+    finished = pl.col("status") == "finished"
+    with pq.ParquetWriter(out, schema) as writer:
+        for batch in parquet.iter_batches(batch_size=65_536):
+            frame = pl.from_arrow(batch).with_columns(
+                tier=pl.when(pl.col("tier").is_in(names))
+                .then(pl.col("tier"))
+                .otherwise(pl.lit(default_tier))
+            )
+            work = frame.with_columns(
+                *(
+                    pl.col("tier").replace_strict(m, return_dtype=pl.Float64).alias(k)
+                    for k, m in price_cols.items()
+                ),
+                cached_tokens=pl.lit(0),
+                tpot_s=pl.col("tpot_s").fill_null(0.0),
+            )
+            money = work.select(
+                cost_usd=pl.col("gpu_s")
+                * pl.col("pool").replace_strict(
+                    usd_per_gpu_s, default=0.0, return_dtype=pl.Float64
+                ),
+                revenue_usd=pl.when(finished).then(revenue_expr()).otherwise(0.0),
+                slo_met=(finished & slo_met_expr()).fill_null(False),
+            )
+            table = pl.concat([frame, money], how="horizontal").to_arrow()
+            writer.write_table(table.select(schema.names).cast(schema))
+
+
+def economics(out_dir: Path, pools: list[dict], run_s: float) -> dict:
+    """Money and goodput: for the fleet, and per tier and per tenant, from requests.parquet.
+
+    Cost per Mtoken is over the tokens of finished requests; its input part is the cost of the
+    prefill GPU time. Utilisation is busy GPU time over the fleet's charged GPU time."""
+    frame = pl.read_parquet(
+        out_dir / REQUESTS_FILE,
+        columns=[
+            "tier",
+            "tenant",
+            "status",
+            "prompt_tokens",
+            "output_tokens",
+            "gpu_s",
+            "prefill_gpu_s",
+            "cost_usd",
+            "revenue_usd",
+            "slo_met",
+            "ttft_s",
+        ],
+    )
+    charged_gpu_s = sum(p["charged_gpu_s"] for p in pools)
+    cost = sum(p["cost_usd"] for p in pools)
+    fleet = _money(frame, charged_gpu_s)
+    fleet.update(
+        cost_usd=cost,
+        margin_usd=fleet["revenue_usd"] - cost,
+        margin_frac=(fleet["revenue_usd"] - cost) / fleet["revenue_usd"]
+        if fleet["revenue_usd"]
+        else None,
+        unattributed_usd=cost - fleet["cost_usd"],
+        gpu_hours_charged=charged_gpu_s / 3600.0,
+        run_s=run_s,
+    )
+    _per_mtoken(fleet, frame, cost)
+    groups = {}
+    for key in ("tier", "tenant"):
+        column = frame[key].fill_null("(none)").cast(pl.String)
+        out = {}
+        for name in sorted(set(column.to_list())):
+            part = frame.filter(column == name)
+            out[name] = _money(part, charged_gpu_s)
+            _per_mtoken(out[name], part, out[name]["cost_usd"])
+        groups[key] = out
+    return {"fleet": fleet, "tiers": groups["tier"], "tenants": groups["tenant"]}
+
+
+def _money(frame: pl.DataFrame, charged_gpu_s: float) -> dict:
+    status = frame["status"].to_numpy()
+    done = status == "finished"
+    slo = frame["slo_met"].to_numpy()
+    tokens = frame["prompt_tokens"].to_numpy().astype(np.int64) + frame[
+        "output_tokens"
+    ].to_numpy().astype(np.int64)
+    gpu_s = float(np.sum(frame["gpu_s"].to_numpy()))
+    cost = float(np.sum(frame["cost_usd"].to_numpy()))
+    revenue = float(np.sum(frame["revenue_usd"].to_numpy()))
+    ttft = frame["ttft_s"].to_numpy()[done]
+    return {
+        "requests": len(status),
+        "finished": int(done.sum()),
+        "rate_limited": int((status == "rate_limited").sum()),
+        "expired": int((status == "expired").sum()),
+        "too_long": int((status == "too_long").sum()),
+        "goodput_requests": int(slo.sum()),
+        "goodput_tokens": int(tokens[slo].sum()),
+        "goodput_frac": float(slo.sum() / len(status)) if len(status) else None,
+        "gpu_hours": gpu_s / 3600.0,
+        "utilisation": gpu_s / charged_gpu_s if charged_gpu_s > 0 else None,
+        "cost_usd": cost,
+        "revenue_usd": revenue,
+        "margin_usd": revenue - cost,
+        "ttft_s": {f"p{p}": float(np.percentile(ttft, p)) if ttft.size else None for p in (50, 99)},
+    }
+
+
+def _per_mtoken(into: dict, frame: pl.DataFrame, cost: float) -> None:
+    """$ per million input, output and all tokens of finished requests."""
+    done = (frame["status"] == "finished").to_numpy()
+    gpu = frame["gpu_s"].to_numpy()
+    share = np.divide(frame["prefill_gpu_s"].to_numpy(), gpu, out=np.zeros_like(gpu), where=gpu > 0)
+    cost_in = float(np.sum(frame["cost_usd"].to_numpy() * share))
+    tin = int(frame["prompt_tokens"].to_numpy()[done].astype(np.int64).sum())
+    tout = int(frame["output_tokens"].to_numpy()[done].astype(np.int64).sum())
+
+    def per(usd: float, tokens: int) -> float | None:
+        return usd / tokens * TOKENS_PER_MTOKEN if tokens else None
+
+    into["usd_per_mtoken"] = {
+        "input": per(cost_in, tin),
+        "output": per(cost - cost_in, tout),
+        "blended": per(cost, tin + tout),
+    }
 
 
 PERCENTILES = (50, 90, 99)
@@ -285,6 +516,7 @@ def format_summary(summary: dict) -> str:
             f"{ms(lat['p90']):>10}{ms(lat['p99']):>10}"
         )
     kv_mean = summary["kv_peak_frac_mean"]
+    money = summary.get("economics")
     lines += [
         "",
         f"preemptions  {summary['preemptions']:,}",
@@ -293,4 +525,52 @@ def format_summary(summary: dict) -> str:
         + ("-" if kv_mean is None else f"{kv_mean:.1%} mean, {summary['kv_peak_frac_max']:.1%} max")
         + " (per replica per interval)",
     ]
+    if money is not None:
+        lines += ["", *_format_money(summary)]
     return "\n".join(lines)
+
+
+def _format_money(summary: dict) -> list[str]:
+    """Cost, revenue and goodput lines, fleet and per tier; all from summary.json."""
+
+    def usd(x: float | None) -> str:
+        return "-" if x is None else f"${x:,.2f}"
+
+    def mtok(x: float | None) -> str:
+        return "-" if x is None else f"${x:,.3f}"
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1%}"
+
+    def secs(x: float | None) -> str:
+        return "-" if x is None else f"{x:,.2f}s"
+
+    fleet = summary["economics"]["fleet"]
+    per = fleet["usd_per_mtoken"]
+    pools = ", ".join(
+        f"{p['name']}: {usd(p['cost_usd'])} ({p['pricing']}, {p['charged_gpu_s'] / 3600:,.2f} "
+        f"GPU-h, {pct(p['utilisation'])} busy, peak {p['peak_replicas']})"
+        for p in summary["pools"]
+    )
+    lines = [
+        f"cost         {usd(fleet['cost_usd'])}: {pools}",
+        f"per Mtoken   {mtok(per['blended'])} blended, {mtok(per['input'])} input, "
+        f"{mtok(per['output'])} output",
+        f"revenue      {usd(fleet['revenue_usd'])}, margin {usd(fleet['margin_usd'])} "
+        f"({pct(fleet['margin_frac'])})",
+        "",
+        f"{'tier':<12}{'requests':>10}{'goodput':>9}{'TTFT p99':>10}{'limited':>9}{'expired':>9}"
+        f"{'GPU-h':>9}{'$/Mtok':>9}{'cost':>12}{'revenue':>12}{'margin':>12}",
+    ]
+    for name, t in summary["economics"]["tiers"].items():
+        lines.append(
+            f"{name:<12}{t['requests']:>10,}{pct(t['goodput_frac']):>9}"
+            f"{secs(t['ttft_s']['p99']):>10}{t['rate_limited']:>9,}"
+            f"{t['expired']:>9,}{t['gpu_hours']:>9,.2f}{mtok(t['usd_per_mtoken']['blended']):>9}"
+            f"{usd(t['cost_usd']):>12}{usd(t['revenue_usd']):>12}{usd(t['margin_usd']):>12}"
+        )
+    unknown = summary["gateway"]["unknown_tiers"]
+    if unknown:
+        listed = ", ".join(f"{k} ({v:,})" for k, v in unknown.items())
+        lines.append(f"unknown tiers served as {summary['gateway']['default_tier']}: {listed}")
+    return lines

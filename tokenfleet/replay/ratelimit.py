@@ -92,15 +92,24 @@ class RateLimiter:
             self._buckets[key] = pair
         return pair
 
-    def admit(self, key: str, now_s: float, tokens: int) -> bool:
-        """Take one request and `tokens` tokens from the key's buckets, or refuse and take none."""
+    def allows(self, key: str, now_s: float, tokens: int) -> bool:
+        """Whether the key's buckets hold one request and `tokens` tokens now (takes nothing)."""
         requests_bucket, tokens_bucket = self._buckets_for(key)
         if requests_bucket is not None and not requests_bucket.can_take(now_s, 1.0):
             return False
-        if tokens_bucket is not None and not tokens_bucket.can_take(now_s, tokens):
-            return False
+        return tokens_bucket is None or tokens_bucket.can_take(now_s, tokens)
+
+    def charge(self, key: str, tokens: int) -> None:
+        """Take one request and `tokens` tokens (after `allows` said yes)."""
+        requests_bucket, tokens_bucket = self._buckets_for(key)
         if requests_bucket is not None:
             requests_bucket.take(1.0)
         if tokens_bucket is not None:
             tokens_bucket.take(tokens)
+
+    def admit(self, key: str, now_s: float, tokens: int) -> bool:
+        """Take one request and `tokens` tokens from the key's buckets, or refuse and take none."""
+        if not self.allows(key, now_s, tokens):
+            return False
+        self.charge(key, tokens)
         return True

@@ -9,6 +9,12 @@ steps one by one, then ahead in vectorised calls shared with the pool's other ru
 so the work done tracks events, not tokens. An arrival routed here cuts the run at the first
 step end at or after it. In step-by-step mode every run is one step long; both modes take the
 same decisions, so they write the same records.
+
+GPU time is attributed to requests by token share: a step of duration t with T tokens (prefill
+chunk tokens plus one per decoding sequence) gives each token t / T. Decoders are charged
+through one accumulator per replica, advanced once per *segment* (a maximal stretch of
+decode-only steps with the same batch), so the charge is O(1) per run and identical whether
+the segment was advanced step by step or as runs.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from tokenfleet.replay.kvcache import KVCache
 from tokenfleet.replay.pricing import RunPricer
 
 IDLE, STEP, RUN = 0, 1, 2
+INF = float("inf")
 # Runs shorter than this are priced with scalar calls; longer chunks with one vectorised call.
 _VECTOR_MIN_STEPS = 32
 _FIRST_CHUNK_MIN_STEPS = 2
@@ -40,7 +47,13 @@ _FIRST_CHUNK_MAX_STEPS = 3
     FINISHED,
     IN_SYSTEM,
     OUTPUT,
-) = range(11)
+    BILLED_EXTRA,
+) = range(12)
+
+
+def new_row() -> list:
+    """A fresh timeline accumulator (BILLED_EXTRA: on-demand rounding, see autoscale)."""
+    return [0.0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0, 0, 0.0]
 
 
 class Seq:
@@ -68,6 +81,11 @@ class Seq:
         "preemptions",
         "replica",
         "status",
+        "prefill_s",
+        "decode_s",
+        "a_join",
+        "attempts",
+        "deadline_at",
     )
 
     def __init__(
@@ -103,6 +121,11 @@ class Seq:
         self.preemptions = 0
         self.replica = -1
         self.status = "finished"
+        self.prefill_s = 0.0  # replica-seconds of prefill steps, by token share
+        self.decode_s = 0.0  # replica-seconds of decode tokens, by token share
+        self.a_join = 0.0  # the replica's decode accumulator when this joined decoding
+        self.attempts = 1  # 1 + client retries after rate limiting
+        self.deadline_at = INF  # deferred tiers: finishing later makes it `expired`
 
 
 class Replica:
@@ -147,6 +170,13 @@ class Replica:
         "cur_row",
         "replan",
         "run_hint",
+        "gpu_acc",
+        "seg_start",
+        "seg_end",
+        "seg_d",
+        "views",
+        "spans",
+        "tp",
     )
 
     def __init__(
@@ -204,6 +234,16 @@ class Replica:
         # if this one holds only decodes: vLLM admits nothing in a step that preempted.
         self.replan = False
         self.run_hint = 4.0  # recent run length in steps (sizes the first chunk priced)
+        # Decode-time accumulator: closed segments' (duration / batch), plus the open segment.
+        self.gpu_acc = 0.0
+        self.seg_start = 0.0
+        self.seg_end = 0.0
+        self.seg_d = 0  # batch of the open decode-only segment (0: none open)
+        # Extra per-router outstanding counts this replica keeps current: (list, position).
+        self.views: list = []
+        # Provisioned spans [start, end] (end inf while provisioned); fixed pools: always.
+        self.spans: list = [[0.0, INF]]
+        self.tp = 1
 
     # ------------------------------------------------------------------ engine interface
 
@@ -245,6 +285,15 @@ class Replica:
             # The run's k steps happened: account them and end the last one.
             s0 = self.run_s0
             self.run_hint += (k - self.run_hint) * 0.25
+            d = self.n_dec
+            if self.seg_d == d and self.seg_end == self.t_start:
+                self.seg_end = last  # the segment goes on
+            else:
+                if self.seg_d:
+                    self.gpu_acc += (self.seg_end - self.seg_start) / self.seg_d
+                self.seg_start = self.t_start
+                self.seg_end = last
+                self.seg_d = d
             self._account_run(s0, k, times)
             self.step_no = s0 + k - 1
             self._end_step(last)
@@ -286,6 +335,7 @@ class Replica:
         """Evict a decoding sequence by recompute; return the blocks freed."""
         s = self.step_no
         del self.decoding[seq]
+        seq.decode_s += self._decode_acc() - seq.a_join
         offset = seq.offset
         self.kv.remove_decoder(offset)
         self.n_dec -= 1
@@ -441,6 +491,7 @@ class Replica:
                     seq.blocks = 0
                     self.kv.add_decoder(offset)
                 self.decoding[seq] = None
+                seq.a_join = self.gpu_acc  # no segment is open after a prefill step
                 self.n_dec += 1
                 self.n_gen += 1
                 self.off_sum += offset
@@ -456,6 +507,7 @@ class Replica:
                 continue
             seq.generated = seq.output_tokens
             self.n_gen -= 1
+            seq.decode_s += self._decode_acc() - seq.a_join
             if self.hold_batch:
                 self._finish(seq, now)
                 if self.n_gen == 0:
@@ -468,6 +520,13 @@ class Replica:
             self.off_sum -= offset
             self._finish(seq, now)
         self.step_no = s + 1
+
+    def _decode_acc(self) -> float:
+        """The decode accumulator now (at the end of the last step accounted)."""
+        d = self.seg_d
+        if d:
+            return self.gpu_acc + (self.seg_end - self.seg_start) / d
+        return self.gpu_acc
 
     def _release_batch(self) -> None:
         """Static batching: the batch's last sequence finished; its padded slots are freed."""
@@ -486,6 +545,8 @@ class Replica:
         self._in_system(now, -1)
         row = self._row(int(now // self.interval_s))
         row[FINISHED] += 1
+        if now > seq.deadline_at:
+            seq.status = "expired"
         self.finished.append(seq)
 
     # ------------------------------------------------------------------ timeline
@@ -495,7 +556,7 @@ class Replica:
             return self.cur_row
         row = self.acc.get(iv)
         if row is None:
-            row = self.acc[iv] = [0.0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0, 0]
+            row = self.acc[iv] = new_row()
         self.cur_iv = iv
         self.cur_row = row
         return row
@@ -506,6 +567,8 @@ class Replica:
         n = out[self.index]
         self.settle(now)
         out[self.index] = n + change
+        for view, i in self.views:
+            view[i] += change
         if change > 0:
             self._row(int(now // self.interval_s))[ARRIVED] += 1
 
@@ -530,6 +593,15 @@ class Replica:
 
     def _account_step(self, start: float, end: float, prefill: int, kv_blocks: int) -> None:
         d = self.n_dec
+        # GPU time by token share: chunks directly, decoders through the accumulator.
+        share = (end - start) / (prefill + d)
+        for seq, n in self.chunks:
+            seq.prefill_s += n * share
+        if self.seg_d:
+            self.gpu_acc += (self.seg_end - self.seg_start) / self.seg_d
+            self.seg_d = 0
+        if d:
+            self.gpu_acc += share
         size = self.interval_s
         iv = int(start // size)
         row = self._row(iv)

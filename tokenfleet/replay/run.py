@@ -13,14 +13,19 @@ import pyarrow as pa
 import tomli_w
 
 from tokenfleet.atomic import atomic_dir
+from tokenfleet.errors import UserError
+from tokenfleet.replay.cost import RentedPricing, pool_cost_usd
 from tokenfleet.replay.engine import TRACE_COLUMNS, simulate
-from tokenfleet.replay.fleet import TraceStats, build_fleet
+from tokenfleet.replay.fleet import Fleet, TraceStats, build_fleet
 from tokenfleet.replay.metrics import (
+    RAW_REQUESTS_FILE,
     REQUESTS_FILE,
     SUMMARY_FILE,
     TIMELINE_FILE,
     RequestWriter,
     TimelineWriter,
+    economics,
+    price_requests,
     summarise,
     write_summary,
 )
@@ -30,14 +35,19 @@ from tokenfleet.traces.reader import read_trace_batches
 SCENARIO_FILE = "scenario.toml"
 
 
-def trace_stats(path: str | os.PathLike[str]) -> TraceStats:
-    """Rate and mean lengths, streamed (the reader validates every batch on the way)."""
+def trace_stats(path: str | os.PathLike[str]) -> tuple[TraceStats, dict[str, int]]:
+    """Rate and mean lengths, and requests per tier, streamed (the reader validates every batch
+    on the way)."""
     n = 0
     first = last = 0.0
     prompt = output = 0
-    for batch in read_trace_batches(path, columns=["arrival_s", "prompt_tokens", "output_tokens"]):
+    tiers: dict[str, int] = {}
+    columns = ["arrival_s", "prompt_tokens", "output_tokens", "tier"]
+    for batch in read_trace_batches(path, columns=columns):
         if batch.num_rows == 0:
             continue
+        for item in batch.column("tier").value_counts().to_pylist():
+            tiers[item["values"]] = tiers.get(item["values"], 0) + item["counts"]
         arrivals = batch.column("arrival_s")
         if n == 0:
             first = arrivals[0].as_py()
@@ -45,7 +55,20 @@ def trace_stats(path: str | os.PathLike[str]) -> TraceStats:
         n += batch.num_rows
         prompt += int(batch.column("prompt_tokens").to_numpy().sum(dtype="int64"))
         output += int(batch.column("output_tokens").to_numpy().sum(dtype="int64"))
-    return TraceStats(n, last - first, prompt / max(n, 1), output / max(n, 1))
+    return TraceStats(n, last - first, prompt / max(n, 1), output / max(n, 1)), tiers
+
+
+def unknown_tiers(scenario: Scenario, trace_tiers: dict[str, int], policy: str) -> dict[str, int]:
+    """Trace tiers missing from the scenario with their counts; refused under "reject"."""
+    known = {t.name for t in scenario.tiers}
+    unknown = {str(k): v for k, v in sorted(trace_tiers.items(), key=str) if k not in known}
+    if unknown and policy == "reject":
+        listed = ", ".join(f"{k!r} ({v:,} requests)" for k, v in unknown.items())
+        raise UserError(
+            f"trace tiers {listed} are not in the scenario's tiers "
+            f"({', '.join(sorted(known))}); add [[tiers]] for them or pass --unknown-tier=default"
+        )
+    return unknown
 
 
 def run_replay(
@@ -57,7 +80,8 @@ def run_replay(
     progress: bool = False,
 ) -> dict:
     """Replay `trace` through the scenario's fleet into `out_dir`; return the summary."""
-    stats = trace_stats(trace)
+    stats, trace_tiers = trace_stats(trace)
+    unknown = unknown_tiers(scenario, trace_tiers, scenario.gateway.unknown_tier)
     fleet, resolved = build_fleet(scenario, stats, step_by_step)
     batches = read_trace_batches(trace, columns=TRACE_COLUMNS)
     first = next(batches)
@@ -65,9 +89,11 @@ def run_replay(
     with atomic_dir(out_dir) as tmp:
         tmp = Path(tmp)
         (tmp / SCENARIO_FILE).write_text(tomli_w.dumps(scenario_to_dict(resolved)))
-        requests = RequestWriter(tmp / REQUESTS_FILE, id_type, fleet.pool_of)
+        requests = RequestWriter(
+            tmp / RAW_REQUESTS_FILE, id_type, fleet.pool_of, [r.tp for r in fleet.replicas]
+        )
         timeline = TimelineWriter(
-            tmp / TIMELINE_FILE, resolved.interval_s, fleet.pool_of, fleet.kv_blocks
+            tmp / TIMELINE_FILE, resolved.interval_s, fleet.pool_of, fleet.kv_blocks, fleet.rates
         )
         bar = None
         if progress:
@@ -79,7 +105,7 @@ def run_replay(
             bar.update(max(0, min(round(now), bar.total) - bar.n))
 
         try:
-            simulate(
+            run_s = simulate(
                 _chain(first, batches),
                 fleet.replicas,
                 fleet.balancer,
@@ -88,19 +114,89 @@ def run_replay(
                 timeline.write,
                 resolved.interval_s,
                 advance if bar is not None else None,
+                fleet.gateway,
+                fleet.billers,
             )
         finally:
             if bar is not None:
                 bar.close()
             requests.close()
             timeline.close()
-        summary = summarise(
-            tmp, {"gpus": fleet.gpus, "replicas": len(fleet.replicas), "pools": fleet.pools}
+        pools = _pool_costs(fleet, timeline, run_s)
+        gpu_s = requests.gpu_s_by_pool
+        price_requests(
+            tmp / RAW_REQUESTS_FILE,
+            tmp / REQUESTS_FILE,
+            resolved.tiers,
+            resolved.gateway.default_tier,
+            {
+                p["name"]: p["cost_usd"] / gpu_s[p["name"]] if gpu_s[p["name"]] else 0.0
+                for p in pools
+            },
         )
+        (tmp / RAW_REQUESTS_FILE).unlink()
+        summary = summarise(
+            tmp, {"gpus": fleet.gpus, "replicas": sum(p["replicas"] for p in pools), "pools": pools}
+        )
+        summary["economics"] = economics(tmp, pools, run_s)
+        summary["gateway"] = _gateway_figures(fleet, unknown, resolved.gateway.default_tier)
         summary["seed"] = resolved.seed
         summary["step_by_step"] = step_by_step
         write_summary(tmp / SUMMARY_FILE, summary)
     return summary
+
+
+def _pool_costs(fleet: Fleet, timeline: TimelineWriter, run_s: float) -> list[dict]:
+    """Each pool's description with its cost (cost.py, over [0, run_s]) and GPU time."""
+    out = []
+    busy = dict(zip(timeline.pool_names, timeline.busy_s.tolist(), strict=True))
+    provisioned = dict(zip(timeline.pool_names, timeline.provisioned_s.tolist(), strict=True))
+    timeline_usd = dict(zip(timeline.pool_names, timeline.cost_usd.tolist(), strict=True))
+    for pool in fleet.pools:
+        name, tp = pool["name"], pool["tp"]
+        members = [r for r in fleet.replicas if r.pool == name]
+        spans = [min(b, run_s) - a for r in members for a, b in r.spans if a < run_s]
+        pricing = fleet.pricing[name]
+        on_demand = isinstance(pricing, RentedPricing) and pricing.commitment == "on_demand"
+        charged = provisioned[name] if on_demand else len(members) * run_s
+        scaler = (fleet.autoscalers or {}).get(name)
+        out.append(
+            {
+                **pool,
+                "cost_usd": pool_cost_usd(pricing, tp, len(members), spans, run_s, busy[name]),
+                "timeline_cost_usd": timeline_usd[name],
+                "charged_gpu_s": charged * tp,
+                "busy_gpu_s": busy[name] * tp,
+                "utilisation": busy[name] / charged if charged > 0 else None,
+                "peak_replicas": _peak(spans_of(members)),
+                "scale_ups": scaler.scale_ups if scaler else 0,
+                "scale_downs": scaler.scale_downs if scaler else 0,
+            }
+        )
+    return out
+
+
+def spans_of(replicas: list) -> list[tuple[float, float]]:
+    return [(a, b) for r in replicas for a, b in r.spans]
+
+
+def _peak(spans: list[tuple[float, float]]) -> int:
+    """Most replicas provisioned at once."""
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans], key=lambda e: e)
+    peak = n = 0
+    for _, change in events:
+        n += change
+        peak = max(peak, n)
+    return peak
+
+
+def _gateway_figures(fleet: Fleet, unknown: dict[str, int], default_tier: str) -> dict:
+    gateway = fleet.gateway
+    return {
+        "unknown_tiers": unknown,
+        "default_tier": default_tier,
+        "retries": gateway.retries if gateway is not None else 0,
+    }
 
 
 def _chain(first: pa.RecordBatch, rest):

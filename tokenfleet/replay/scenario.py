@@ -12,6 +12,11 @@ Layout (every key optional)::
     [balancer]                   # policy = "least-requests", plus the policy's settings
     [[pools]]                    # one table per pool of identical replicas
     [pools.batcher]              # policy = "vllm", plus the policy's settings
+    [pools.pricing]              # kind = "rented" (on demand / reserved) or "owned"
+    [pools.autoscale]            # enabled = true: min/max replicas, target, delays
+    [[tiers]]                    # latency tiers: prices, SLOs, priority, deferral, pools
+    [gateway]                    # latency, unknown tiers, deferral, retries
+    [[gateway.limits]]           # RPM/TPM per tenant (or "*") or per tier
 
 A policy's settings are checked against the policy's own Settings dataclass, so plugins get the
 same unknown-key errors as built-ins. New sections are added as dataclass fields.
@@ -20,6 +25,7 @@ same unknown-key errors as built-ins. New sections are added as dataclass fields
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +33,15 @@ from typing import Any
 from tokenfleet.errors import UserError
 from tokenfleet.replay.balancer import balancer_class
 from tokenfleet.replay.batcher import batcher_class, build_settings
+from tokenfleet.replay.cost import OwnedPricing, RentedPricing
+from tokenfleet.replay.ratelimit import RateLimit, RetryPolicy
+from tokenfleet.replay.tiers import Tier
 from tokenfleet.tomlfile import read_toml
 
 AUTO = "auto"
+PRICING_KINDS = ("rented", "owned")
+AUTOSCALE_METRICS = ("utilisation", "queued_tokens")
+UNKNOWN_TIER_POLICIES = ("default", "reject")
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,53 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
+class PricingConfig:
+    """How a pool is paid for: rented (cost.RentedPricing) or owned (cost.OwnedPricing).
+
+    Only the keys of the chosen kind apply; the defaults are cost.py's."""
+
+    kind: str = "rented"
+    usd_per_gpu_hour: float = RentedPricing.usd_per_gpu_hour
+    commitment: str = RentedPricing.commitment
+    billing_granularity_s: float = RentedPricing.billing_granularity_s
+    capex_usd_per_gpu: float = OwnedPricing.capex_usd_per_gpu
+    lifetime_years: float = OwnedPricing.lifetime_years
+    opex_fraction_per_year: float = OwnedPricing.opex_fraction_per_year
+    gpu_tdp_w: float = OwnedPricing.gpu_tdp_w
+    gpu_idle_w: float = OwnedPricing.gpu_idle_w
+    server_w_per_gpu: float = OwnedPricing.server_w_per_gpu
+    pue: float = OwnedPricing.pue
+    usd_per_kwh: float = OwnedPricing.usd_per_kwh
+
+    def build(self, where: str) -> RentedPricing | OwnedPricing:
+        """The cost model; its own checks refuse negative prices and the like."""
+        if self.kind not in PRICING_KINDS:
+            raise UserError(f"{where}: kind = {self.kind!r}; use 'rented' or 'owned'")
+        cls = RentedPricing if self.kind == "rented" else OwnedPricing
+        names = [f.name for f in dataclasses.fields(cls)]
+        try:
+            return cls(**{n: getattr(self, n) for n in names})
+        except UserError as err:
+            raise UserError(f"{where}: {err}") from None
+
+
+@dataclass(frozen=True)
+class AutoscaleConfig:
+    """Replicas follow the load between min and max. A new replica costs money from the moment
+    it is asked for and serves only after `provisioning_delay_s` (GPU acquisition + model load);
+    a replica is removed (drained first) only `cooldown_s` after the last change."""
+
+    enabled: bool = False
+    min_replicas: int = 1
+    max_replicas: int = 8
+    metric: str = "utilisation"  # or "queued_tokens"
+    target: float = 0.7  # utilisation: requests / batch slots; queued_tokens: per replica
+    provisioning_delay_s: float = 300.0
+    cooldown_s: float = 600.0
+    interval_s: float = 15.0  # how often the autoscaler looks
+
+
+@dataclass(frozen=True)
 class PoolConfig:
     name: str = "default"
     gpu: str = "h100-sxm"
@@ -57,10 +116,44 @@ class PoolConfig:
     gpu_memory_utilization: float = 0.9
     block_size: int = 16
     batcher: PolicyConfig = field(default_factory=lambda: PolicyConfig("vllm"))
+    pricing: PricingConfig = field(default_factory=PricingConfig)
+    autoscale: AutoscaleConfig = field(default_factory=AutoscaleConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.replicas, str) and self.replicas != AUTO:
             raise UserError(f'pool {self.name!r}: replicas = {self.replicas!r}: a count or "auto"')
+
+
+@dataclass(frozen=True)
+class LimitConfig:
+    """One rate limit: for a tenant ("*": every tenant without its own entry) or a tier."""
+
+    tenant: str = ""
+    tier: str = ""
+    requests_per_minute: float = 0.0
+    tokens_per_minute: float = 0.0
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    max_retries: int = RetryPolicy.max_retries
+    base_backoff_s: float = RetryPolicy.base_backoff_s
+    max_backoff_s: float = RetryPolicy.max_backoff_s
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    latency_s: float = 0.0  # auth + tokenisation, added to every request's TTFT
+    unknown_tier: str = "default"  # trace tiers missing from [[tiers]]: "default" or "reject"
+    default_tier: str = "standard"  # what unknown tiers are served (and billed) as
+    deferred_max_utilisation: float = 0.5  # release deferred work while the pool is below
+    deferred_margin: float = 0.25  # force release when this share of the deadline is left
+    tick_s: float = 1.0  # how often deferred work is looked at
+    retries: RetryConfig = field(default_factory=RetryConfig)
+    limits: tuple[LimitConfig, ...] = field(default=(), metadata={"item": LimitConfig})
+
+
+DEFAULT_TIERS = (Tier("standard"),)
 
 
 @dataclass(frozen=True)
@@ -70,6 +163,8 @@ class Scenario:
     model: ModelConfig = field(default_factory=ModelConfig)
     balancer: PolicyConfig = field(default_factory=lambda: PolicyConfig("least-requests"))
     pools: tuple[PoolConfig, ...] = field(default=(PoolConfig(),), metadata={"item": PoolConfig})
+    tiers: tuple[Tier, ...] = field(default=DEFAULT_TIERS, metadata={"item": Tier})
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
 
     def __post_init__(self) -> None:
         if not self.interval_s > 0:
@@ -103,6 +198,8 @@ def _build(cls: type, table: dict[str, Any], where: str):
     for key, value in table.items():
         f = fields[key]
         default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        if default is dataclasses.MISSING:  # a required name, e.g. a tier's
+            default = ""
         here = f"{where}: {key}"
         if isinstance(default, PolicyConfig):
             values[key] = _policy(value, here)
@@ -113,10 +210,18 @@ def _build(cls: type, table: dict[str, Any], where: str):
             values[key] = tuple(
                 _build(item, v, f"{where}: {key}[{i}]") for i, v in enumerate(value)
             )
+        elif isinstance(default, tuple):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise UserError(f'{here} should be a list of names, like ["a", "b"]')
+            values[key] = tuple(value)
         elif dataclasses.is_dataclass(default):
             values[key] = _build(type(default), _expect_table(value, here), here)
         else:
             values[key] = _scalar(f, default, value, where)
+    if "name" in fields and fields["name"].default is dataclasses.MISSING:
+        values.setdefault("name", "")
+        if not values["name"]:
+            raise UserError(f'{where}: needs a name, e.g. name = "standard"')
     return cls(**values)
 
 
@@ -168,7 +273,87 @@ def validate(scenario: Scenario) -> Scenario:
             raise UserError(f"{where}: replicas = {pool.replicas} must be >= 1")
         cls = batcher_class(pool.batcher.policy)
         cls(build_settings(cls.Settings, pool.batcher.settings, f"{where} batcher"))
+        pool.pricing.build(f"{where} pricing")
+        _check_autoscale(pool, where)
+    _check_tiers(scenario)
+    _check_gateway(scenario)
     return scenario
+
+
+def _check_autoscale(pool: PoolConfig, where: str) -> None:
+    a = pool.autoscale
+    if not a.enabled:
+        return
+    where = f"{where} autoscale"
+    if a.min_replicas < 1:
+        raise UserError(f"{where}: min_replicas = {a.min_replicas} must be >= 1")
+    if a.min_replicas > a.max_replicas:
+        raise UserError(
+            f"{where}: min_replicas = {a.min_replicas} is above max_replicas = {a.max_replicas}"
+        )
+    if a.metric not in AUTOSCALE_METRICS:
+        raise UserError(f"{where}: metric = {a.metric!r}; use {' or '.join(AUTOSCALE_METRICS)}")
+    if not a.target > 0:
+        raise UserError(f"{where}: target = {a.target} must be > 0")
+    for key in ("provisioning_delay_s", "cooldown_s"):
+        if not getattr(a, key) >= 0:
+            raise UserError(f"{where}: {key} = {getattr(a, key)} must be >= 0")
+    if not a.interval_s > 0:
+        raise UserError(f"{where}: interval_s = {a.interval_s} must be > 0")
+    if pool.replicas != AUTO and not a.min_replicas <= pool.replicas <= a.max_replicas:
+        raise UserError(
+            f"pool {pool.name!r}: replicas = {pool.replicas} is outside autoscale "
+            f"[{a.min_replicas}, {a.max_replicas}]; it is the starting count"
+        )
+
+
+def _check_tiers(scenario: Scenario) -> None:
+    names = [t.name for t in scenario.tiers]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise UserError(f"tier name {sorted(dup)[0]!r} is used twice; give each tier its own")
+    if not scenario.tiers:
+        raise UserError("[[tiers]] is empty; leave it out for the default 'standard' tier")
+    pools = [p.name for p in scenario.pools]
+    for tier in scenario.tiers:
+        for name in tier.pools:
+            if name not in pools:
+                raise UserError(
+                    f"tier {tier.name!r}: pool {name!r} is not in the scenario "
+                    f"(pools: {', '.join(pools)})"
+                )
+
+
+def _check_gateway(scenario: Scenario) -> None:
+    g = scenario.gateway
+    tiers = [t.name for t in scenario.tiers]
+    if g.unknown_tier not in UNKNOWN_TIER_POLICIES:
+        raise UserError(f"gateway: unknown_tier = {g.unknown_tier!r}; use 'default' or 'reject'")
+    if g.default_tier not in tiers:
+        raise UserError(
+            f"gateway: default_tier = {g.default_tier!r} is not a tier (tiers: {', '.join(tiers)})"
+        )
+    if not (g.latency_s >= 0 and math.isfinite(g.latency_s)):
+        raise UserError(f"gateway: latency_s = {g.latency_s} must be a finite number >= 0")
+    if not g.deferred_max_utilisation > 0:
+        raise UserError(
+            f"gateway: deferred_max_utilisation = {g.deferred_max_utilisation} must be > 0"
+        )
+    if not 0 <= g.deferred_margin < 1:
+        raise UserError(f"gateway: deferred_margin = {g.deferred_margin} must be in [0, 1)")
+    if not g.tick_s > 0:
+        raise UserError(f"gateway: tick_s = {g.tick_s} must be > 0")
+    RetryPolicy(**dataclasses.asdict(g.retries))
+    for i, limit in enumerate(g.limits):
+        where = f"gateway: limits[{i}]"
+        if bool(limit.tenant) == bool(limit.tier):
+            raise UserError(f'{where}: give exactly one of tenant = "name" (or "*") and tier')
+        if limit.tier and limit.tier not in tiers:
+            raise UserError(f"{where}: tier {limit.tier!r} is not a tier ({', '.join(tiers)})")
+        try:
+            RateLimit(limit.requests_per_minute, limit.tokens_per_minute)
+        except UserError as err:
+            raise UserError(f"{where}: {err}") from None
 
 
 # CLI flag -> batcher setting it sets.
@@ -188,6 +373,7 @@ def with_overrides(
     max_num_batched_tokens: int | None = None,
     seed: int | None = None,
     interval_s: float | None = None,
+    unknown_tier: str | None = None,
 ) -> Scenario:
     """The scenario with CLI flags applied; pool-level flags apply to every pool.
 
@@ -199,6 +385,8 @@ def with_overrides(
         top["seed"] = seed
     if interval_s is not None:
         top["interval_s"] = interval_s
+    if unknown_tier is not None:
+        top["gateway"] = dataclasses.replace(scenario.gateway, unknown_tier=unknown_tier)
     if model is not None:
         top["model"] = dataclasses.replace(scenario.model, name=model)
     if balancer is not None and balancer != scenario.balancer.policy:
@@ -246,10 +434,24 @@ def scenario_to_dict(scenario: Scenario) -> dict[str, Any]:
         "pools": [
             {
                 **{
-                    f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.name != "batcher"
+                    f.name: getattr(p, f.name)
+                    for f in dataclasses.fields(p)
+                    if f.name not in ("batcher", "pricing", "autoscale")
                 },
+                "pricing": dataclasses.asdict(p.pricing),
+                "autoscale": dataclasses.asdict(p.autoscale),
                 "batcher": policy(p.batcher),
             }
             for p in scenario.pools
         ],
+        "tiers": [{**dataclasses.asdict(t), "pools": list(t.pools)} for t in scenario.tiers],
+        "gateway": {
+            **{
+                f.name: getattr(scenario.gateway, f.name)
+                for f in dataclasses.fields(GatewayConfig)
+                if f.name not in ("retries", "limits")
+            },
+            "retries": dataclasses.asdict(scenario.gateway.retries),
+            "limits": [dataclasses.asdict(lim) for lim in scenario.gateway.limits],
+        },
     }

@@ -15,6 +15,10 @@ total K tokens, N = P + D tokens, on `tp` GPUs (times per GPU; the GPUs work in 
           = step_overhead + D * seq_overhead + layers * layer_graph + gpu      (CUDA graphs,
                                                                                decode-only)
 
+Within a run of decode-only steps everything but the attention over the contexts is fixed by
+the batch, so `decode_times` prices a run as a per-batch constant plus a term affine in the
+context, summed in order (equal to stepping one at a time, to the bit).
+
 bw = HBM bandwidth x bw_eff and link = one direction of the scale-up link x link_eff. MoE
 experts touched by N tokens: E (1 - (1 - k/E)^N). Prefill tokens skip the LM head. A step's
 compute runs at the boost clock for `boost_window` seconds; beyond it the board's power limit
@@ -28,7 +32,6 @@ Hardware coefficients come from the GPU profile, overheads from the engine prese
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 
@@ -38,6 +41,8 @@ from tokenfleet.models.spec import UNQUANTISED_BYTES, ModelSpec, weight_dtype_by
 from tokenfleet.replay.memory import kv_shard
 
 ACTIVATION_BYTES = 2.0  # bf16 activations on the wire for the TP all-reduces
+# Decode runs up to this many steps are summed in a Python loop; longer ones in numpy.
+_LOOP_MAX_STEPS = 40
 
 
 class StepTime:
@@ -117,28 +122,56 @@ class StepTime:
         self._graph_s = (
             model.n_layers * self.engine.layer_graph_us * 1e-6 if self.engine.cuda_graphs else -1.0
         )
+        # Decode-only steps, per batch size d: the constant part of their duration (CUDA graphs:
+        # everything but the context term; eager: the CPU-side overheads) and the GPU time
+        # without the context term. Filled on first use.
+        self._dec_fixed: list[float] = [math.nan]  # (no step has no work)
+        self._dec_gpu: list[float] = [math.nan]
+        # With CUDA graphs, full attention and KV reads slower than attention FLOPs per token
+        # (then (K + D) * kv >= K * attn for every K, as rounding is monotonic), a decode step
+        # is the per-batch constant plus (K + D) * kv.
+        self._lean = (
+            self._graph_s >= 0.0 and not self._slide_frac and self._kv_s >= self._attn_dec_s
+        )
 
-    # The formula is written once and evaluated on floats (step_s) or arrays (step_s_array) with
-    # the same IEEE operations in the same order, so both agree to the last bit.
-    def _formula(self, p, a, d, k, touched, mx: Callable, mn: Callable, decode_only):
+    # Everything but the context term, for a given batch shape. Shared by the mixed path of
+    # `step_s` and by the per-batch decode constants, so both run the same IEEE operations.
+    def _gpu_s(self, p: int, a: float, d: int) -> float:
         n = p + d
         eff = self._emax * n / (n + self._half)
-        t = mx((p * self._pre_s + d * self._dec_s) / eff, self._weights_s)
+        t = (p * self._pre_s + d * self._dec_s) / eff
+        w = self._weights_s
+        t = t if t >= w else w
         if self._n_experts:
+            touched = self._n_experts * (1.0 - math.pow(self._miss, n))
             per_expert = n * self._k_per_e * self._n_experts / touched
             eff_e = self._emax * per_expert / (per_expert + self._half)
-            t = t + mx(n * self._exp_s / eff_e, touched * self._expert_s)
+            c, m = n * self._exp_s / eff_e, touched * self._expert_s
+            t = t + (c if c >= m else m)
         if self._slide_frac:
-            a = self._full_frac * a + self._slide_frac * mn(a, p * self._window)
-            k = self._full_frac * k + self._slide_frac * mn(k, d * self._window)
+            pw = p * self._window
+            a = self._full_frac * a + self._slide_frac * (a if a <= pw else pw)
         t = t + a * self._attn_pre_s
-        t = t + mx(t - self._boost_s, 0.0) * self._throttle
-        t = t + mx(k * self._attn_dec_s, (k + n) * self._kv_s)
-        t = t + (self._comm_fixed_s + n * self._comm_tok_s) + n * self._act_s
-        launch = mx(self._launch_s, t)
-        if self._graph_s >= 0.0:
-            launch = decode_only(self._graph_s + t, launch)
-        return self._step_s + d * self._seq_s + launch
+        if t > self._boost_s:  # adds exactly 0.0 otherwise, as the array form does
+            t = t + (t - self._boost_s) * self._throttle
+        return t + (self._comm_fixed_s + n * self._comm_tok_s) + n * self._act_s
+
+    def _context_s(self, k: float, d: int, n: int) -> float:
+        """Attention over the decode contexts: the slower of its FLOPs and its KV reads."""
+        if self._slide_frac:
+            dw = d * self._window
+            k = self._full_frac * k + self._slide_frac * (k if k <= dw else dw)
+        c, m = k * self._attn_dec_s, (k + n) * self._kv_s
+        return c if c >= m else m
+
+    def _decode_constants(self, d: int) -> None:
+        """Fill the per-batch constants of decode-only steps up to `d` sequences."""
+        fixed, gpu = self._dec_fixed, self._dec_gpu
+        for b in range(len(fixed), max(d + 1, 2 * len(fixed))):
+            x = self._gpu_s(0, 0.0, b)
+            s = self._step_s + b * self._seq_s
+            gpu.append(x)
+            fixed.append(s + self._graph_s + x if self._graph_s >= 0.0 else s)
 
     def step_s(
         self,
@@ -148,22 +181,20 @@ class StepTime:
         decode_context_tokens: int,
     ) -> float:
         """Seconds for one forward pass of a mixed batch (see the module docstring)."""
-        touched = 0.0
-        if self._n_experts:
-            touched = self._n_experts * (
-                1.0 - math.pow(self._miss, float(prefill_tokens + decode_seqs))
-            )
-        is_decode = prefill_tokens == 0
-        return self._formula(
-            float(prefill_tokens),
-            float(prefill_attn_pairs),
-            float(decode_seqs),
-            float(decode_context_tokens),
-            touched,
-            max,
-            min,
-            lambda graph, eager: graph if is_decode else eager,
-        )
+        d, k = decode_seqs, decode_context_tokens
+        if not prefill_tokens:
+            if d >= len(self._dec_fixed):
+                self._decode_constants(d)
+            if self._lean:  # CUDA graphs, full attention, KV reads bound: one multiply-add
+                return self._dec_fixed[d] + (k + d) * self._kv_s
+            ctx = self._context_s(k, d, d)
+            if self._graph_s >= 0.0:
+                return self._dec_fixed[d] + ctx
+            t = self._dec_gpu[d] + ctx
+            return self._dec_fixed[d] + (t if t >= self._launch_s else self._launch_s)
+        p = prefill_tokens
+        t = self._gpu_s(p, prefill_attn_pairs, d) + self._context_s(k, d, p + d)
+        return self._step_s + d * self._seq_s + (t if t >= self._launch_s else self._launch_s)
 
     def step_s_array(
         self,
@@ -172,30 +203,97 @@ class StepTime:
         decode_seqs,
         decode_context_tokens,
     ) -> np.ndarray:
-        """`step_s` over arrays (broadcast together); equal to it element by element."""
+        """`step_s` over arrays (broadcast together); equal to it element by element: the same
+        IEEE operations in the same order as `_gpu_s`, `_context_s` and `step_s` (a test checks
+        the bits), with `max` for their comparisons and `where` for the decode-only branch."""
         p, a, d, k = np.broadcast_arrays(
             *(
                 np.asarray(x, dtype=np.float64)
                 for x in (prefill_tokens, prefill_attn_pairs, decode_seqs, decode_context_tokens)
             )
         )
-        touched = 0.0
+        n = p + d
+        eff = self._emax * n / (n + self._half)
+        t = np.maximum((p * self._pre_s + d * self._dec_s) / eff, self._weights_s)
         if self._n_experts:
             # math.pow, element by element: numpy's pow may differ from libm in the last bit.
-            powers = [math.pow(self._miss, float(x)) for x in (p + d).ravel()]
-            touched = self._n_experts * (1.0 - np.array(powers).reshape(p.shape))
-        is_decode = p == 0.0
-        out = self._formula(
-            p,
-            a,
-            d,
-            k,
-            touched,
-            np.maximum,
-            np.minimum,
-            lambda graph, eager: np.where(is_decode, graph, eager),
-        )
+            powers = [math.pow(self._miss, x) for x in n.ravel().tolist()]
+            touched = self._n_experts * (1.0 - np.array(powers).reshape(n.shape))
+            per_expert = n * self._k_per_e * self._n_experts / touched
+            eff_e = self._emax * per_expert / (per_expert + self._half)
+            t = t + np.maximum(n * self._exp_s / eff_e, touched * self._expert_s)
+        if self._slide_frac:
+            a = self._full_frac * a + self._slide_frac * np.minimum(a, p * self._window)
+            k = self._full_frac * k + self._slide_frac * np.minimum(k, d * self._window)
+        t = t + a * self._attn_pre_s
+        t = t + np.maximum(t - self._boost_s, 0.0) * self._throttle
+        t = t + (self._comm_fixed_s + n * self._comm_tok_s) + n * self._act_s
+        ctx = np.maximum(k * self._attn_dec_s, (k + n) * self._kv_s)
+        fixed = self._step_s + d * self._seq_s
+        out = fixed + np.maximum(t + ctx, self._launch_s)
+        if self._graph_s >= 0.0:
+            out = np.where(p == 0.0, fixed + self._graph_s + t + ctx, out)
         return np.asarray(out, dtype=np.float64)
+
+    def decode_times(
+        self,
+        decode_seqs: int,
+        context_tokens: int,
+        steps: int,
+        start_s: float,
+        until_s: float = math.inf,
+    ) -> list[float]:
+        """End times of up to `steps` consecutive decode-only steps of `decode_seqs` sequences
+        from `start_s`, the first with `context_tokens` of context (each step adds one token per
+        sequence), stopping at the first end >= `until_s`. Each end is the previous one plus
+        `step_s` of the step, added in order, so it equals stepping one at a time to the bit.
+
+        A decode step's duration is a per-batch constant plus a term affine in its context, so
+        a long run costs a few array operations, not a call per step."""
+        d, k, t = decode_seqs, context_tokens, start_s
+        if steps <= _LOOP_MAX_STEPS:
+            out = []
+            append = out.append
+            if self._lean:
+                if d >= len(self._dec_fixed):
+                    self._decode_constants(d)
+                fixed, kv, c = self._dec_fixed[d], self._kv_s, k + d
+                for _ in range(steps):
+                    t += fixed + c * kv
+                    append(t)
+                    if t >= until_s:
+                        break
+                    c += d
+                return out
+            step = self.step_s
+            for _ in range(steps):
+                t += step(0, 0.0, d, k)
+                append(t)
+                if t >= until_s:
+                    break
+                k += d
+            return out
+        if until_s < math.inf:
+            # Durations never shrink as the context grows, so this many steps reach `until_s`
+            # (unless rounding leaves the sum just short: then the rest are priced as well).
+            enough = max(int((until_s - t) / self.step_s(0, 0.0, d, k)) + 2, 1)
+            if enough < steps:
+                out = self.decode_times(d, k, enough, t, until_s)
+                if out[-1] < until_s:
+                    out += self.decode_times(d, k + d * enough, steps - enough, out[-1], until_s)
+                return out
+        if self._lean:
+            if d >= len(self._dec_fixed):
+                self._decode_constants(d)
+            ends = np.arange(k + d, k + d * (steps + 1), d, dtype=np.int64) * self._kv_s
+            ends += self._dec_fixed[d]
+        else:
+            ends = self.step_s_array(0, 0.0, d, np.arange(k, k + d * steps, d, dtype=np.int64))
+        ends[0] += t
+        ends = ends.cumsum()
+        if until_s < math.inf:
+            ends = ends[: int(ends.searchsorted(until_s)) + 1]
+        return ends.tolist()
 
     def weight_read_s(self) -> float:
         """Seconds to read the weights once at the achievable bandwidth (dense part)."""

@@ -20,7 +20,9 @@ TOKENS_PER_MTOKEN = 1e6
 
 @dataclass(frozen=True)
 class Tier:
-    """One latency tier. An SLO of 0 means none; `deadline_s` applies to deferred tiers."""
+    """One latency tier. An SLO of 0 means none; `deadline_s` bounds end-to-end time (for a
+    deferred tier, finishing later makes the request `expired`). A higher `priority` is
+    scheduled first and preempted last; `pools` empty means every pool."""
 
     name: str
     usd_per_mtoken_input: float = 0.20

@@ -1,0 +1,236 @@
+"""The gateway in front of the balancers: tiers, rate limits, client retries, deferral.
+
+Every request first takes the gateway's fixed latency (auth, tokenisation), then passes its
+tenant's and its tier's token buckets (ratelimit.py). Over a limit it is rejected as
+`rate_limited`, or, with client retries, comes back after a jittered exponential back-off
+(each attempt is load on the gateway and is counted). Admitted, it goes to a replica of its
+tier's pools with its tier's priority, except for a deferred tier: that work waits here and is
+released into its pools only while they have headroom (requests per batch slot below
+`deferred_max_utilisation`), or unconditionally once only `deferred_margin` of its deadline is
+left. With no margin it may wait out its deadline here and is then `expired`.
+
+The engine uses the gateway only when a scenario needs it; without limits, latency, deferral,
+autoscaling, priorities or tier routing, requests go straight to the balancer.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable
+from heapq import heappush
+
+from tokenfleet.replay.ratelimit import RateLimit, RateLimiter, RetryPolicy
+from tokenfleet.replay.replica import Seq
+from tokenfleet.replay.scenario import GatewayConfig
+from tokenfleet.replay.tiers import Tier
+
+RATE_LIMITED = "rate_limited"
+EXPIRED = "expired"
+DEFERRED = "deferred"  # status while waiting at the gateway
+ALL_TENANTS = "*"
+
+
+def needs_gateway(scenario, autoscaled: bool) -> bool:
+    """Whether any request can be treated other than 'straight to the one balancer'."""
+    g: GatewayConfig = scenario.gateway
+    tiers = scenario.tiers
+    return (
+        autoscaled
+        or bool(g.limits)
+        or g.latency_s > 0
+        or any(t.deferred for t in tiers)
+        or len({t.priority for t in tiers}) > 1
+        or any(t.pools and set(t.pools) != {p.name for p in scenario.pools} for t in tiers)
+    )
+
+
+def resolve_tier(tiers: dict[str, Tier], default: Tier, name) -> Tier:
+    """The tier a trace's tier name is served (and billed) as."""
+    tier = tiers.get(name)
+    return default if tier is None else tier
+
+
+class Timers:
+    """The engine's timed callbacks (retries, delayed dispatch, ticks), in time then FIFO order."""
+
+    def __init__(self) -> None:
+        self.heap: list = []
+        self.count = 0
+
+    def push(self, t: float, fn: Callable[[float, object], None], arg=None) -> None:
+        self.count += 1
+        heappush(self.heap, (t, self.count, fn, arg))
+
+
+class Gateway:
+    """Admission in front of the routers. `dispatch(seq, now)` (set by the engine) sends a
+    request to a replica; refused and expired requests go to `finished`."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        tiers: tuple[Tier, ...],
+        routers_by_tier: dict[str, object],
+        slots_of: Callable[[int], int],
+        finished: list,
+        outstanding: list[int],
+        timers: Timers,
+        seed: int,
+    ) -> None:
+        self.config = config
+        self.tiers = {t.name: t for t in tiers}
+        self.default = self.tiers[config.default_tier]
+        self.routers = routers_by_tier
+        self.slots_of = slots_of
+        self.finished = finished
+        self.outstanding = outstanding
+        self.timers = timers
+        self.rng = random.Random(seed)
+        self.retry = RetryPolicy(**vars(config.retries))
+        tenant_limits = {
+            lim.tenant: RateLimit(lim.requests_per_minute, lim.tokens_per_minute)
+            for lim in config.limits
+            if lim.tenant and lim.tenant != ALL_TENANTS
+        }
+        every = [
+            RateLimit(lim.requests_per_minute, lim.tokens_per_minute)
+            for lim in config.limits
+            if lim.tenant == ALL_TENANTS
+        ]
+        self.by_tenant = (
+            RateLimiter(tenant_limits, every[-1] if every else None)
+            if tenant_limits or every
+            else None
+        )
+        tier_limits = {
+            lim.tier: RateLimit(lim.requests_per_minute, lim.tokens_per_minute)
+            for lim in config.limits
+            if lim.tier
+        }
+        self.by_tier = RateLimiter(tier_limits) if tier_limits else None
+        self.deferred: dict[str, deque] = {t.name: deque() for t in tiers if t.deferred}
+        self.pending = 0  # requests held here: in latency, back-off or deferral
+        self.ticking = False
+        self.trace_done = False
+        self.dispatch: Callable[[Seq, float], None] = None  # set by the engine
+        self.retries = 0
+
+    # ------------------------------------------------------------------ arrivals
+
+    def arrive(self, seq: Seq, now: float) -> None:
+        """A request from the trace enters the gateway at `now`."""
+        tier = self.tiers.get(seq.tier) or self.default
+        seq.tier = tier.name
+        seq.priority = -tier.priority  # the batchers serve lower values first
+        if tier.deferred:
+            seq.deadline_at = seq.arrival_s + tier.deadline_s
+        if self.config.latency_s > 0:
+            self.pending += 1
+            self.timers.push(now + self.config.latency_s, self._after_latency, seq)
+        else:
+            self._admit(seq, now)
+
+    def _after_latency(self, now: float, seq: Seq) -> None:
+        self.pending -= 1
+        self._admit(seq, now)
+
+    def _retry(self, now: float, seq: Seq) -> None:
+        self.pending -= 1
+        self._admit(seq, now)
+
+    def _admit(self, seq: Seq, now: float) -> None:
+        if not self._within_limits(seq, now):
+            if seq.attempts <= self.retry.max_retries:
+                self.retries += 1
+                self.pending += 1
+                delay = self.retry.backoff_s(seq.attempts, self.rng)
+                seq.attempts += 1
+                self.timers.push(now + delay, self._retry, seq)
+            else:
+                seq.status = RATE_LIMITED
+                self.finished.append(seq)
+            return
+        queue = self.deferred.get(seq.tier)
+        if queue is None:
+            self.dispatch(seq, now)
+            return
+        seq.status = DEFERRED
+        self.pending += 1
+        queue.append(seq)
+        tier = self.tiers[seq.tier]
+        margin = self.config.deferred_margin
+        if margin > 0:
+            self.timers.push(seq.arrival_s + tier.deadline_s * (1 - margin), self._force, seq)
+        else:
+            self.timers.push(seq.deadline_at, self._expire, seq)
+        self.release(now)
+        self._tick_later(now)
+
+    def _within_limits(self, seq: Seq, now: float) -> bool:
+        """Both the tenant's and the tier's buckets must allow it; only then is either charged."""
+        tokens = seq.prompt_tokens + seq.output_tokens
+        tenant = "" if seq.tenant is None else str(seq.tenant)
+        by_tenant, by_tier = self.by_tenant, self.by_tier
+        if by_tenant is not None and not by_tenant.allows(tenant, now, tokens):
+            return False
+        if by_tier is not None and not by_tier.allows(seq.tier, now, tokens):
+            return False
+        if by_tenant is not None:
+            by_tenant.charge(tenant, tokens)
+        if by_tier is not None:
+            by_tier.charge(seq.tier, tokens)
+        return True
+
+    # ------------------------------------------------------------------ deferral
+
+    def utilisation(self, tier: str) -> float:
+        """Requests queued or running per batch slot over the ready replicas of a tier's pools."""
+        members = self.routers[tier].members
+        if not members:
+            return float("inf")
+        out = self.outstanding
+        slots = self.slots_of
+        return sum(out[i] for i in members) / sum(slots(i) for i in members)
+
+    def release(self, now: float) -> None:
+        """Release deferred work, oldest first, while its pools have headroom."""
+        limit = self.config.deferred_max_utilisation
+        for tier, queue in self.deferred.items():
+            while queue:
+                seq = queue[0]
+                if seq.status != DEFERRED:  # forced out or expired already
+                    queue.popleft()
+                    continue
+                if self.utilisation(tier) >= limit:
+                    break
+                queue.popleft()
+                self._release(seq, now)
+
+    def _release(self, seq: Seq, now: float) -> None:
+        self.pending -= 1
+        seq.status = "finished"
+        self.dispatch(seq, now)
+
+    def _force(self, now: float, seq: Seq) -> None:
+        """Its deadline is near: release whatever the load."""
+        if seq.status == DEFERRED:
+            self._release(seq, now)
+
+    def _expire(self, now: float, seq: Seq) -> None:
+        if seq.status == DEFERRED:
+            self.pending -= 1
+            seq.status = EXPIRED
+            self.finished.append(seq)
+
+    def _tick_later(self, now: float) -> None:
+        if not self.ticking:
+            self.ticking = True
+            self.timers.push(now + self.config.tick_s, self._tick)
+
+    def _tick(self, now: float, _=None) -> None:
+        self.ticking = False
+        self.trace_done = False
+        self.release(now)
+        if any(queue for queue in self.deferred.values()):
+            self._tick_later(now)
