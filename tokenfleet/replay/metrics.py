@@ -425,10 +425,13 @@ def summarise(out_dir: Path, fleet: dict) -> dict:
         row[f"{col}:mean"] = _mean(latencies[col].to_numpy())
     counts = requests.group_by("status").len().collect()
     by_status = dict(zip(counts["status"].to_list(), counts["len"].to_list(), strict=True))
-    tl_cols = timeline.select("busy_s", "kv_peak_frac", "mean_batch", "steps").collect()
+    tl_cols = timeline.select(
+        "busy_s", "kv_peak_frac", "mean_batch", "steps", "provisioned_s"
+    ).collect()
     active = tl_cols.filter(pl.col("steps") > 0)
     tl = {
         "busy_s": float(np.sum(tl_cols["busy_s"].to_numpy())),
+        "provisioned_s": float(np.sum(tl_cols["provisioned_s"].to_numpy())),
         "kv_mean_peak": _mean(tl_cols["kv_peak_frac"].to_numpy()),
         "kv_max_peak": tl_cols["kv_peak_frac"].max(),
         "mean_batch": _mean(active["mean_batch"].to_numpy()),
@@ -469,7 +472,8 @@ def summarise(out_dir: Path, fleet: dict) -> dict:
         "preemptions": row["preemptions"] or 0,
         "steps": tl["steps"] or 0,
         "mean_batch": tl["mean_batch"],
-        "gpu_busy_frac": (tl["busy_s"] or 0.0) / (replicas * duration) if duration > 0 else 0.0,
+        # Busy over provisioned replica time (autoscaled pools change size).
+        "gpu_busy_frac": tl["busy_s"] / tl["provisioned_s"] if tl["provisioned_s"] > 0 else 0.0,
         "kv_peak_frac_mean": tl["kv_mean_peak"],
         "kv_peak_frac_max": tl["kv_max_peak"],
     }
@@ -494,7 +498,9 @@ def format_summary(summary: dict) -> str:
 
     tp = summary["throughput"]
     pools = ", ".join(
-        f"{p['name']}: {p['replicas']} x {p['gpu']} tp{p['tp']} {p['batcher']}"
+        f"{p['name']}: {p['replicas']}"
+        + (f" (autoscaled to {p['max_replicas']})" if p.get("autoscaled") else "")
+        + f" x {p['gpu']} tp{p['tp']} {p['batcher']}"
         for p in summary["pools"]
     )
     lines = [
@@ -506,14 +512,14 @@ def format_summary(summary: dict) -> str:
         f"{tp['output_tokens_per_s']:,.0f} output tok/s "
         f"({tp['output_tokens_per_s_per_gpu']:,.0f} per GPU)",
         "",
-        f"{'latency (ms)':<14}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}",
+        f"{'latency (ms)':<14}{'mean':>10} {'p50':>10} {'p90':>10} {'p99':>10}",
     ]
     names = {"ttft": "TTFT", "tpot": "TPOT", "e2e": "E2E", "queue": "queueing"}
     for key, label in names.items():
         lat = summary["latency_s"][key]
         lines.append(
-            f"{label:<14}{ms(lat['mean']):>10}{ms(lat['p50']):>10}"
-            f"{ms(lat['p90']):>10}{ms(lat['p99']):>10}"
+            f"{label:<14}{ms(lat['mean']):>10} {ms(lat['p50']):>10} "
+            f"{ms(lat['p90']):>10} {ms(lat['p99']):>10}"
         )
     kv_mean = summary["kv_peak_frac_mean"]
     money = summary.get("economics")
@@ -559,13 +565,13 @@ def _format_money(summary: dict) -> list[str]:
         f"revenue      {usd(fleet['revenue_usd'])}, margin {usd(fleet['margin_usd'])} "
         f"({pct(fleet['margin_frac'])})",
         "",
-        f"{'tier':<12}{'requests':>10}{'goodput':>9}{'TTFT p99':>10}{'limited':>9}{'expired':>9}"
+        f"{'tier':<12}{'requests':>10}{'goodput':>9} {'TTFT p99':>10}{'limited':>9}{'expired':>9}"
         f"{'GPU-h':>9}{'$/Mtok':>9}{'cost':>12}{'revenue':>12}{'margin':>12}",
     ]
     for name, t in summary["economics"]["tiers"].items():
         lines.append(
             f"{name:<12}{t['requests']:>10,}{pct(t['goodput_frac']):>9}"
-            f"{secs(t['ttft_s']['p99']):>10}{t['rate_limited']:>9,}"
+            f" {secs(t['ttft_s']['p99']):>10}{t['rate_limited']:>9,}"
             f"{t['expired']:>9,}{t['gpu_hours']:>9,.2f}{mtok(t['usd_per_mtoken']['blended']):>9}"
             f"{usd(t['cost_usd']):>12}{usd(t['revenue_usd']):>12}{usd(t['margin_usd']):>12}"
         )
