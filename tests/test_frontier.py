@@ -75,3 +75,20 @@ def test_a_bad_vary_on_the_cli_writes_nothing(tmp_path, runner):
     assert result.exit_code == 2
     assert result.stderr.startswith("error: --vary 'colour=red': unknown setting")
     assert not out.exists()
+
+
+def test_on_a_saturated_fleet_bigger_batches_are_cheaper_and_slower(tmp_path, runner):
+    trace = tmp_path / "busy.parquet"
+    synth = ["traces", "synth", str(trace), "--requests", "600", "--rate", "40", "--seed", "5"]
+    assert runner.invoke(cli, synth).exit_code == 0
+    scenario = tmp_path / "one.toml"
+    scenario.write_text("[[pools]]\nreplicas = 1\n[pools.pricing]\nusd_per_gpu_hour = 2.0\n")
+    args = ["frontier", str(trace), "--scenario", str(scenario), "--out", str(tmp_path / "fr")]
+    result = runner.invoke(cli, [*args, "--vary", "max_num_seqs=2,8,32", "--jobs", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    costs = [r["usd_per_mtoken"] for r in rows]
+    tpots = [r["tpot_p50_s"] for r in rows]
+    assert costs[0] > costs[1] > costs[2]
+    assert tpots[0] < tpots[1] < tpots[2]
+    assert all(r["pareto"] for r in rows)  # each buys speed with money

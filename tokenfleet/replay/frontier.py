@@ -40,12 +40,12 @@ VARIABLES: dict[str, tuple[str, type]] = {
 
 # Frontier columns -> where each figure sits in a run's summary.json.
 FIGURES: dict[str, tuple[str, ...]] = {
-    "usd_per_mtoken": ("economics", "usd_per_mtoken_blended"),
-    "usd_per_mtoken_output": ("economics", "usd_per_mtoken_output"),
+    "usd_per_mtoken": ("economics", "fleet", "usd_per_mtoken", "blended"),
+    "usd_per_mtoken_output": ("economics", "fleet", "usd_per_mtoken", "output"),
     "tpot_p50_s": ("latency_s", "tpot", "p50"),
     "ttft_p50_s": ("latency_s", "ttft", "p50"),
     "ttft_p99_s": ("latency_s", "ttft", "p99"),
-    "goodput_frac": ("economics", "goodput_frac"),
+    "goodput_frac": ("economics", "fleet", "goodput_frac"),
     "output_tokens_per_s_per_gpu": ("throughput", "output_tokens_per_s_per_gpu"),
     "mean_batch": ("mean_batch",),
 }

@@ -333,7 +333,8 @@ def economics(out_dir: Path, pools: list[dict], run_s: float) -> dict:
         margin_frac=(fleet["revenue_usd"] - cost) / fleet["revenue_usd"]
         if fleet["revenue_usd"]
         else None,
-        unattributed_usd=cost - fleet["cost_usd"],
+        # A pool that served nothing has no requests to carry its cost.
+        unattributed_usd=sum(p["cost_usd"] for p in pools if not p["busy_gpu_s"]),
         gpu_hours_charged=charged_gpu_s / 3600.0,
         run_s=run_s,
     )
