@@ -50,13 +50,10 @@ def decode_times_of(step_time) -> Callable[..., list[float]]:
 class RunPricer:
     """Tops up the priced steps of decode runs, for the replicas sharing one StepTime."""
 
-    __slots__ = ("decode_times", "members")
+    __slots__ = ("decode_times",)
 
     def __init__(self, step_time) -> None:
         self.decode_times = decode_times_of(step_time)
-        # The replicas priced here. replica.py registers each; a top-up now prices only the run
-        # that asked, so this can go once replica.py stops appending to it.
-        self.members: list = []
 
     def top_up(self, asker, now: float, step_s: float) -> None:
         """`asker` has run out of priced steps at `now` (its last step took `step_s`): price

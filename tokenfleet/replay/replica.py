@@ -4,11 +4,11 @@ A replica runs one step (one forward pass of a mixed batch) at a time. Its batch
 step's prefill chunks; every decoding sequence adds one token per step. When a step holds only
 decodes, nothing can change the batch until a sequence finishes, the cache runs out of blocks or
 a request arrives, so the replica advances over that whole *run* of steps at once: the durations
-come from StepTime for contexts that grow by D tokens per step, and are priced lazily: a few
-steps one by one, then ahead in vectorised calls shared with the pool's other runs (pricing.py),
-so the work done tracks events, not tokens. An arrival routed here cuts the run at the first
-step end at or after it. In step-by-step mode every run is one step long; both modes take the
-same decisions, so they write the same records.
+come from StepTime for contexts that grow by D tokens per step, and are priced lazily: a run's
+likely length at its start, then ahead by doubling (pricing.py), in one StepTime.decode_times
+call each, so the work done tracks events, not tokens. An arrival routed here cuts the run at
+the first step end at or after it. In step-by-step mode every run is one step long; both modes
+take the same decisions, so they write the same records.
 
 GPU time is attributed to requests by token share: a step of duration t with T tokens (prefill
 chunk tokens plus one per decoding sequence) gives each token t / T. Decoders are charged
@@ -21,19 +21,15 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from heapq import heappop, heappush
-from itertools import accumulate
-
-import numpy as np
 
 from tokenfleet.replay.kvcache import KVCache
 from tokenfleet.replay.pricing import RunPricer
 
 IDLE, STEP, RUN = 0, 1, 2
 INF = float("inf")
-# Runs shorter than this are priced with scalar calls; longer chunks with one vectorised call.
-_VECTOR_MIN_STEPS = 32
-_FIRST_CHUNK_MIN_STEPS = 2
-_FIRST_CHUNK_MAX_STEPS = 3
+# Steps priced when a run starts: twice what runs here have lasted lately, at least this many
+# (an arrival may cut the run short; the pool's pricer prices more on demand).
+_FIRST_CHUNK_STEPS = 16
 # Timeline accumulator fields, in order (see metrics.TIMELINE_COLUMNS).
 (
     BUSY,
@@ -137,7 +133,7 @@ class Replica:
         "kv",
         "batcher",
         "step_s",
-        "step_s_array",
+        "decode_times",
         "pricer",
         "step_by_step",
         "max_request_tokens",
@@ -197,9 +193,8 @@ class Replica:
         self.kv = kv
         self.batcher = batcher
         self.step_s = step_time.step_s
-        self.step_s_array = step_time.step_s_array
         self.pricer = pricer or RunPricer(step_time)
-        self.pricer.members.append(self)
+        self.decode_times = self.pricer.decode_times
         self.step_by_step = step_by_step
         # The longest request (prompt + output) whose KV fits in an empty cache.
         self.max_request_tokens = kv.capacity_blocks * kv.block_size
@@ -233,7 +228,7 @@ class Replica:
         # Set (by a preemption, or by a batcher) when the next step must be chosen afresh even
         # if this one holds only decodes: vLLM admits nothing in a step that preempted.
         self.replan = False
-        self.run_hint = 4.0  # recent run length in steps (sizes the first chunk priced)
+        self.run_hint = 16.0  # recent run length in steps (sizes the first chunk priced)
         # Decode-time accumulator: closed segments' (duration / batch), plus the open segment.
         self.gpu_acc = 0.0
         self.seg_start = 0.0
@@ -260,7 +255,7 @@ class Replica:
             return now
         if state == RUN:
             times = self.run_times
-            while times[-1] < now and len(times) < self.run_n_max:
+            if times[-1] < now and len(times) < self.run_n_max:
                 self._extend(now)
             k = bisect_left(times, now) + 1
             if k < len(times):
@@ -309,7 +304,7 @@ class Replica:
         if self.state != RUN:
             return 0
         times = self.run_times
-        while times[-1] < now and len(times) < self.run_n_max:
+        if times[-1] < now and len(times) < self.run_n_max:
             self._extend(now)
         return bisect_left(times, now)
 
@@ -412,46 +407,21 @@ class Replica:
 
     def _extend(self, until: float | None = None) -> None:
         """Price more steps of the run: up to the first step end >= `until` when a caller needs
-        that time (an arrival, a balancer's look); otherwise a little more than runs here have
-        lasted lately, then doubling. Long stretches go through one vectorised call."""
+        that time (an arrival, a balancer's look); otherwise, at a run's start, twice as many
+        steps as runs here have lasted lately, then ahead through the pool's pricer."""
         times = self.run_times
         k = len(times)
-        t = times[-1] if k else self.t_start
-        if until is not None and k:
-            # Estimate the steps left from the last step's duration; stop early below.
-            m = int((until - t) / (t - (times[-2] if k > 1 else self.t_start))) + 1
-        elif k:
-            # A long run: priced ahead in one vectorised call shared with the pool's runs.
-            self.pricer.top_up(self, t, t - (times[-2] if k > 1 else self.t_start))
+        if k and until is None:
+            self.pricer.top_up(self, times[-1], 0.0)
             return
+        if until is None:
+            m = min(self.run_n_max, max(_FIRST_CHUNK_STEPS, int(2 * self.run_hint)))
+            until = INF
         else:
-            # A run starts: a little more than runs here have lasted lately, one by one.
-            m = min(int(self.run_hint) + _FIRST_CHUNK_MIN_STEPS, _FIRST_CHUNK_MAX_STEPS)
-        m = min(self.run_n_max - k, m)
+            m = self.run_n_max - k
         d = self.n_dec
-        ctx = self.run_ctx0 + d * k
-        if m < _VECTOR_MIN_STEPS:
-            step = self.step_s
-            append = times.append
-            if until is None:
-                for _ in range(m):
-                    t += step(0, 0.0, d, ctx)
-                    append(t)
-                    ctx += d
-                return
-            for _ in range(m):
-                t += step(0, 0.0, d, ctx)
-                append(t)
-                if t >= until:
-                    return
-                ctx += d
-            return
-        ctxs = np.arange(ctx, ctx + d * m, d, dtype=np.int64)
-        durations = self.step_s_array(
-            np.zeros(m, np.int64), np.zeros(m, np.float64), np.full(m, d, np.int64), ctxs
-        )
-        times.extend(accumulate(durations.tolist(), initial=t))
-        del times[k]  # `initial` repeats the last known time
+        start = times[-1] if k else self.t_start
+        times += self.decode_times(d, self.run_ctx0 + d * k, m, start, until)
 
     def _end_step(self, now: float) -> None:
         """Tokens of step `step_no` land at `now`: prefills advance, sequences finish."""
