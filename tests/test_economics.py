@@ -412,6 +412,38 @@ interval_s = 5.0
     assert pool["scale_downs"] >= 1  # and scaled back once the burst was over
 
 
+def test_an_autoscaled_pool_with_a_deferred_tier_ends_when_the_work_does(
+    runner, tmp_path, conv_lengths
+):
+    # Regression: the gateway's deferral tick once reset "trace done", so the autoscaler
+    # kept ticking forever and the run never ended.
+    arrivals = np.linspace(0, 20, 60)
+    tiers = ["batch" if i % 3 == 0 else "standard" for i in range(60)]
+    trace = write_trace(tmp_path / "t.parquet", conv_lengths, arrivals, tiers)
+    scenario = """
+interval_s = 5.0
+[[pools]]
+replicas = 1
+[pools.autoscale]
+enabled = true
+min_replicas = 1
+max_replicas = 2
+provisioning_delay_s = 10.0
+interval_s = 5.0
+[[tiers]]
+name = "standard"
+[[tiers]]
+name = "batch"
+deferred = true
+deadline_s = 600.0
+"""
+    requests, timeline, summary = outputs(run(runner, tmp_path, trace, scenario))
+    assert (requests["status"] == "finished").all() and requests.height == 60
+    # The run ends with the interval of the last finish, not at some far-off tick.
+    run_s = summary["economics"]["fleet"]["run_s"]
+    assert run_s == (requests["finish_s"].max() // 5.0 + 1) * 5.0
+
+
 # --- bad input: one line, exit 2, nothing written ---------------------------------------------
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from tokenfleet.cli.main import cli
 from tokenfleet.errors import UserError
-from tokenfleet.replay.frontier import grid, pareto_mask, parse_vary
+from tokenfleet.replay.frontier import grid, pareto_mask, parse_vary, run_dir_name
 
 
 def test_vary_parses_typed_values_into_a_grid():
@@ -92,3 +92,15 @@ def test_on_a_saturated_fleet_bigger_batches_are_cheaper_and_slower(tmp_path, ru
     assert costs[0] > costs[1] > costs[2]
     assert tpots[0] < tpots[1] < tpots[2]
     assert all(r["pareto"] for r in rows)  # each buys speed with money
+
+
+def test_run_directories_are_flat_and_distinct_even_for_path_values():
+    taken: set[str] = set()
+    names = [
+        run_dir_name({"gpu": "./profiles/h100.toml"}, taken),
+        run_dir_name({"gpu": "./profiles_h100.toml"}, taken),
+        run_dir_name({"gpu": "h100-sxm", "max_num_seqs": 8}, taken),
+    ]
+    assert all("/" not in name for name in names)
+    assert len(set(names)) == 3
+    assert names[2] == "gpu=h100-sxm,max_num_seqs=8"

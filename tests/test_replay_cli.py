@@ -237,3 +237,27 @@ def test_an_unwritable_out_is_refused_before_any_work(runner, azure_slice, tmp_p
     result = replay(runner, azure_slice, "--gpu", GPU, "--out", out)
     assert result.exit_code == 2 and "error:" in result.stderr and "\n" not in result.stderr.strip()
     assert not out.exists()
+
+
+def test_an_out_that_would_destroy_other_files_is_refused(runner, azure_slice, tmp_path):
+    # The output replaces --out whole: an existing file, a directory that is not an earlier
+    # run (or holds the trace), and the current directory are refused, and left untouched.
+    blocker = tmp_path / "file"
+    blocker.write_text("keep")
+    result = replay(runner, azure_slice, "--gpu", GPU, "--out", blocker)
+    assert result.exit_code == 2 and "is a file" in result.stderr
+    assert blocker.read_text() == "keep"
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep")
+    result = replay(runner, azure_slice, "--gpu", GPU, "--out", folder)
+    assert result.exit_code == 2 and "not empty" in result.stderr
+    assert (folder / "notes.txt").read_text() == "keep"
+    result = replay(runner, azure_slice, "--gpu", GPU, "--out", azure_slice.parent)
+    assert result.exit_code == 2 and "would delete" in result.stderr
+    assert azure_slice.is_file()
+    # An earlier run's directory is replaced.
+    out = tmp_path / "run"
+    for _ in range(2):
+        assert replay(runner, azure_slice, "--gpu", GPU, "--out", out).exit_code == 0
+    assert (out / "summary.json").is_file()

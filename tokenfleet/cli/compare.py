@@ -18,8 +18,7 @@ def compare(run_dirs, show_all, as_json, parquet_out) -> None:
 
     import polars as pl
 
-    from tokenfleet.atomic import atomic_path
-    from tokenfleet.replay.compare import compare_runs
+    from tokenfleet.replay.compare import compare_runs, write_table
 
     table = compare_runs(list(run_dirs))
     if not show_all:
@@ -27,8 +26,7 @@ def compare(run_dirs, show_all, as_json, parquet_out) -> None:
         differs = pl.concat_list([pl.col(c) for c in values]).list.n_unique() > 1
         table = table.filter(differs)
     if parquet_out:
-        with atomic_path(parquet_out) as tmp:
-            table.write_parquet(tmp)
+        write_table(table, parquet_out)
     if as_json:
         click.echo(json.dumps(table.to_dicts(), indent=2))
         return

@@ -247,8 +247,8 @@ class StaticBatcher:
     def __init__(self, settings) -> None:
         if settings.max_num_seqs < 1:
             raise UserError(f"static: max_num_seqs = {settings.max_num_seqs} must be >= 1")
-        if not settings.timeout_s >= 0:
-            raise UserError(f"static: timeout_s = {settings.timeout_s} must be >= 0")
+        if not 0 <= settings.timeout_s < float("inf"):
+            raise UserError(f"static: timeout_s = {settings.timeout_s} must be finite and >= 0")
         self.settings = settings
         self.queue = _Queue("fcfs")
         self.new_queue = self.queue.new_queue

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
+from tokenfleet.atomic import atomic_path
 from tokenfleet.errors import UserError
 
 SUMMARY_FILE = "summary.json"
@@ -68,6 +69,14 @@ def compare_runs(run_dirs: list[str | os.PathLike[str]]) -> pl.DataFrame:
         columns[f"{label} - {labels[0]}"] = deltas
         columns[f"{label} vs {labels[0]} %"] = percents
     return pl.DataFrame(columns, strict=False)
+
+
+def write_table(table: pl.DataFrame, path: str | os.PathLike[str]) -> None:
+    """The comparison as Parquet, written atomically; an existing directory is refused."""
+    if Path(path).is_dir():
+        raise UserError(f"--parquet {path}: is a directory; give a file path such as cmp.parquet")
+    with atomic_path(path) as tmp:
+        table.write_parquet(tmp)
 
 
 def _labels(run_dirs: list[str | os.PathLike[str]]) -> list[str]:

@@ -29,7 +29,6 @@ TRACE_COLUMNS = [
 ]
 TOO_LONG = "too_long"  # status of a request whose prompt + output cannot fit in the KV cache
 FLUSH_ROWS = 65_536
-PROGRESS_EVERY = 4096
 
 
 def simulate(

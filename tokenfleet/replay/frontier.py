@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
+import re
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -18,7 +19,7 @@ import polars as pl
 
 from tokenfleet.atomic import atomic_dir
 from tokenfleet.errors import UserError
-from tokenfleet.replay.run import run_replay
+from tokenfleet.replay.run import check_out_dir, run_replay
 from tokenfleet.replay.scenario import Scenario, with_overrides
 
 FRONTIER_FILE = "frontier.parquet"
@@ -92,6 +93,17 @@ def point_label(point: dict) -> str:
     return ",".join(f"{name}={value}" for name, value in point.items())
 
 
+def run_dir_name(point: dict, taken: set[str]) -> str:
+    """A directory name for a point: its label with path separators (a --vary gpu=./my.toml)
+    made safe, and a suffix if two labels end up the same."""
+    name = re.sub(r"[^\w.,=+-]", "_", point_label(point))
+    unique, n = name, 2
+    while unique in taken:
+        unique, n = f"{name}#{n}", n + 1
+    taken.add(unique)
+    return unique
+
+
 def _replay_point(args: tuple) -> dict:
     trace, scenario, run_dir = args
     return run_replay(trace, scenario, run_dir, progress=False)
@@ -141,10 +153,15 @@ def run_frontier(
         for point in points
     ]  # invalid combinations fail here, before any run starts
     workers = max(1, min(jobs or os.cpu_count() or 1, len(points)))
+    check_out_dir(out_dir, FRONTIER_FILE, (trace,))
     with atomic_dir(out_dir) as tmp:
         runs = Path(tmp) / RUNS_DIR
         runs.mkdir()
-        tasks = [(trace, s, runs / point_label(p)) for p, s in zip(points, scenarios, strict=True)]
+        taken: set[str] = set()
+        tasks = [
+            (trace, s, runs / run_dir_name(p, taken))
+            for p, s in zip(points, scenarios, strict=True)
+        ]
         summaries: list[dict] = []
         if workers == 1:
             for task in tasks:

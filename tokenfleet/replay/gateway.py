@@ -45,12 +45,6 @@ def needs_gateway(scenario, autoscaled: bool) -> bool:
     )
 
 
-def resolve_tier(tiers: dict[str, Tier], default: Tier, name) -> Tier:
-    """The tier a trace's tier name is served (and billed) as."""
-    tier = tiers.get(name)
-    return default if tier is None else tier
-
-
 class Timers:
     """The engine's timed callbacks (retries, delayed dispatch, ticks), in time then FIFO order."""
 
@@ -230,7 +224,6 @@ class Gateway:
 
     def _tick(self, now: float, _=None) -> None:
         self.ticking = False
-        self.trace_done = False
         self.release(now)
         if any(queue for queue in self.deferred.values()):
             self._tick_later(now)

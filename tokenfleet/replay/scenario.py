@@ -167,8 +167,8 @@ class Scenario:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
 
     def __post_init__(self) -> None:
-        if not self.interval_s > 0:
-            raise UserError(f"interval_s = {self.interval_s} must be > 0")
+        if not (self.interval_s > 0 and math.isfinite(self.interval_s)):
+            raise UserError(f"interval_s = {self.interval_s} must be a finite number > 0")
         if not self.pools:
             raise UserError("a scenario needs at least one [[pools]] table")
         names = [p.name for p in self.pools]
@@ -249,13 +249,11 @@ def _check_keys(table: dict[str, Any], cls: type, where: str) -> None:
 
 
 def _scalar(f: dataclasses.Field, default: Any, value: Any, where: str) -> Any:
-    accepts = f.metadata.get("accepts", (type(default),))
-    if float in accepts:
-        accepts = (*accepts, int)
+    declared = f.metadata.get("accepts", (type(default),))
+    accepts = (*declared, int) if float in declared else declared
     if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, accepts):
-        raise UserError(
-            f"{where}: {f.name} = {value!r} should be a {type(default).__name__} like {default!r}"
-        )
+        kinds = " or ".join(t.__name__ for t in declared)
+        raise UserError(f"{where}: {f.name} = {value!r} should be a {kinds} like {default!r}")
     return float(value) if isinstance(default, float) else value
 
 
