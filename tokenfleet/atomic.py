@@ -38,9 +38,38 @@ def atomic_path(dst: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+def check_replaceable_dir(dst: str | os.PathLike[str], marker: str, inputs: tuple = ()) -> None:
+    """Refuse an output directory whose replacement would destroy something else.
+
+    A finished output replaces the directory whole, so only an empty directory or an earlier
+    output of the same command (it holds `marker`) may be replaced; `--out .`, a home directory
+    or the folder holding an input must never be."""
+    path = Path(dst)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise UserError(f"--out {dst}: is a file; choose a directory path")
+    resolved = path.resolve()
+    for item in (Path.cwd(), *(Path(i) for i in inputs if i is not None)):
+        item = item.resolve()
+        if item == resolved or resolved in item.parents:
+            raise UserError(
+                f"--out {dst}: replacing it would delete {item}; choose a new directory"
+            )
+    if any(path.iterdir()) and not (path / marker).is_file():
+        raise UserError(
+            f"--out {dst}: the directory is not empty and holds no earlier {marker}; "
+            "choose a new directory (an earlier output is replaced whole)"
+        )
+
+
 @contextlib.contextmanager
-def atomic_dir(dst: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary directory beside `dst`; it replaces `dst` only if the block succeeds."""
+def atomic_dir(dst: str | os.PathLike[str], marker: str, inputs: tuple = ()) -> Iterator[Path]:
+    """Yield a temporary directory beside `dst`; it replaces `dst` only if the block succeeds.
+
+    `dst` must be new, empty, or an earlier output holding `marker` (see check_replaceable_dir).
+    """
+    check_replaceable_dir(dst, marker, inputs)
     dst = Path(dst)
     with atomic_path(dst) as tmp:
         tmp.mkdir()

@@ -19,7 +19,7 @@ import polars as pl
 
 from tokenfleet.atomic import atomic_dir
 from tokenfleet.errors import UserError
-from tokenfleet.replay.run import check_out_dir, run_replay
+from tokenfleet.replay.run import run_replay
 from tokenfleet.replay.scenario import Scenario, with_overrides
 
 FRONTIER_FILE = "frontier.parquet"
@@ -153,8 +153,7 @@ def run_frontier(
         for point in points
     ]  # invalid combinations fail here, before any run starts
     workers = max(1, min(jobs or os.cpu_count() or 1, len(points)))
-    check_out_dir(out_dir, FRONTIER_FILE, (trace,))
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, FRONTIER_FILE, inputs=(trace,)) as tmp:
         runs = Path(tmp) / RUNS_DIR
         runs.mkdir()
         taken: set[str] = set()

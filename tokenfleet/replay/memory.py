@@ -97,9 +97,9 @@ def _refusal(
     if usable > 0:
         need_tp = 2 ** math.ceil(math.log2(weights / usable * 1.05))
         if need_tp > tp and model.n_heads % need_tp == 0:
-            fixes.append(f"--tp {need_tp}")
+            fixes.append(f"tp {need_tp}")
     if dtype in ("bf16", "fp16"):
-        fixes.append("--dtype fp8")
+        fixes.append("fp8 weights")
     held = tp * gpu.hbm_bytes
     if weights < held:
         fixes.append("a higher gpu_memory_utilization")

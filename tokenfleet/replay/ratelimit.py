@@ -106,10 +106,3 @@ class RateLimiter:
             requests_bucket.take(1.0)
         if tokens_bucket is not None:
             tokens_bucket.take(tokens)
-
-    def admit(self, key: str, now_s: float, tokens: int) -> bool:
-        """Take one request and `tokens` tokens from the key's buckets, or refuse and take none."""
-        if not self.allows(key, now_s, tokens):
-            return False
-        self.charge(key, tokens)
-        return True

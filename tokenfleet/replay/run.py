@@ -71,33 +71,6 @@ def unknown_tiers(scenario: Scenario, trace_tiers: dict[str, int], policy: str) 
     return unknown
 
 
-def check_out_dir(
-    out_dir: str | os.PathLike[str], marker: str, inputs: tuple = (), flag: str = "--out"
-) -> None:
-    """Refuse an output directory whose replacement would destroy something else.
-
-    The finished output replaces `out_dir` whole (atomic_dir removes the old one), so only an
-    empty directory or an earlier output of the same command (it holds `marker`) may be
-    replaced; `--out .`, a home directory or the folder holding the trace must never be."""
-    path = Path(out_dir)
-    if not path.exists():
-        return
-    if not path.is_dir():
-        raise UserError(f"{flag} {out_dir}: is a file; choose a directory path")
-    resolved = path.resolve()
-    for item in (Path.cwd(), *(Path(i) for i in inputs if i is not None)):
-        item = item.resolve()
-        if item == resolved or resolved in item.parents:
-            raise UserError(
-                f"{flag} {out_dir}: replacing it would delete {item}; choose a new directory"
-            )
-    if any(path.iterdir()) and not (path / marker).is_file():
-        raise UserError(
-            f"{flag} {out_dir}: the directory is not empty and holds no earlier {marker}; "
-            "choose a new directory (an earlier output is replaced whole)"
-        )
-
-
 def run_replay(
     trace: str | os.PathLike[str],
     scenario: Scenario,
@@ -107,7 +80,6 @@ def run_replay(
     progress: bool = False,
 ) -> dict:
     """Replay `trace` through the scenario's fleet into `out_dir`; return the summary."""
-    check_out_dir(out_dir, SUMMARY_FILE, (trace,))
     stats, trace_tiers = trace_stats(trace)
     _check_interval(scenario.interval_s, stats)
     unknown = unknown_tiers(scenario, trace_tiers, scenario.gateway.unknown_tier)
@@ -115,7 +87,7 @@ def run_replay(
     batches = read_trace_batches(trace, columns=TRACE_COLUMNS)
     first = next(batches)
     id_type = first.schema.field("request_id").type
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, SUMMARY_FILE, inputs=(trace,)) as tmp:
         tmp = Path(tmp)
         (tmp / SCENARIO_FILE).write_text(tomli_w.dumps(scenario_to_dict(resolved)))
         requests = RequestWriter(

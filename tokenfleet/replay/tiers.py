@@ -50,38 +50,6 @@ class Tier:
         if self.deferred and self.deadline_s <= 0:
             raise UserError(f"tier {self.name!r}: a deferred tier needs a deadline_s > 0")
 
-    def revenue_usd(self, prompt_tokens: int, cached_tokens: int, output_tokens: int) -> float:
-        """What one finished request pays."""
-        fresh = prompt_tokens - cached_tokens
-        return (
-            fresh * self.usd_per_mtoken_input
-            + cached_tokens * self.usd_per_mtoken_cached_input
-            + output_tokens * self.usd_per_mtoken_output
-        ) / TOKENS_PER_MTOKEN
-
-    def slo_met(self, ttft_s: float, tpot_s: float, e2e_s: float) -> bool:
-        """Whether a finished request kept every promise of its tier."""
-        return (
-            (self.ttft_slo_s == 0 or ttft_s <= self.ttft_slo_s)
-            and (self.tpot_slo_s == 0 or tpot_s <= self.tpot_slo_s)
-            and (self.deadline_s == 0 or e2e_s <= self.deadline_s)
-        )
-
-
-def tier_table(tiers: list[Tier]) -> pl.DataFrame:
-    """The tiers as a frame, to join onto per-request records for revenue and goodput."""
-    return pl.DataFrame(
-        {
-            "tier": [t.name for t in tiers],
-            "usd_per_mtoken_input": [t.usd_per_mtoken_input for t in tiers],
-            "usd_per_mtoken_cached_input": [t.usd_per_mtoken_cached_input for t in tiers],
-            "usd_per_mtoken_output": [t.usd_per_mtoken_output for t in tiers],
-            "ttft_slo_s": [t.ttft_slo_s for t in tiers],
-            "tpot_slo_s": [t.tpot_slo_s for t in tiers],
-            "deadline_s": [t.deadline_s for t in tiers],
-        }
-    )
-
 
 def revenue_expr() -> pl.Expr:
     """Revenue of a finished request, from its token counts and its tier's prices."""
