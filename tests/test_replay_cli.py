@@ -227,7 +227,7 @@ def test_an_unknown_scenario_key_or_batcher_is_refused(runner, azure_slice, tmp_
 def test_a_model_that_does_not_fit_is_refused(runner, azure_slice, tmp_path):
     out = tmp_path / "out"
     result = replay(runner, azure_slice, "--model", "llama-3.1-405b", "--gpu", GPU, "--out", out)
-    assert_refused(result, out, "llama-3.1-405b", "--tp")
+    assert_refused(result, out, "llama-3.1-405b", "use tp 16")
 
 
 def test_an_unwritable_out_is_refused_before_any_work(runner, azure_slice, tmp_path):
