@@ -6,12 +6,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_replay_support import LinearStepTime, real_step_time, record, run_rows
 
+from tokenfleet.calibrate.profile import load_profile
+from tokenfleet.models import get_model
 from tokenfleet.replay.balancer import BUILTIN_BALANCERS
 from tokenfleet.replay.batcher import BUILTIN_BATCHERS
 from tokenfleet.replay.scenario import GatewayConfig, LimitConfig, RetryConfig
+from tokenfleet.replay.steptime import StepTime
 from tokenfleet.replay.tiers import Tier
 
 REAL = real_step_time()
+# Decode pieces that end mid-run: sliding-window layers reaching their window, eager launches.
+SLIDING = StepTime(get_model("gpt-oss-120b"), load_profile("h100-sxm"))
+EAGER = StepTime(get_model("llama-3.1-8b"), load_profile("h100-sxm"), engine="vllm-v0-2023")
 
 
 def prefill_pairs(n: int, cached: int = 0) -> float:
@@ -100,9 +106,10 @@ requests = st.lists(
     kv_blocks=st.integers(20, 300),
     block_size=st.sampled_from([4, 16]),
     max_seqs=st.integers(1, 8),
+    step_time=st.sampled_from([REAL, REAL, SLIDING, EAGER]),
 )
 def test_skip_mode_gives_the_same_records_as_step_by_step(
-    reqs, batcher, balancer, replicas, kv_blocks, block_size, max_seqs
+    reqs, batcher, balancer, replicas, kv_blocks, block_size, max_seqs, step_time
 ):
     rows, t = [], 0.0
     for gap, p, o, session in reqs:
@@ -118,7 +125,7 @@ def test_skip_mode_gives_the_same_records_as_step_by_step(
         replicas=replicas,
         kv_blocks=kv_blocks,
         block_size=block_size,
-        step_time=REAL,
+        step_time=step_time,
         seed=3,
     )
     fast, fast_tl, fast_reps = run_rows(rows, **common)

@@ -16,7 +16,6 @@ from tokenfleet.replay.engine import simulate
 from tokenfleet.replay.fleet import slots_of
 from tokenfleet.replay.gateway import Gateway, Timers
 from tokenfleet.replay.kvcache import KVCache
-from tokenfleet.replay.pricing import RunPricer
 from tokenfleet.replay.replica import Replica
 
 GPU = "h100-sxm"
@@ -102,7 +101,6 @@ def run_rows(
     outstanding: list[int] = []
     finished: list = []
     reps = []
-    pricer = RunPricer(step_time)  # shared, as in a pool
     for i in range(replicas):
         outstanding.append(0)
         reps.append(
@@ -116,7 +114,6 @@ def run_rows(
                 finished,
                 interval_s,
                 step_by_step,
-                pricer,
             )
         )
     bal = make_balancer(balancer, balancer_settings or {}, reps, outstanding, seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -135,26 +136,30 @@ def test_step_s_and_step_s_array_agree_exactly(batch, case, engine) -> None:
     st.integers(0, 8_000),
     st.integers(1, 300),
     st.floats(0.0, 1e5),
-    st.one_of(st.none(), st.floats(0.0, 1.0)),
 )
-def test_decode_times_equal_stepping_one_decode_step_at_a_time(
-    case, engine, batch, context, steps, start_s, until_frac
+def test_a_decode_piece_prices_its_steps_as_step_s_does_up_to_rounding(
+    case, engine, batch, context, steps, start_s
 ) -> None:
     model, gpu, tp = case
     steptime = StepTime(get_model(model), load_profile(gpu), tp=tp, engine=engine)
-    ends, t, k = [], start_s, batch * context
-    for _ in range(steps):
-        t += steptime.step_s(0, 0.0, batch, k)
-        ends.append(t)
-        k += batch
-    if until_frac is None:
-        assert steptime.decode_times(batch, batch * context, steps, start_s) == ends
-        return
-    # Stop at the first end at or after `until_s` (the last end if none is).
-    until_s = start_s + until_frac * (ends[-1] - start_s) * 1.2
-    first = next((i for i, end in enumerate(ends) if end >= until_s), steps - 1)
-    got = steptime.decode_times(batch, batch * context, steps, start_s, until_s)
-    assert got == ends[: first + 1]
+    k = batch * context
+    a, b, shift, context_end = steptime.decode_piece(batch, k)
+    if steptime._lean:  # the common case: the first step ends exactly where step_s puts it
+        assert start_s + (a + b * (k + shift)) == start_s + steptime.step_s(0, 0.0, batch, k)
+    t0, m0, summed, total, last = start_s, 0, 0, 0.0, start_s
+    for m in range(1, steps + 1):
+        ctx = k + batch * (m - 1)
+        if ctx >= context_end:  # the next piece starts where this one's last step ended
+            a, b, shift, context_end = steptime.decode_piece(batch, ctx)
+            t0, m0, summed = last, m - 1, 0
+        assert context_end > ctx  # a piece holds at least the step it is asked about
+        summed += ctx + shift  # K_m, an exact integer
+        end = t0 + ((m - m0) * a + b * summed)
+        total += steptime.step_s(0, 0.0, batch, ctx)
+        assert end >= last  # ends never go back, so "first end >= T" can be inverted
+        # Within rounding: the terms' (relative) and adding each piece to the clock (an ulp).
+        assert abs(end - (start_s + total)) <= 1e-9 * total + m * math.ulp(end)
+        last = end
 
 
 @given(st.integers(1, 4096), st.integers(1, 100_000))

@@ -12,11 +12,19 @@ replicas' events: at equal times arrivals first, then timers, then replicas.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from heapq import heappop, heappush
+from heapq import heappop, heappush, heapreplace
 
 import pyarrow as pa
 
-from tokenfleet.replay.replica import BILLED_EXTRA, Replica, Seq, new_row
+from tokenfleet.replay.replica import (
+    ARRIVED,
+    BILLED_EXTRA,
+    FINISHED,
+    IN_SYSTEM,
+    Replica,
+    Seq,
+    new_row,
+)
 
 TRACE_COLUMNS = [
     "arrival_s",
@@ -78,12 +86,14 @@ def simulate(
         for i in range(len(arrivals)):
             now = arrivals[i]
             while heap and heap[0][0] < now:
-                t, r, version = heappop(heap)
+                t, r, version = heap[0]
                 rep = replicas[r]
                 if version == rep.version:
                     nt = rep.on_event(t)
                     if nt is not None:
-                        heappush(heap, (nt, r, version))
+                        heapreplace(heap, (nt, r, version))  # one sift instead of two
+                        continue
+                heappop(heap)
             if now >= next_emit:
                 timeline.emit(now)
                 next_emit = (int(now // interval_s) + 1) * interval_s
@@ -251,14 +261,16 @@ class _TimelineEmitter:
         else:
             limit = int(horizon // size)
             run_end = INF
-            for rep in reps:
-                rep.settle(limit * size)
         rows = []
         billers = self.billers
         for iv in range(self.done, limit):
             start, end = iv * size, (iv + 1) * size
             for rep in reps:
                 acc = rep.acc.pop(iv, None) or new_row()
+                # In-system integral: the requests present all through it, plus arrivals' and
+                # finishes' parts (see Replica._in_system).
+                acc[IN_SYSTEM] += rep.in_sys_n * size
+                rep.in_sys_n += acc[ARRIVED] - acc[FINISHED]
                 provisioned = 0.0
                 for a, b in rep.spans:
                     if b == INF:

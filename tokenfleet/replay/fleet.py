@@ -24,7 +24,6 @@ from tokenfleet.replay.cost import cost_rates
 from tokenfleet.replay.gateway import Gateway, Timers, needs_gateway
 from tokenfleet.replay.kvcache import KVCache
 from tokenfleet.replay.memory import plan_memory
-from tokenfleet.replay.pricing import RunPricer
 from tokenfleet.replay.replica import Replica
 from tokenfleet.replay.scenario import AUTO, Scenario
 from tokenfleet.replay.steptime import StepTime
@@ -118,7 +117,6 @@ def build_fleet(
         price = pricing[pool.name] = pool.pricing.build(f"pool {pool.name!r} pricing")
         rate = cost_rates(price, pool.tp)
         biller = getattr(price, "billed_seconds", None) if rate.provisioned_usd_per_s else None
-        pricer = RunPricer(step_time)
         indices[pool.name] = list(range(len(replicas), len(replicas) + count))
         if scale.enabled:
             indices[pool.name] = list(range(len(replicas), len(replicas) + scale.max_replicas))
@@ -138,7 +136,6 @@ def build_fleet(
                     finished,
                     scenario.interval_s,
                     step_by_step,
-                    pricer,
                 )
             )
             replicas[-1].tp = pool.tp

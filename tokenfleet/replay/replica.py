@@ -3,12 +3,15 @@
 A replica runs one step (one forward pass of a mixed batch) at a time. Its batcher picks each
 step's prefill chunks; every decoding sequence adds one token per step. When a step holds only
 decodes, nothing can change the batch until a sequence finishes, the cache runs out of blocks or
-a request arrives, so the replica advances over that whole *run* of steps at once: the durations
-come from StepTime for contexts that grow by D tokens per step, and are priced lazily: a run's
-likely length at its start, then ahead by doubling (pricing.py), in one StepTime.decode_times
-call each, so the work done tracks events, not tokens. An arrival routed here cuts the run at
-the first step end at or after it. In step-by-step mode every run is one step long; both modes
-take the same decisions, so they write the same records.
+a request arrives, so the replica advances over that whole *run* of steps at once. Step ends
+within a stretch of decode-only steps with the same batch come in closed form from
+StepTime.decode_piece (a *piece*: its m-th step ends at t0 + (m A + B K_m), K_m the summed
+contexts, an exact integer), so a run of any length costs O(1): its end, and the first step end
+at or after a given time, are computed, not listed. An arrival routed here cuts the run at the
+first step end at or after it. A piece starts where its segment does (or where the previous
+piece's regime ended), whatever the runs in between, so in step-by-step mode, where every run
+is one step long, steps end at the same times; both modes take the same decisions, so they
+write the same records.
 
 GPU time is attributed to requests by token share: a step of duration t with T tokens (prefill
 chunk tokens plus one per decoding sequence) gives each token t / T. Decoders are charged
@@ -19,17 +22,14 @@ the segment was advanced step by step or as runs.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from heapq import heappop, heappush
+from math import sqrt
 
 from tokenfleet.replay.kvcache import KVCache
-from tokenfleet.replay.pricing import RunPricer
 
 IDLE, STEP, RUN = 0, 1, 2
 INF = float("inf")
-# Steps priced when a run starts: twice what runs here have lasted lately, at least this many
-# (an arrival may cut the run short; the pool's pricer prices more on demand).
-_FIRST_CHUNK_STEPS = 16
+_NO_END = 1 << 62  # the step a piece valid for every context ends at
 # Timeline accumulator fields, in order (see metrics.TIMELINE_COLUMNS).
 (
     BUSY,
@@ -45,6 +45,16 @@ _FIRST_CHUNK_STEPS = 16
     OUTPUT,
     BILLED_EXTRA,
 ) = range(12)
+
+
+def one_step_pieces(step_s):
+    """`decode_piece` for a step-time model without one: each piece is a single step priced by
+    `step_s`, so step ends are its durations summed in order (exact, but O(steps) per run)."""
+
+    def decode_piece(decode_seqs: int, context_tokens: int) -> tuple[float, float, int, float]:
+        return step_s(0, 0.0, decode_seqs, context_tokens), 0.0, 0, context_tokens + 1
+
+    return decode_piece
 
 
 def new_row() -> list:
@@ -133,8 +143,7 @@ class Replica:
         "kv",
         "batcher",
         "step_s",
-        "decode_times",
-        "pricer",
+        "decode_piece",
         "step_by_step",
         "max_request_tokens",
         "waiting",
@@ -150,10 +159,16 @@ class Replica:
         "t_start",
         "step_prefill",
         "step_kv",
-        "run_times",
         "run_s0",
-        "run_n_max",
-        "run_ctx0",
+        "run_n",
+        "run_end",
+        "pc_s0",
+        "pc_s1",
+        "pc_t0",
+        "pc_a",
+        "pc_b",
+        "pc_c1",
+        "pc_d",
         "version",
         "outstanding",
         "tokens_left",
@@ -161,11 +176,10 @@ class Replica:
         "hold_batch",
         "interval_s",
         "acc",
-        "in_sys_s",
+        "in_sys_n",
         "cur_iv",
         "cur_row",
         "replan",
-        "run_hint",
         "gpu_acc",
         "seg_start",
         "seg_end",
@@ -186,15 +200,15 @@ class Replica:
         finished: list[Seq],
         interval_s: float,
         step_by_step: bool = False,
-        pricer: RunPricer | None = None,
     ) -> None:
         self.index = index
         self.pool = pool
         self.kv = kv
         self.batcher = batcher
         self.step_s = step_time.step_s
-        self.pricer = pricer or RunPricer(step_time)
-        self.decode_times = self.pricer.decode_times
+        self.decode_piece = getattr(step_time, "decode_piece", None) or one_step_pieces(
+            step_time.step_s
+        )
         self.step_by_step = step_by_step
         # The longest request (prompt + output) whose KV fits in an empty cache.
         self.max_request_tokens = kv.capacity_blocks * kv.block_size
@@ -211,10 +225,18 @@ class Replica:
         self.t_start = 0.0
         self.step_prefill = 0
         self.step_kv = 0
-        self.run_times: list[float] = []
-        self.run_s0 = 0
-        self.run_n_max = 0
-        self.run_ctx0 = 0
+        self.run_s0 = 0  # the run's first step, its length and its end
+        self.run_n = 0
+        self.run_end = 0.0
+        # The piece of decode-only steps the run lies in: steps [pc_s0, pc_s1) of pc_d sequences;
+        # the m-th ends at pc_t0 + (m pc_a + pc_b K_m), K_m = m pc_c1 + pc_d m (m - 1) / 2.
+        self.pc_s0 = 0
+        self.pc_s1 = 0
+        self.pc_t0 = 0.0
+        self.pc_a = 0.0
+        self.pc_b = 0.0
+        self.pc_c1 = 0
+        self.pc_d = 0
         self.version = 0
         self.outstanding = outstanding  # shared per-fleet list: requests queued or running
         self.tokens_left = 0  # prompt + output tokens not yet generated, over outstanding
@@ -222,13 +244,12 @@ class Replica:
         self.hold_batch = batcher.holds_batch
         self.interval_s = interval_s
         self.acc: dict[int, list] = {}  # timeline accumulators by interval number
-        self.in_sys_s = 0.0  # time up to which the in-system integral is accounted
+        self.in_sys_n = 0  # requests here at the start of the next interval the engine writes
         self.cur_iv = -1  # the interval whose accumulator was used last, and that row
         self.cur_row: list = []
         # Set (by a preemption, or by a batcher) when the next step must be chosen afresh even
         # if this one holds only decodes: vLLM admits nothing in a step that preempted.
         self.replan = False
-        self.run_hint = 16.0  # recent run length in steps (sizes the first chunk priced)
         # Decode-time accumulator: closed segments' (duration / batch), plus the open segment.
         self.gpu_acc = 0.0
         self.seg_start = 0.0
@@ -254,32 +275,24 @@ class Replica:
             self.version += 1
             return now
         if state == RUN:
-            times = self.run_times
-            if times[-1] < now and len(times) < self.run_n_max:
-                self._extend(now)
-            k = bisect_left(times, now) + 1
-            if k < len(times):
-                del times[k:]
-            self.run_n_max = k
+            s0 = self.run_s0
+            s = self._first_end_at(now)
+            if s < s0:
+                s = s0
+            self.run_n = s - s0 + 1
+            self.run_end = end = self._end_of(s)
             self.version += 1
-            return times[k - 1]
+            return end
         return None
 
     def on_event(self, now: float) -> float | None:
         """The replica's event fired at `now`: a step or run ended, or a wake-up. Next time."""
         state = self.state
         if state == RUN:
-            times = self.run_times
-            last = times[-1]
-            if now < last:
-                return last  # a checkpoint overtaken by an earlier extension
-            k = len(times)
-            if k < self.run_n_max:
-                self._extend()
-                return times[-1]
             # The run's k steps happened: account them and end the last one.
             s0 = self.run_s0
-            self.run_hint += (k - self.run_hint) * 0.25
+            k = self.run_n
+            last = self.run_end
             d = self.n_dec
             if self.seg_d == d and self.seg_end == self.t_start:
                 self.seg_end = last  # the segment goes on
@@ -289,7 +302,7 @@ class Replica:
                 self.seg_start = self.t_start
                 self.seg_end = last
                 self.seg_d = d
-            self._account_run(s0, k, times)
+            self._account_run(s0, k)
             self.step_no = s0 + k - 1
             self._end_step(last)
         elif state == STEP:
@@ -303,10 +316,9 @@ class Replica:
         """Steps of the current run that ended strictly before `now` (0 outside a run)."""
         if self.state != RUN:
             return 0
-        times = self.run_times
-        if times[-1] < now and len(times) < self.run_n_max:
-            self._extend(now)
-        return bisect_left(times, now)
+        done = self._first_end_at(now) - self.run_s0
+        n = self.run_n
+        return done if 0 <= done <= n else (0 if done < 0 else n)
 
     def kv_used_at(self, now: float) -> float:
         """Fraction of the KV cache in use at `now`."""
@@ -360,8 +372,8 @@ class Replica:
     # ------------------------------------------------------------------ steps and runs
 
     def _plan(self, now: float) -> float | None:
-        """Choose the step starting at `now`; return when the replica next needs the engine."""
-        self.chunks = []
+        """Choose the step starting at `now`; return when the replica next needs the engine.
+        (`chunks` is empty here: `_end_step` consumed the last step's.)"""
         self.replan = False
         wake = self.batcher.schedule(self, now)
         chunks = self.chunks
@@ -384,14 +396,28 @@ class Replica:
                 bound = kv.q_sum + ph * ((s + n) // kv.block_size + 2)
                 if bound > kv.capacity_blocks - kv.other_blocks:
                     n = kv.steps_until_full(s, n)
+            if not (self.seg_d == d and self.seg_end == now and s < self.pc_s1):
+                # A new piece: the segment starts here, or the previous piece's regime ended.
+                ctx = self.off_sum + d * s + d
+                a, b, shift, ctx_end = self.decode_piece(d, ctx)
+                self.pc_s0 = s
+                self.pc_s1 = s - int((ctx - ctx_end) // d) if ctx_end < INF else _NO_END
+                self.pc_t0 = now
+                self.pc_a = a
+                self.pc_b = b
+                self.pc_c1 = ctx + shift
+                self.pc_d = d
+            if n > self.pc_s1 - s:
+                n = self.pc_s1 - s
             self.state = RUN
             self.t_start = now
             self.run_s0 = s
-            self.run_n_max = n
-            self.run_ctx0 = self.off_sum + d * s + d
-            self.run_times = times = []
-            self._extend()
-            return times[-1]
+            self.run_n = n
+            m = s + n - self.pc_s0  # inline _end_of(s + n - 1): once per run
+            self.run_end = end = self.pc_t0 + (
+                m * self.pc_a + self.pc_b * (m * self.pc_c1 + d * (m * (m - 1) // 2))
+            )
+            return end
         prefill = 0
         pairs = 0.0
         for seq, n in chunks:
@@ -405,23 +431,31 @@ class Replica:
         self.step_kv = kv.other_blocks + kv.decoder_blocks(s + 1)
         return now + self.step_s(prefill, pairs, d, ctx)
 
-    def _extend(self, until: float | None = None) -> None:
-        """Price more steps of the run: up to the first step end >= `until` when a caller needs
-        that time (an arrival, a balancer's look); otherwise, at a run's start, twice as many
-        steps as runs here have lasted lately, then ahead through the pool's pricer."""
-        times = self.run_times
-        k = len(times)
-        if k and until is None:
-            self.pricer.top_up(self, times[-1], 0.0)
-            return
-        if until is None:
-            m = min(self.run_n_max, max(_FIRST_CHUNK_STEPS, int(2 * self.run_hint)))
-            until = INF
-        else:
-            m = self.run_n_max - k
-        d = self.n_dec
-        start = times[-1] if k else self.t_start
-        times += self.decode_times(d, self.run_ctx0 + d * k, m, start, until)
+    def _end_of(self, s: int) -> float:
+        """End time of step `s` of the current piece."""
+        m = s - self.pc_s0 + 1
+        return self.pc_t0 + (
+            m * self.pc_a + self.pc_b * (m * self.pc_c1 + self.pc_d * (m * (m - 1) // 2))
+        )
+
+    def _first_end_at(self, t: float) -> int:
+        """The first step of the current piece that ends at or after `t`: the root of the
+        quadratic, then checked against the exact ends (they never decrease with the step)."""
+        x = t - self.pc_t0
+        s0 = self.pc_s0
+        if x <= 0.0:
+            return s0
+        # m a + b (m c1 + d m (m - 1) / 2) >= x, i.e. q m^2 + r m >= x:
+        q = 0.5 * self.pc_b * self.pc_d
+        r = self.pc_a + self.pc_b * self.pc_c1 - q
+        m = int(2.0 * x / (r + sqrt(r * r + 4.0 * q * x)))
+        s = s0 + (m - 1 if m > 1 else 0)
+        end_of = self._end_of
+        while s > s0 and end_of(s - 1) >= t:
+            s -= 1
+        while end_of(s) < t:
+            s += 1
+        return s
 
     def _end_step(self, now: float) -> None:
         """Tokens of step `step_no` land at `now`: prefills advance, sequences finish."""
@@ -513,8 +547,6 @@ class Replica:
         seq.fin_step = -1
         self.tokens_left -= seq.prompt_tokens
         self._in_system(now, -1)
-        row = self._row(int(now // self.interval_s))
-        row[FINISHED] += 1
         if now > seq.deadline_at:
             seq.status = "expired"
         self.finished.append(seq)
@@ -532,34 +564,20 @@ class Replica:
         return row
 
     def _in_system(self, now: float, change: int) -> None:
-        """Integrate the number of requests here over time, then apply `change` at `now`."""
-        out = self.outstanding
-        n = out[self.index]
-        self.settle(now)
-        out[self.index] = n + change
+        """Apply `change` to the requests here at `now`, and to the in-system integral of its
+        interval: an arrival adds the time to the interval's end, a finish takes it back; the
+        engine adds (requests at the interval's start) x its length when it writes the row."""
+        self.outstanding[self.index] += change
         for view, i in self.views:
             view[i] += change
+        size = self.interval_s
+        iv = int(now // size)
+        row = self._row(iv)
+        row[IN_SYSTEM] += change * ((iv + 1) * size - now)
         if change > 0:
-            self._row(int(now // self.interval_s))[ARRIVED] += 1
-
-    def settle(self, now: float) -> None:
-        """Account the in-system integral up to `now`."""
-        last = self.in_sys_s
-        if now <= last:
-            return
-        n = self.outstanding[self.index]
-        if n:
-            size = self.interval_s
-            iv = int(last // size)
-            while True:
-                edge = (iv + 1) * size
-                if now <= edge:
-                    self._row(iv)[IN_SYSTEM] += n * (now - last)
-                    break
-                self._row(iv)[IN_SYSTEM] += n * (edge - last)
-                last = edge
-                iv += 1
-        self.in_sys_s = now
+            row[ARRIVED] += 1
+        else:
+            row[FINISHED] += 1
 
     def _account_step(self, start: float, end: float, prefill: int, kv_blocks: int) -> None:
         d = self.n_dec
@@ -599,14 +617,14 @@ class Replica:
             start = edge
             iv += 1
 
-    def _account_run(self, s0: int, k: int, times: list[float]) -> None:
+    def _account_run(self, s0: int, k: int) -> None:
         """Account k decode-only steps starting at step s0, split by interval of step start."""
         d = self.n_dec
         gen = self.n_gen
         kv = self.kv
         size = self.interval_s
         start = self.t_start
-        end = times[k - 1]
+        end = self.run_end
         iv = int(start // size)
         self.tokens_left -= gen * k
         if end <= (iv + 1) * size:  # the usual case: the run lies within one interval
@@ -626,7 +644,7 @@ class Replica:
         while done < k:
             edge = (iv + 1) * size
             # Steps of this interval: those starting before its edge.
-            upto = k if end <= edge else min(k, bisect_left(times, edge, done, k) + 1)
+            upto = k if end <= edge else min(k, self._first_end_at(edge) - s0 + 1)
             steps = upto - done
             if steps > 0:
                 row = self._row(iv)

@@ -16,8 +16,8 @@ total K tokens, N = P + D tokens, on `tp` GPUs (times per GPU; the GPUs work in 
                                                                                decode-only)
 
 Within a run of decode-only steps everything but the attention over the contexts is fixed by
-the batch, so `decode_times` prices a run as a per-batch constant plus a term affine in the
-context, summed in order (equal to stepping one at a time, to the bit).
+the batch, so `decode_piece` gives a run's step ends in closed form: a per-batch constant per
+step plus a term affine in the summed context (see its docstring for what that defines).
 
 bw = HBM bandwidth x bw_eff and link = one direction of the scale-up link x link_eff. MoE
 experts touched by N tokens: E (1 - (1 - k/E)^N). Prefill tokens skip the LM head. A step's
@@ -41,8 +41,6 @@ from tokenfleet.models.spec import UNQUANTISED_BYTES, ModelSpec, weight_dtype_by
 from tokenfleet.replay.memory import kv_shard
 
 ACTIVATION_BYTES = 2.0  # bf16 activations on the wire for the TP all-reduces
-# Decode runs up to this many steps are summed in a Python loop; longer ones in numpy.
-_LOOP_MAX_STEPS = 40
 
 
 class StepTime:
@@ -235,65 +233,54 @@ class StepTime:
             out = np.where(p == 0.0, fixed + self._graph_s + t + ctx, out)
         return np.asarray(out, dtype=np.float64)
 
-    def decode_times(
-        self,
-        decode_seqs: int,
-        context_tokens: int,
-        steps: int,
-        start_s: float,
-        until_s: float = math.inf,
-    ) -> list[float]:
-        """End times of up to `steps` consecutive decode-only steps of `decode_seqs` sequences
-        from `start_s`, the first with `context_tokens` of context (each step adds one token per
-        sequence), stopping at the first end >= `until_s`. Each end is the previous one plus
-        `step_s` of the step, added in order, so it equals stepping one at a time to the bit.
+    def decode_piece(
+        self, decode_seqs: int, context_tokens: int
+    ) -> tuple[float, float, int, float]:
+        """(A, B, shift, context_end): decode-only steps of `decode_seqs` sequences whose
+        contexts run from `context_tokens` (growing by `decode_seqs` per step) up to, not
+        including, `context_end` form a *piece*: its m-th step ends at
+        `t0 + (m * A + B * K_m)`, K_m the sum of (context + shift) over its first m steps.
 
-        A decode step's duration is a per-batch constant plus a term affine in its context, so
-        a long run costs a few array operations, not a call per step."""
-        d, k, t = decode_seqs, context_tokens, start_s
-        if steps <= _LOOP_MAX_STEPS:
-            out = []
-            append = out.append
-            if self._lean:
-                if d >= len(self._dec_fixed):
-                    self._decode_constants(d)
-                fixed, kv, c = self._dec_fixed[d], self._kv_s, k + d
-                for _ in range(steps):
-                    t += fixed + c * kv
-                    append(t)
-                    if t >= until_s:
-                        break
-                    c += d
-                return out
-            step = self.step_s
-            for _ in range(steps):
-                t += step(0, 0.0, d, k)
-                append(t)
-                if t >= until_s:
-                    break
-                k += d
-            return out
-        if until_s < math.inf:
-            # Durations never shrink as the context grows, so this many steps reach `until_s`
-            # (unless rounding leaves the sum just short: then the rest are priced as well).
-            enough = max(int((until_s - t) / self.step_s(0, 0.0, d, k)) + 2, 1)
-            if enough < steps:
-                out = self.decode_times(d, k, enough, t, until_s)
-                if out[-1] < until_s:
-                    out += self.decode_times(d, k + d * enough, steps - enough, out[-1], until_s)
-                return out
-        if self._lean:
-            if d >= len(self._dec_fixed):
-                self._decode_constants(d)
-            ends = np.arange(k + d, k + d * (steps + 1), d, dtype=np.int64) * self._kv_s
-            ends += self._dec_fixed[d]
+        This defines the replay's decode step durations as the differences of that closed form,
+        so a run of any length is priced, cut and inverted in O(1). The first step of a piece
+        takes exactly `step_s` in the common case (CUDA graphs, full attention, KV-read bound);
+        otherwise, and for later steps, ends differ from summing `step_s` only by rounding (K_m is
+        an exact integer; A and B are the terms of `step_s` in the regime holding at the
+        piece's start). A piece ends where that regime may switch: attention turning
+        compute-bound, sliding layers reaching their window, an eager step leaving the launch
+        bound."""
+        d, k = decode_seqs, context_tokens
+        if d >= len(self._dec_fixed):
+            self._decode_constants(d)
+        fixed, kv, attn = self._dec_fixed[d], self._kv_s, self._attn_dec_s
+        if self._lean:  # CUDA graphs, full attention, KV reads bound: A + (k + d) * kv always
+            return fixed, kv, d, math.inf
+        # The attended context alpha k + beta: sliding layers see at most d * window keys.
+        end = math.inf
+        alpha, beta = 1.0, 0.0
+        if self._slide_frac:
+            dw = d * self._window
+            if k <= dw:
+                alpha, end = self._full_frac + self._slide_frac, math.floor(dw) + 1
+            else:
+                alpha, beta = self._full_frac, self._slide_frac * dw
+        # Attention: the slower of its FLOPs and its KV reads, which cross at most once.
+        cross = d * kv / (attn - kv) if attn > kv else math.inf  # attended context where they meet
+        if alpha * k + beta >= cross:
+            a, b = beta * attn, alpha * attn
         else:
-            ends = self.step_s_array(0, 0.0, d, np.arange(k, k + d * steps, d, dtype=np.int64))
-        ends[0] += t
-        ends = ends.cumsum()
-        if until_s < math.inf:
-            ends = ends[: int(ends.searchsorted(until_s)) + 1]
-        return ends.tolist()
+            a, b = (beta + d) * kv, alpha * kv
+            if cross < math.inf:
+                end = min(end, math.ceil((cross - beta) / alpha))
+        if self._graph_s >= 0.0:
+            return fixed + a, b, 0, max(end, k + 1)
+        # Eager: the CPU's kernel launches bound the step until the GPU's time exceeds them.
+        gpu, launch = self._dec_gpu[d], self._launch_s
+        if gpu + a + b * k < launch:
+            if b > 0.0:
+                end = min(end, math.ceil((launch - gpu - a) / b))
+            return fixed + launch, 0.0, 0, max(end, k + 1)
+        return fixed + (gpu + a), b, 0, max(end, k + 1)
 
     def weight_read_s(self) -> float:
         """Seconds to read the weights once at the achievable bandwidth (dense part)."""
