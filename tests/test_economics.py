@@ -93,6 +93,10 @@ usd_per_gpu_hour = 2.0
     ratio = (requests["cost_usd"] / requests["gpu_s"]).to_numpy()
     assert ratio == pytest.approx(np.full(200, 4.0 / requests["gpu_s"].sum()))
     assert pool["utilisation"] == pytest.approx(timeline["busy_s"].sum() / 7200)
+    # A fixed fleet: 2 GPU-hours provisioned over the hour, 2 GPUs on average, as at the start.
+    assert summary["gpu_hours_provisioned"] == 2.0 and summary["gpus_mean"] == summary["gpus"] == 2
+    throughput = summary["throughput"]
+    assert throughput["output_tokens_per_s_per_gpu"] == throughput["output_tokens_per_s"] / 2
 
 
 def test_an_owned_pool_costs_its_formula(runner, tmp_path, conv_lengths):
@@ -410,6 +414,17 @@ interval_s = 5.0
     assert pool["cost_usd"] == pytest.approx(timeline["provisioned_s"].sum() * 0.001)
     assert requests["cost_usd"].sum() == pytest.approx(pool["cost_usd"])
     assert pool["scale_downs"] >= 1  # and scaled back once the burst was over
+    # Per-GPU figures divide by the GPUs provisioned on average (those being provisioned too:
+    # the GPU time paid for), not by the one replica the pool started with.
+    assert summary["gpus"] == 1
+    assert summary["gpu_hours_provisioned"] * 3.6 == pytest.approx(pool["cost_usd"])
+    run_s = summary["economics"]["fleet"]["run_s"]
+    assert summary["gpus_mean"] == pytest.approx(timeline["provisioned_s"].sum() / run_s)
+    assert 1.5 < summary["gpus_mean"] < 3
+    throughput = summary["throughput"]
+    assert throughput["output_tokens_per_s_per_gpu"] == pytest.approx(
+        throughput["output_tokens_per_s"] / summary["gpus_mean"]
+    )
 
 
 def test_an_autoscaled_pool_with_a_deferred_tier_ends_when_the_work_does(

@@ -11,6 +11,8 @@ from tokenfleet.errors import UserError
 from tokenfleet.replay import balancer as balancer_mod
 from tokenfleet.replay import batcher as batcher_mod
 from tokenfleet.replay.balancer import NoSettings, PowerOfTwo, SessionAffinity, SessionSettings
+from tokenfleet.replay.scenario import GatewayConfig
+from tokenfleet.replay.tiers import Tier
 
 REAL = real_step_time()
 
@@ -75,6 +77,45 @@ def test_priority_scheduling_admits_the_most_urgent_first():
         order.append(b.queue.head(queue).row)
         b.queue.pop_head(queue)
     assert order == [1, 3, 2, 0]  # by priority, then arrival
+
+
+@pytest.mark.parametrize(
+    ("rows", "settings", "kv_blocks"),
+    [
+        # Both decode in the same block phase: at step 5 each needs a 4th block and one is free.
+        # The standard one, first in running order, has taken it when the fast one asks.
+        ([(0.0, 8, 12, None, "standard"), (0.001, 9, 12, None, "fast")], {}, 7),
+        # The fast prompt is prefilled in 16-token chunks; its second chunk finds no free block.
+        (
+            [(0.0, 8, 30, None, "standard"), (0.001, 30, 5, None, "fast")],
+            {"max_num_seqs": 2, "max_num_batched_tokens": 16},
+            10,
+        ),
+    ],
+)
+def test_priority_preempts_the_lowest_priority_running_request_even_if_admitted_first(
+    rows, settings, kv_blocks
+):
+    tiers = (Tier("fast", priority=10), Tier("standard"))
+    runs = {}
+    for policy in ("priority", "fcfs"):
+        runs[policy], _, _ = run_rows(
+            rows,
+            settings={**settings, "scheduling_policy": policy},
+            kv_blocks=kv_blocks,
+            block_size=4,
+            tiers=tiers,
+            gateway=GatewayConfig(),
+        )
+    standard, fast = runs["priority"]
+    # vLLM V1: the victim is the greatest (priority, arrival) of the whole running set, even one
+    # already served in this step (it gives its block back), so the fast request runs on.
+    assert standard.preemptions >= 1 and fast.preemptions == 0
+    assert fast.finish_s < standard.finish_s
+    # FCFS preempts the newest running request: the fast one.
+    standard, fast = runs["fcfs"]
+    assert standard.preemptions == 0 and fast.preemptions >= 1
+    assert standard.finish_s < fast.finish_s
 
 
 def test_batcher_settings_are_checked():

@@ -88,8 +88,10 @@ class VllmBatcher:
     Running sequences are served first in admission order (each decode one token, the prefill
     under way the rest of the budget), then waiting ones while the budget, `max_num_seqs` and
     the free blocks allow, with chunked prefill. When a running sequence needs a block and none
-    is free, the newest running sequence (the lowest priority one under `priority`) is preempted
-    by recompute; no new sequence is admitted in a step that preempted.
+    is free, a running sequence is preempted by recompute: the newest, or under `priority` the
+    lowest priority one of the whole running set, latest arrival first, which gives back the
+    block it took if it was served earlier in the step (as vLLM V1 does). No new sequence is
+    admitted in a step that preempted.
     """
 
     name: ClassVar[str] = "vllm"
@@ -129,9 +131,13 @@ class VllmBatcher:
             remaining = part.prompt_tokens + part.generated - part.cached
             n = remaining if remaining < budget else budget
             need = kv.blocks_for(part.cached + n) - part.blocks
-            if need > free:
-                rep.preempt_partial()
+            while need > free:
                 preempted = True
+                victim = self._victim(rep, rep.decoding, self.queue.by_priority)
+                if victim is part:
+                    rep.preempt_partial()
+                    break
+                free += self._preempt_served(rep, victim)  # every decoder is served by now
             else:
                 part.blocks += need
                 kv.other_blocks += need
@@ -162,7 +168,11 @@ class VllmBatcher:
         return None
 
     def _serve_decoders(self, rep, free: int) -> int:
-        """Give each decoding sequence its block in running order, preempting when none is free."""
+        """Give each decoding sequence its block in running order, preempting when none is free.
+
+        vLLM V1 stops serving the running sequences once one is itself the victim; here every
+        decoder left takes part in the step, so the rest are still served (FCFS: there are none).
+        """
         s = rep.step_no
         block_size = rep.kv.block_size
         order = list(rep.decoding)
@@ -173,27 +183,42 @@ class VllmBatcher:
             if (seq.offset + s) % block_size == 0:
                 victim = None
                 while free < 1:
-                    victim = self._victim(rep, order, i, by_priority)
+                    victim = self._victim(rep, order, by_priority)
                     if victim is rep.partial:
                         free += rep.preempt_partial()
+                        continue
+                    j = order.index(victim)
+                    del order[j]
+                    if j < i:  # served earlier in this step: its new block comes back too
+                        i -= 1
+                        free += self._preempt_served(rep, victim)
                     else:
-                        order.remove(victim)
                         free += rep.preempt_decoder(victim)
                     if victim is seq:
                         break
                 if victim is seq:
-                    break
+                    continue  # order[i] is now the next one
                 free -= 1
             i += 1
         return free
 
     @staticmethod
-    def _victim(rep, order: list, i: int, by_priority: bool):
-        """Newest running sequence (the prefill under way is the newest), or lowest priority."""
+    def _victim(rep, running, by_priority: bool):
+        """The newest running sequence (the prefill under way is the newest), or under
+        `priority` vLLM V1's pick: the greatest (priority, arrival) of the whole running set
+        (`running`: the decoders in running order; the prefill under way comes last)."""
+        part = rep.partial
         if not by_priority:
-            return rep.partial if rep.partial is not None else order[-1]
-        candidates = order[i:] + ([rep.partial] if rep.partial is not None else [])
+            return part if part is not None else running[-1]
+        candidates = [*running, part] if part is not None else running
         return max(candidates, key=lambda q: (q.priority, q.arrival_s))
+
+    @staticmethod
+    def _preempt_served(rep, seq) -> int:
+        """Preempt a decoder already given its token this step: it frees its blocks, plus the
+        new one it took if it stood at a block edge."""
+        edge = (seq.offset + rep.step_no) % rep.kv.block_size == 0
+        return rep.preempt_decoder(seq) + edge
 
 
 @dataclasses.dataclass(frozen=True)

@@ -404,7 +404,14 @@ LATENCIES = ("ttft_s", "tpot_s", "e2e_s", "queue_s")
 
 
 def summarise(out_dir: Path, fleet: dict) -> dict:
-    """The run's figures, from requests.parquet and timeline.parquet; `fleet` describes pools."""
+    """The run's figures, from requests.parquet and timeline.parquet; `fleet` describes pools.
+
+    `gpus` is the fleet's GPU count at the start. Per-GPU throughput divides by `gpus_mean`,
+    the GPUs provisioned on average over the run: the timeline's provisioned replica-seconds
+    times each pool's tp (`gpu_hours_provisioned`), over the timeline's span. For a fixed fleet
+    that is `gpus`; an autoscaled pool counts each replica from the moment it is asked for
+    (provisioning included, when it costs money and serves nothing) until it is released.
+    """
     requests = pl.scan_parquet(out_dir / REQUESTS_FILE)
     timeline = pl.scan_parquet(out_dir / TIMELINE_FILE)
     done = requests.filter(pl.col("status") == "finished")
@@ -427,8 +434,19 @@ def summarise(out_dir: Path, fleet: dict) -> dict:
     counts = requests.group_by("status").len().collect()
     by_status = dict(zip(counts["status"].to_list(), counts["len"].to_list(), strict=True))
     tl_cols = timeline.select(
-        "busy_s", "kv_peak_frac", "mean_batch", "steps", "provisioned_s"
+        "pool",
+        "interval_start_s",
+        "interval_s",
+        "busy_s",
+        "kv_peak_frac",
+        "mean_batch",
+        "steps",
+        "provisioned_s",
     ).collect()
+    tp = {p["name"]: p["tp"] for p in fleet["pools"]}
+    pool_tp = tl_cols["pool"].replace_strict(tp, return_dtype=pl.Int64).to_numpy()
+    provisioned_gpu_s = float(np.sum(tl_cols["provisioned_s"].to_numpy() * pool_tp))
+    span_s = float((tl_cols["interval_start_s"] + tl_cols["interval_s"]).max() or 0.0)
     active = tl_cols.filter(pl.col("steps") > 0)
     tl = {
         "busy_s": float(np.sum(tl_cols["busy_s"].to_numpy())),
@@ -443,9 +461,13 @@ def summarise(out_dir: Path, fleet: dict) -> dict:
     duration = (row["last_finish_s"] - start) if finished else 0.0
     gpus = fleet["gpus"]
     replicas = fleet["replicas"]
+    gpus_mean = provisioned_gpu_s / span_s if span_s > 0 else float(gpus)
 
     def per_s(x: float) -> float:
         return x / duration if duration > 0 else 0.0
+
+    def per_gpu(x: float) -> float:
+        return x / gpus_mean if gpus_mean > 0 else 0.0
 
     summary = {
         "requests": sum(by_status.values()),
@@ -454,13 +476,15 @@ def summarise(out_dir: Path, fleet: dict) -> dict:
         "duration_s": duration,
         "replicas": replicas,
         "gpus": gpus,
+        "gpus_mean": gpus_mean,
+        "gpu_hours_provisioned": provisioned_gpu_s / 3600.0,
         "pools": fleet["pools"],
         "throughput": {
             "requests_per_s": per_s(finished),
             "input_tokens_per_s": per_s(row["input_tokens"] or 0),
             "output_tokens_per_s": per_s(row["output_tokens"] or 0),
-            "output_tokens_per_s_per_gpu": per_s(row["output_tokens"] or 0) / gpus,
-            "input_tokens_per_s_per_gpu": per_s(row["input_tokens"] or 0) / gpus,
+            "output_tokens_per_s_per_gpu": per_gpu(per_s(row["output_tokens"] or 0)),
+            "input_tokens_per_s_per_gpu": per_gpu(per_s(row["input_tokens"] or 0)),
         },
         "tokens": {"input": row["input_tokens"] or 0, "output": row["output_tokens"] or 0},
         "latency_s": {
@@ -511,7 +535,12 @@ def format_summary(summary: dict) -> str:
         f"throughput   {tp['requests_per_s']:,.2f} req/s, "
         f"{tp['input_tokens_per_s']:,.0f} input tok/s, "
         f"{tp['output_tokens_per_s']:,.0f} output tok/s "
-        f"({tp['output_tokens_per_s_per_gpu']:,.0f} per GPU)",
+        f"({tp['output_tokens_per_s_per_gpu']:,.0f} per GPU"
+        + (
+            f", {summary['gpus_mean']:,.2f} GPUs provisioned on average)"
+            if any(p.get("autoscaled") for p in summary["pools"])
+            else ")"
+        ),
         "",
         f"{'latency (ms)':<14}{'mean':>10} {'p50':>10} {'p90':>10} {'p99':>10}",
     ]
