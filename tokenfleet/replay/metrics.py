@@ -570,7 +570,9 @@ def _format_money(summary: dict) -> list[str]:
     """Cost, revenue and goodput lines, fleet and per tier; all from summary.json."""
 
     def usd(x: float | None) -> str:
-        return "-" if x is None else f"${x:,.2f}"
+        if x is None:
+            return "-"
+        return f"-${-x:,.2f}" if x < 0 else f"${x:,.2f}"
 
     def mtok(x: float | None) -> str:
         return "-" if x is None else f"${x:,.3f}"
