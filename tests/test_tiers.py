@@ -4,7 +4,7 @@ import polars as pl
 import pytest
 
 from tokenfleet.errors import UserError
-from tokenfleet.replay.tiers import Tier, revenue_expr, slo_met_expr
+from tokenfleet.replay.tiers import PRICE_AND_SLO_KEYS, Tier, revenue_expr, slo_met_expr
 
 FAST = Tier(
     "fast",
@@ -17,17 +17,7 @@ FAST = Tier(
 
 
 def priced(tier: Tier, **columns) -> pl.DataFrame:
-    prices = {
-        key: getattr(tier, key)
-        for key in (
-            "usd_per_mtoken_input",
-            "usd_per_mtoken_cached_input",
-            "usd_per_mtoken_output",
-            "ttft_slo_s",
-            "tpot_slo_s",
-            "deadline_s",
-        )
-    }
+    prices = {key: getattr(tier, key) for key in PRICE_AND_SLO_KEYS}
     frame = pl.DataFrame(columns)
     return frame.with_columns(**{k: pl.lit(v) for k, v in prices.items()}).select(
         revenue_usd=revenue_expr(), slo_met=slo_met_expr()

@@ -12,17 +12,11 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from tokenfleet.errors import UserError
+from tokenfleet.errors import UserError, require_non_negative
 
 SECONDS_PER_HOUR = 3600.0
 HOURS_PER_YEAR = 8760.0
 JOULES_PER_KWH = 3.6e6
-
-
-def _require_non_negative(owner: str, **values: float) -> None:
-    for key, value in values.items():
-        if not (value >= 0 and math.isfinite(value)):
-            raise UserError(f"{owner}: {key} = {value} must be a finite number >= 0")
 
 
 @dataclass(frozen=True)
@@ -35,7 +29,7 @@ class RentedPricing:
     billing_granularity_s: float = 1.0
 
     def __post_init__(self) -> None:
-        _require_non_negative(
+        require_non_negative(
             "rented pricing",
             usd_per_gpu_hour=self.usd_per_gpu_hour,
             billing_granularity_s=self.billing_granularity_s,
@@ -86,7 +80,7 @@ class OwnedPricing:
     usd_per_kwh: float = 0.08
 
     def __post_init__(self) -> None:
-        _require_non_negative(
+        require_non_negative(
             "owned pricing",
             capex_usd_per_gpu=self.capex_usd_per_gpu,
             opex_fraction_per_year=self.opex_fraction_per_year,

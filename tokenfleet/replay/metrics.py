@@ -26,7 +26,13 @@ import pyarrow.parquet as pq
 
 from tokenfleet.replay.cost import CostRates
 from tokenfleet.replay.replica import ARRIVED, BILLED_EXTRA, BUSY, Seq
-from tokenfleet.replay.tiers import TOKENS_PER_MTOKEN, Tier, revenue_expr, slo_met_expr
+from tokenfleet.replay.tiers import (
+    PRICE_AND_SLO_KEYS,
+    TOKENS_PER_MTOKEN,
+    Tier,
+    revenue_expr,
+    slo_met_expr,
+)
 
 REQUESTS_FILE = "requests.parquet"
 RAW_REQUESTS_FILE = ".requests-raw.parquet"  # before costs are known; removed after
@@ -265,15 +271,7 @@ def price_requests(
     names = [t.name for t in tiers]
     by_name = {t.name: t for t in tiers}
     price_cols = {
-        key: {n: float(getattr(by_name[n], key)) for n in names}
-        for key in (
-            "usd_per_mtoken_input",
-            "usd_per_mtoken_cached_input",
-            "usd_per_mtoken_output",
-            "ttft_slo_s",
-            "tpot_slo_s",
-            "deadline_s",
-        )
+        key: {n: float(getattr(by_name[n], key)) for n in names} for key in PRICE_AND_SLO_KEYS
     }
     finished = pl.col("status") == "finished"
     with pq.ParquetWriter(out, schema) as writer:

@@ -7,11 +7,10 @@ A request counts `prompt + output` tokens against TPM (providers charge max_toke
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 
-from tokenfleet.errors import UserError
+from tokenfleet.errors import UserError, require_non_negative
 
 
 class TokenBucket:
@@ -46,10 +45,11 @@ class RateLimit:
     tokens_per_minute: float = 0.0
 
     def __post_init__(self) -> None:
-        for key in ("requests_per_minute", "tokens_per_minute"):
-            value = getattr(self, key)
-            if not (value >= 0 and math.isfinite(value)):
-                raise UserError(f"rate limit: {key} = {value} must be a finite number >= 0")
+        require_non_negative(
+            "rate limit",
+            requests_per_minute=self.requests_per_minute,
+            tokens_per_minute=self.tokens_per_minute,
+        )
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,24 @@ what they paid.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import polars as pl
 
-from tokenfleet.errors import UserError
+from tokenfleet.errors import UserError, require_non_negative
 
 TOKENS_PER_MTOKEN = 1e6
+
+
+# A tier's numbers that requests are priced and judged by (columns of the same names in frames).
+PRICE_AND_SLO_KEYS = (
+    "usd_per_mtoken_input",
+    "usd_per_mtoken_cached_input",
+    "usd_per_mtoken_output",
+    "ttft_slo_s",
+    "tpot_slo_s",
+    "deadline_s",
+)
 
 
 @dataclass(frozen=True)
@@ -36,17 +46,9 @@ class Tier:
     pools: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        for key in (
-            "usd_per_mtoken_input",
-            "usd_per_mtoken_cached_input",
-            "usd_per_mtoken_output",
-            "ttft_slo_s",
-            "tpot_slo_s",
-            "deadline_s",
-        ):
-            value = getattr(self, key)
-            if not (value >= 0 and math.isfinite(value)):
-                raise UserError(f"tier {self.name!r}: {key} = {value} must be a finite number >= 0")
+        require_non_negative(
+            f"tier {self.name!r}", **{key: getattr(self, key) for key in PRICE_AND_SLO_KEYS}
+        )
         if self.deferred and self.deadline_s <= 0:
             raise UserError(f"tier {self.name!r}: a deferred tier needs a deadline_s > 0")
 
