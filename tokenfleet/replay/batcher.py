@@ -124,6 +124,8 @@ class VllmBatcher:
             return None  # decodes only, none at a block edge: nothing to decide
         free = kv.capacity_blocks - kv.other_blocks - kv.decoder_blocks(s)
         preempted = demand > free
+        if not preempted and rep.partial is None and not rep.waiting:
+            return None  # the decodes' new blocks fit and nothing waits: the usual case
         free = self._serve_decoders(rep, free) if preempted else free - demand
         budget = self.budget - rep.n_dec
         part = rep.partial

@@ -274,15 +274,20 @@ class Replica:
             # Start at `now`, after every other arrival at the same instant has queued.
             self.version += 1
             return now
-        if state == RUN:
+        if state == RUN and self.run_n > 1:
+            # Cut the run at its first step end at or after `now` (the run ends at or after
+            # `now`, so that step is in it). A run of one step, or one already cut at the same
+            # step by an earlier arrival, keeps its event.
             s0 = self.run_s0
             s = self._first_end_at(now)
             if s < s0:
                 s = s0
-            self.run_n = s - s0 + 1
-            self.run_end = end = self._end_of(s)
-            self.version += 1
-            return end
+            n = s - s0 + 1
+            if n != self.run_n:
+                self.run_n = n
+                self.run_end = end = self._end_of(s)
+                self.version += 1
+                return end
         return None
 
     def on_event(self, now: float) -> float | None:
@@ -554,6 +559,7 @@ class Replica:
     # ------------------------------------------------------------------ timeline
 
     def _row(self, iv: int) -> list:
+        """The accumulator of interval `iv` (hot callers check `cur_iv` first)."""
         if iv == self.cur_iv:
             return self.cur_row
         row = self.acc.get(iv)
@@ -572,7 +578,7 @@ class Replica:
             view[i] += change
         size = self.interval_s
         iv = int(now // size)
-        row = self._row(iv)
+        row = self.cur_row if iv == self.cur_iv else self._row(iv)
         row[IN_SYSTEM] += change * ((iv + 1) * size - now)
         if change > 0:
             row[ARRIVED] += 1
@@ -592,7 +598,7 @@ class Replica:
             self.gpu_acc += share
         size = self.interval_s
         iv = int(start // size)
-        row = self._row(iv)
+        row = self.cur_row if iv == self.cur_iv else self._row(iv)
         row[STEPS] += 1
         batch = d + len(self.chunks)
         row[BATCH_SUM] += batch
@@ -604,7 +610,10 @@ class Replica:
         self.tokens_left -= self.n_gen
         if kv_blocks > row[KV_PEAK]:
             row[KV_PEAK] = kv_blocks
-        self._busy(iv, start, end)
+        if end <= (iv + 1) * size:  # the usual case: the step lies within one interval
+            row[BUSY] += end - start
+        else:
+            self._busy(iv, start, end)
 
     def _busy(self, iv: int, start: float, end: float) -> None:
         size = self.interval_s
@@ -628,7 +637,7 @@ class Replica:
         iv = int(start // size)
         self.tokens_left -= gen * k
         if end <= (iv + 1) * size:  # the usual case: the run lies within one interval
-            row = self._row(iv)
+            row = self.cur_row if iv == self.cur_iv else self._row(iv)
             row[BUSY] += end - start
             row[STEPS] += k
             row[BATCH_SUM] += k * d
