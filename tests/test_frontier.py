@@ -27,7 +27,7 @@ def test_vary_parses_typed_values_into_a_grid():
         ([], "at least one --vary"),
         (["max_num_seqs"], "expected NAME=V1,V2"),
         (["colour=red"], "unknown setting 'colour'"),
-        (["max_num_seqs=1,x"], "'x' is not a int"),
+        (["max_num_seqs=1,x"], "'x' is not a whole number"),
         (["max_num_seqs=1,1"], "listed twice"),
         (["tp=1", "tp=2"], "given twice"),
     ],

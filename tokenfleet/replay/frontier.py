@@ -74,7 +74,7 @@ def parse_vary(specs: list[str]) -> list[tuple[str, list]]:
             try:
                 values.append(kind(item))
             except ValueError:
-                raise UserError(f"--vary {name}: {item!r} is not a {kind.__name__}") from None
+                raise UserError(f"--vary {name}: {item!r} is not a whole number") from None
         if len(set(values)) != len(values):
             raise UserError(f"--vary {name}: a value is listed twice")
         parsed.append((name, values))
