@@ -41,6 +41,16 @@ TOO_LONG = "too_long"  # status of a request whose prompt + output cannot fit in
 FLUSH_ROWS = 65_536
 
 
+def _request_columns(batch: pa.RecordBatch) -> tuple[list, ...]:
+    """A batch's trace columns as Python lists, converted once per batch, not per request."""
+    return tuple(
+        batch.column(name).to_numpy().tolist()
+        if name in ("arrival_s", "prompt_tokens", "output_tokens")
+        else batch.column(name).to_pylist()
+        for name in TRACE_COLUMNS
+    )
+
+
 @contextmanager
 def _cyclic_gc_paused() -> Iterator[None]:
     """The event loop allocates millions of small objects but makes no reference cycles, so the
@@ -93,13 +103,7 @@ def simulate(
     row = 0
     now = t = 0.0
     for batch in batches:
-        arrivals = batch.column("arrival_s").to_numpy().tolist()
-        prompts = batch.column("prompt_tokens").to_numpy().tolist()
-        outputs = batch.column("output_tokens").to_numpy().tolist()
-        ids = batch.column("request_id").to_pylist()
-        tenants = batch.column("tenant").to_pylist()
-        tiers = batch.column("tier").to_pylist()
-        sessions = batch.column("session_id").to_pylist()
+        arrivals, prompts, outputs, ids, tenants, tiers, sessions = _request_columns(batch)
         for i in range(len(arrivals)):
             now = arrivals[i]
             while heap and heap[0][0] < now:
@@ -217,13 +221,7 @@ def _simulate_gateway(
 
     row = 0
     for batch in batches:
-        arrivals = batch.column("arrival_s").to_numpy().tolist()
-        prompts = batch.column("prompt_tokens").to_numpy().tolist()
-        outputs = batch.column("output_tokens").to_numpy().tolist()
-        ids = batch.column("request_id").to_pylist()
-        tenants = batch.column("tenant").to_pylist()
-        tiers = batch.column("tier").to_pylist()
-        sessions = batch.column("session_id").to_pylist()
+        arrivals, prompts, outputs, ids, tenants, tiers, sessions = _request_columns(batch)
         for i in range(len(arrivals)):
             now = arrivals[i]
             advance(now)
