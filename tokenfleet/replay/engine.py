@@ -38,7 +38,9 @@ TRACE_COLUMNS = [
     "session_id",
 ]
 TOO_LONG = "too_long"  # status of a request whose prompt + output cannot fit in the KV cache
-FLUSH_ROWS = 65_536
+# Finished requests go to the writer in batches this small, while their objects are still in the
+# CPU cache (a batch of 65,536 took 50% longer to convert); it writes whole row groups.
+FLUSH_ROWS = 8_192
 
 
 def _request_columns(batch: pa.RecordBatch) -> tuple[list, ...]:
