@@ -395,7 +395,7 @@ def economics(out_dir: Path, pools: list[dict], run_s: float) -> dict:
     for key in ("tier", "tenant"):
         column = frame[key].fill_null("(none)").cast(pl.String)
         out = {}
-        for name in sorted(set(column.to_list())):
+        for name in sorted(column.unique().to_list()):
             part = frame.filter(column == name)
             out[name] = _money(part, charged_gpu_s)
             _per_mtoken(out[name], part, out[name]["cost_usd"])
@@ -404,8 +404,8 @@ def economics(out_dir: Path, pools: list[dict], run_s: float) -> dict:
 
 
 def _money(frame: pl.DataFrame, charged_gpu_s: float) -> dict:
-    status = frame["status"].to_numpy()
-    done = status == "finished"
+    status = frame["status"]  # compared in Polars: as numpy it would be Python strings
+    done = (status == "finished").to_numpy()
     slo = frame["slo_met"].to_numpy()
     tokens = frame["prompt_tokens"].to_numpy().astype(np.int64) + frame[
         "output_tokens"
