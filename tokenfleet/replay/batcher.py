@@ -49,21 +49,20 @@ class _Queue:
         if policy not in ("fcfs", "priority"):
             raise UserError(f"scheduling_policy = {policy!r}: use 'fcfs' or 'priority'")
         self.by_priority = policy == "priority"
+        # `enqueue(queue, seq)` and `requeue(queue, seq)`; FCFS uses deque's own methods, so
+        # queueing a request runs no Python code.
+        if self.by_priority:
+            self.enqueue = self.requeue = self._push
+        else:
+            self.enqueue = deque.append
+            self.requeue = deque.appendleft
 
     def new_queue(self):
         return [] if self.by_priority else deque()
 
-    def enqueue(self, queue, seq) -> None:
-        if self.by_priority:
-            heappush(queue, (seq.priority, seq.arrival_s, seq.row, seq))
-        else:
-            queue.append(seq)
-
-    def requeue(self, queue, seq) -> None:
-        if self.by_priority:
-            heappush(queue, (seq.priority, seq.arrival_s, seq.row, seq))
-        else:
-            queue.appendleft(seq)
+    @staticmethod
+    def _push(queue, seq) -> None:
+        heappush(queue, (seq.priority, seq.arrival_s, seq.row, seq))
 
     def head(self, queue):
         return queue[0][3] if self.by_priority else queue[0]

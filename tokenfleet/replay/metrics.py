@@ -35,7 +35,7 @@ from tokenfleet.replay.tiers import (
 )
 
 REQUESTS_FILE = "requests.parquet"
-RAW_REQUESTS_FILE = ".requests-raw.parquet"  # before costs are known; removed after
+RAW_REQUESTS_FILE = ".requests-raw.arrow"  # before costs are known; removed after
 TIMELINE_FILE = "timeline.parquet"
 SUMMARY_FILE = "summary.json"
 ROW_GROUP_ROWS = 65_536  # requests.parquet rows per row group (at least; whole batches)
@@ -106,13 +106,14 @@ TIMELINE_SCHEMA = pa.schema(
 
 
 class RequestWriter:
-    """Appends finished (or refused) requests to requests.parquet in batches."""
+    """Appends finished (or refused) requests, in batches, to the raw file: Arrow IPC, which is
+    written and read back (once, by `price_requests`) with no encoding, unlike Parquet."""
 
     def __init__(
         self, path: Path, request_id_type: pa.DataType, pools: list[str], tp: list[int]
     ) -> None:
         self.schema = requests_schema(request_id_type)
-        self.writer = pq.ParquetWriter(path, self.schema, use_dictionary=DICTIONARY_COLUMNS)
+        self.writer = pa.ipc.new_file(path, self.schema)
         self.pools = pools  # pool name of each replica index
         self.tp = tp  # GPUs of each replica
         self.pool_names = list(dict.fromkeys(pools))
@@ -213,8 +214,9 @@ class RequestWriter:
             self._flush()
 
     def _flush(self) -> None:
-        if self.pending:
-            self.writer.write_table(pa.Table.from_batches(self.pending, schema=self.schema))
+        if self.pending:  # as one record batch: one row group of requests.parquet
+            table = pa.Table.from_batches(self.pending, schema=self.schema).combine_chunks()
+            self.writer.write_table(table)
         self.pending = []
         self.pending_rows = 0
 
@@ -320,16 +322,18 @@ def price_requests(
     """requests.parquet from the raw records: the tier each request was billed as (a trace tier
     missing from the scenario is the default tier), its attributed cost, its revenue (finished
     requests pay their tier's prices; nothing is cached) and whether it met its tier's SLOs."""
-    parquet = pq.ParquetFile(raw)
-    schema = priced_schema(parquet.schema_arrow.field("request_id").type)
+    source = pa.memory_map(str(raw))
+    reader = pa.ipc.open_file(source)
+    schema = priced_schema(reader.schema.field("request_id").type)
     names = [t.name for t in tiers]
     by_name = {t.name: t for t in tiers}
     price_cols = {
         key: {n: float(getattr(by_name[n], key)) for n in names} for key in PRICE_AND_SLO_KEYS
     }
     finished = pl.col("status") == "finished"
-    with pq.ParquetWriter(out, schema, use_dictionary=DICTIONARY_COLUMNS) as writer:
-        for batch in parquet.iter_batches(batch_size=65_536):
+    with source, pq.ParquetWriter(out, schema, use_dictionary=DICTIONARY_COLUMNS) as writer:
+        for i in range(reader.num_record_batches):
+            batch = reader.get_batch(i)
             frame = pl.from_arrow(batch).with_columns(
                 tier=pl.when(pl.col("tier").is_in(names))
                 .then(pl.col("tier"))

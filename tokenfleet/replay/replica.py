@@ -446,21 +446,25 @@ class Replica:
     def _first_end_at(self, t: float) -> int:
         """The first step of the current piece that ends at or after `t`: the root of the
         quadratic, then checked against the exact ends (they never decrease with the step)."""
-        x = t - self.pc_t0
+        t0 = self.pc_t0
+        x = t - t0
         s0 = self.pc_s0
         if x <= 0.0:
             return s0
+        a, b, c1, d = self.pc_a, self.pc_b, self.pc_c1, self.pc_d
         # m a + b (m c1 + d m (m - 1) / 2) >= x, i.e. q m^2 + r m >= x:
-        q = 0.5 * self.pc_b * self.pc_d
-        r = self.pc_a + self.pc_b * self.pc_c1 - q
+        q = 0.5 * b * d
+        r = a + b * c1 - q
         m = int(2.0 * x / (r + sqrt(r * r + 4.0 * q * x)))
-        s = s0 + (m - 1 if m > 1 else 0)
-        end_of = self._end_of
-        while s > s0 and end_of(s - 1) >= t:
-            s -= 1
-        while end_of(s) < t:
-            s += 1
-        return s
+        if m < 1:
+            m = 1
+        # The exact end of the m-th step, as `_end_of` computes it (inlined: the hot path).
+        n = m - 1
+        while n and t0 + (n * a + b * (n * c1 + d * (n * (n - 1) // 2))) >= t:
+            m, n = n, n - 1
+        while t0 + (m * a + b * (m * c1 + d * (m * (m - 1) // 2))) < t:
+            m += 1
+        return s0 + m - 1
 
     def _end_step(self, now: float) -> None:
         """Tokens of step `step_no` land at `now`: prefills advance, sequences finish."""
@@ -508,7 +512,8 @@ class Replica:
                 heappush(self.fin_heap, (fin, seq.row, seq))
             self.chunks = []
             if sampled:
-                self._row(int(self.t_start // self.interval_s))[OUTPUT] += sampled
+                iv = int(self.t_start // self.interval_s)
+                (self.cur_row if iv == self.cur_iv else self._row(iv))[OUTPUT] += sampled
         fin_heap = self.fin_heap
         while fin_heap and fin_heap[0][0] == s:
             seq = heappop(fin_heap)[2]
@@ -516,7 +521,9 @@ class Replica:
                 continue
             seq.generated = seq.output_tokens
             self.n_gen -= 1
-            seq.decode_s += self._decode_acc() - seq.a_join
+            d = self.seg_d  # inline _decode_acc()
+            acc = self.gpu_acc + (self.seg_end - self.seg_start) / d if d else self.gpu_acc
+            seq.decode_s += acc - seq.a_join
             if self.hold_batch:
                 self._finish(seq, now)
                 if self.n_gen == 0:
