@@ -8,7 +8,9 @@ methods, called by the replica:
 - `schedule(replica, now_s)`: choose the prefill chunks of the step starting at `now_s` through
   `replica.admit`, `replica.preempt_decoder` and `replica.preempt_partial`. Every decoding
   sequence left in the replica takes part in the step with one token. Return None, or the time
-  to wake up at when the replica should stay idle until then.
+  to wake up at when the replica should stay idle until then. The replica calls it only when
+  a request waits, a prefill is under way or the decoders might run out of blocks: otherwise
+  the step holds just the decodes.
 
 and a class attribute `holds_batch` (True: finished sequences keep their slot until the whole
 batch finishes, as in request-level batching).
@@ -23,6 +25,7 @@ import dataclasses
 from collections import deque
 from heapq import heappop, heappush
 from importlib.metadata import entry_points
+from operator import itemgetter
 from typing import Any, ClassVar, Protocol
 
 from tokenfleet.errors import UserError
@@ -49,13 +52,17 @@ class _Queue:
         if policy not in ("fcfs", "priority"):
             raise UserError(f"scheduling_policy = {policy!r}: use 'fcfs' or 'priority'")
         self.by_priority = policy == "priority"
-        # `enqueue(queue, seq)` and `requeue(queue, seq)`; FCFS uses deque's own methods, so
-        # queueing a request runs no Python code.
+        # enqueue(queue, seq), requeue(queue, seq), head(queue) and pop_head(queue); FCFS uses
+        # deque's own methods, so queueing and admitting a request run no Python code.
         if self.by_priority:
             self.enqueue = self.requeue = self._push
+            self.head = self._priority_head
+            self.pop_head = heappop
         else:
             self.enqueue = deque.append
             self.requeue = deque.appendleft
+            self.head = itemgetter(0)
+            self.pop_head = deque.popleft
 
     def new_queue(self):
         return [] if self.by_priority else deque()
@@ -64,14 +71,9 @@ class _Queue:
     def _push(queue, seq) -> None:
         heappush(queue, (seq.priority, seq.arrival_s, seq.row, seq))
 
-    def head(self, queue):
-        return queue[0][3] if self.by_priority else queue[0]
-
-    def pop_head(self, queue) -> None:
-        if self.by_priority:
-            heappop(queue)
-        else:
-            queue.popleft()
+    @staticmethod
+    def _priority_head(queue):
+        return queue[0][3]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tokenfleet.replay.cost import CostRates
-from tokenfleet.replay.replica import ARRIVED, BILLED_EXTRA, BUSY, Seq
+from tokenfleet.replay.replica import ARRIVED, BILLED_EXTRA, BUSY, DECODE, SAMPLED, Seq
 from tokenfleet.replay.tiers import (
     PRICE_AND_SLO_KEYS,
     TOKENS_PER_MTOKEN,
@@ -297,7 +297,7 @@ class TimelineWriter:
             pa.array(np.array([a[3] for a in acc], dtype=np.int32)),
             pa.array(np.array([a[4] for a in acc], dtype=np.int64)),
             pa.array(np.array([a[5] for a in acc], dtype=np.int64)),
-            pa.array(np.array([a[10] for a in acc], dtype=np.int64)),
+            pa.array(np.array([a[DECODE] + a[SAMPLED] for a in acc], dtype=np.int64)),
             pa.array(kv_peak),
             pa.array(kv_peak / capacity),
             pa.array(np.array([a[ARRIVED] for a in acc], dtype=np.int64)),

@@ -42,7 +42,7 @@ _NO_END = 1 << 62  # the step a piece valid for every context ends at
     ARRIVED,
     FINISHED,
     IN_SYSTEM,
-    OUTPUT,
+    SAMPLED,  # first tokens, sampled at prefill ends (output tokens = DECODE + SAMPLED)
     BILLED_EXTRA,
 ) = range(12)
 
@@ -380,10 +380,23 @@ class Replica:
         """Choose the step starting at `now`; return when the replica next needs the engine.
         (`chunks` is empty here: `_end_step` consumed the last step's.)"""
         self.replan = False
-        wake = self.batcher.schedule(self, now)
-        chunks = self.chunks
         d = self.n_dec
         s = self.step_no
+        kv = self.kv
+        # The batcher is asked only when there is something to decide: a request waiting, a
+        # prefill under way, or decoders that might need more blocks than are free (each holds
+        # at most q + s // B + 2 blocks once given this step's). Otherwise the step is all
+        # decodes, as every batcher would choose; most steps after a finish are so.
+        if (
+            self.waiting
+            or self.partial is not None
+            or kv.q_sum + kv.n_phased * (s // kv.block_size + 2)
+            > kv.capacity_blocks - kv.other_blocks
+        ):
+            wake = self.batcher.schedule(self, now)
+        else:
+            wake = None
+        chunks = self.chunks
         if not chunks:
             if d == 0:
                 self.state = IDLE
@@ -394,7 +407,6 @@ class Replica:
             while fin_heap[0][2].fin_step != fin_heap[0][0]:
                 heappop(fin_heap)  # left behind by a preemption
             n = 1 if self.step_by_step or self.replan else fin_heap[0][0] - s + 1
-            kv = self.kv
             ph = kv.n_phased
             if n > 1 and ph:
                 # Cheap bound first: each decoder holds at most q + (s + n) // B + 2 blocks.
@@ -432,7 +444,6 @@ class Replica:
         self.state = STEP
         self.t_start = now
         self.step_prefill = prefill
-        kv = self.kv
         self.step_kv = kv.other_blocks + kv.decoder_blocks(s + 1)
         return now + self.step_s(prefill, pairs, d, ctx)
 
@@ -513,7 +524,7 @@ class Replica:
             self.chunks = []
             if sampled:
                 iv = int(self.t_start // self.interval_s)
-                (self.cur_row if iv == self.cur_iv else self._row(iv))[OUTPUT] += sampled
+                (self.cur_row if iv == self.cur_iv else self._row(iv))[SAMPLED] += sampled
         fin_heap = self.fin_heap
         while fin_heap and fin_heap[0][0] == s:
             seq = heappop(fin_heap)[2]
@@ -613,7 +624,6 @@ class Replica:
             row[BATCH_MAX] = batch
         row[PREFILL] += prefill
         row[DECODE] += self.n_gen
-        row[OUTPUT] += self.n_gen
         self.tokens_left -= self.n_gen
         if kv_blocks > row[KV_PEAK]:
             row[KV_PEAK] = kv_blocks
@@ -651,7 +661,6 @@ class Replica:
             if d > row[BATCH_MAX]:
                 row[BATCH_MAX] = d
             row[DECODE] += k * gen
-            row[OUTPUT] += k * gen
             peak = kv.other_blocks + kv.decoder_blocks(s0 + k)
             if peak > row[KV_PEAK]:
                 row[KV_PEAK] = peak
@@ -669,7 +678,6 @@ class Replica:
                 if d > row[BATCH_MAX]:
                     row[BATCH_MAX] = d
                 row[DECODE] += steps * gen
-                row[OUTPUT] += steps * gen
                 peak = kv.other_blocks + kv.decoder_blocks(s0 + upto)
                 if peak > row[KV_PEAK]:
                     row[KV_PEAK] = peak
