@@ -105,9 +105,9 @@ def simulate(
     row = 0
     now = t = 0.0
     for batch in batches:
-        arrivals, prompts, outputs, ids, tenants, tiers, sessions = _request_columns(batch)
-        for i in range(len(arrivals)):
-            now = arrivals[i]
+        for now, prompt, output, rid, tenant, tier, session in zip(
+            *_request_columns(batch), strict=True
+        ):
             while heap and heap[0][0] < now:
                 t, r, version = heap[0]
                 rep = replicas[r]
@@ -122,11 +122,11 @@ def simulate(
                 next_emit = (int(now // interval_s) + 1) * interval_s
                 if progress is not None:
                     progress(now)
-            seq = Seq(row, now, prompts[i], outputs[i], ids[i], tenants[i], tiers[i], sessions[i])
+            seq = Seq(row, now, prompt, output, rid, tenant, tier, session)
             row += 1
             r = pick(seq, now)
             rep = replicas[r]
-            if seq.prompt_tokens + seq.output_tokens > rep.max_request_tokens:
+            if prompt + output > rep.max_request_tokens:
                 seq.replica = r
                 seq.status = TOO_LONG
                 finished.append(seq)
@@ -223,9 +223,9 @@ def _simulate_gateway(
 
     row = 0
     for batch in batches:
-        arrivals, prompts, outputs, ids, tenants, tiers, sessions = _request_columns(batch)
-        for i in range(len(arrivals)):
-            now = arrivals[i]
+        for now, prompt, output, rid, tenant, tier, session in zip(
+            *_request_columns(batch), strict=True
+        ):
             advance(now)
             last = now
             if now >= next_emit:
@@ -233,7 +233,7 @@ def _simulate_gateway(
                 next_emit = (int(now // interval_s) + 1) * interval_s
                 if progress is not None:
                     progress(now)
-            seq = Seq(row, now, prompts[i], outputs[i], ids[i], tenants[i], tiers[i], sessions[i])
+            seq = Seq(row, now, prompt, output, rid, tenant, tier, session)
             row += 1
             gateway.arrive(seq, now)
             if len(finished) >= FLUSH_ROWS:

@@ -499,7 +499,6 @@ class Replica:
                     continue
                 seq.generated += 1
                 sampled += 1
-                self.tokens_left -= 1
                 if seq.first_token_s is None:
                     seq.first_token_s = now
                 if seq.generated == out:
@@ -523,6 +522,7 @@ class Replica:
                 heappush(self.fin_heap, (fin, seq.row, seq))
             self.chunks = []
             if sampled:
+                self.tokens_left -= sampled
                 iv = int(self.t_start // self.interval_s)
                 (self.cur_row if iv == self.cur_iv else self._row(iv))[SAMPLED] += sampled
         fin_heap = self.fin_heap
