@@ -61,8 +61,14 @@ class KVCache:
         Each holds ceil((a + s) / B); with a = B q + p and s = B m + r this is
         q + m + [p + r >= 1] + [p + r >= B + 1], summed over the histogram.
         """
-        if step_no == self.memo_step:
+        memo_step = self.memo_step
+        if step_no == memo_step:
             return self.memo_blocks
+        if step_no == memo_step + 1:  # one step on: those at a block edge took a new one
+            total = self.memo_blocks + self.hist[-memo_step % self.block_size]
+            self.memo_step = step_no
+            self.memo_blocks = total
+            return total
         bs = self.block_size
         m, r = divmod(step_no, bs)
         n = self.n_phased

@@ -22,7 +22,7 @@ the segment was advanced step by step or as runs.
 
 from __future__ import annotations
 
-from heapq import heappop, heappush
+from heapq import heapify, heappop, heappush
 from math import sqrt
 
 from tokenfleet.replay.kvcache import KVCache
@@ -279,13 +279,14 @@ class Replica:
             # `now`, so that step is in it). A run of one step, or one already cut at the same
             # step by an earlier arrival, keeps its event.
             s0 = self.run_s0
-            s = self._first_end_at(now)
+            s, end = self._first_end_at(now)
             if s < s0:
                 s = s0
+                end = self._end_of(s)
             n = s - s0 + 1
             if n != self.run_n:
                 self.run_n = n
-                self.run_end = end = self._end_of(s)
+                self.run_end = end
                 self.version += 1
                 return end
         return None
@@ -321,7 +322,7 @@ class Replica:
         """Steps of the current run that ended strictly before `now` (0 outside a run)."""
         if self.state != RUN:
             return 0
-        done = self._first_end_at(now) - self.run_s0
+        done = self._first_end_at(now)[0] - self.run_s0
         n = self.run_n
         return done if 0 <= done <= n else (0 if done < 0 else n)
 
@@ -353,7 +354,13 @@ class Replica:
         self.n_dec -= 1
         self.n_gen -= 1
         self.off_sum -= offset
-        seq.generated = seq.output_tokens - 1 - (seq.fin_step - s)
+        fin = seq.fin_step
+        seq.generated = seq.output_tokens - 1 - (fin - s)
+        # Out of the finish heap now (O(batch), but preemptions are rare), so the hot paths
+        # never meet an entry left behind.
+        fin_heap = self.fin_heap
+        fin_heap.remove((fin, seq.row, seq))
+        heapify(fin_heap)
         seq.fin_step = -1
         seq.cached = 0
         seq.preemptions += 1
@@ -403,10 +410,7 @@ class Replica:
                 return wake
             # Decodes only: nothing changes the batch until a sequence finishes, the cache is
             # full or a request arrives, so this step opens a run.
-            fin_heap = self.fin_heap
-            while fin_heap[0][2].fin_step != fin_heap[0][0]:
-                heappop(fin_heap)  # left behind by a preemption
-            n = 1 if self.step_by_step or self.replan else fin_heap[0][0] - s + 1
+            n = 1 if self.step_by_step or self.replan else self.fin_heap[0][0] - s + 1
             ph = kv.n_phased
             if n > 1 and ph:
                 # Cheap bound first: each decoder holds at most q + (s + n) // B + 2 blocks.
@@ -454,28 +458,29 @@ class Replica:
             m * self.pc_a + self.pc_b * (m * self.pc_c1 + self.pc_d * (m * (m - 1) // 2))
         )
 
-    def _first_end_at(self, t: float) -> int:
-        """The first step of the current piece that ends at or after `t`: the root of the
-        quadratic, then checked against the exact ends (they never decrease with the step)."""
+    def _first_end_at(self, t: float) -> tuple[int, float]:
+        """The first step of the current piece that ends at or after `t`, and its end: the root
+        of the quadratic, then checked against the exact ends (they never decrease with the
+        step)."""
         t0 = self.pc_t0
-        x = t - t0
-        s0 = self.pc_s0
-        if x <= 0.0:
-            return s0
         a, b, c1, d = self.pc_a, self.pc_b, self.pc_c1, self.pc_d
-        # m a + b (m c1 + d m (m - 1) / 2) >= x, i.e. q m^2 + r m >= x:
-        q = 0.5 * b * d
-        r = a + b * c1 - q
-        m = int(2.0 * x / (r + sqrt(r * r + 4.0 * q * x)))
-        if m < 1:
+        x = t - t0
+        if x <= 0.0:
             m = 1
+        else:
+            # m a + b (m c1 + d m (m - 1) / 2) >= x, i.e. q m^2 + r m >= x:
+            q = 0.5 * b * d
+            r = a + b * c1 - q
+            m = int(2.0 * x / (r + sqrt(r * r + 4.0 * q * x)))
+            if m < 1:
+                m = 1
         # The exact end of the m-th step, as `_end_of` computes it (inlined: the hot path).
         n = m - 1
         while n and t0 + (n * a + b * (n * c1 + d * (n * (n - 1) // 2))) >= t:
             m, n = n, n - 1
-        while t0 + (m * a + b * (m * c1 + d * (m * (m - 1) // 2))) < t:
+        while (end := t0 + (m * a + b * (m * c1 + d * (m * (m - 1) // 2)))) < t:
             m += 1
-        return s0 + m - 1
+        return self.pc_s0 + m - 1, end
 
     def _end_step(self, now: float) -> None:
         """Tokens of step `step_no` land at `now`: prefills advance, sequences finish."""
@@ -528,8 +533,6 @@ class Replica:
         fin_heap = self.fin_heap
         while fin_heap and fin_heap[0][0] == s:
             seq = heappop(fin_heap)[2]
-            if seq.fin_step != s:
-                continue
             seq.generated = seq.output_tokens
             self.n_gen -= 1
             d = self.seg_d  # inline _decode_acc()
@@ -669,7 +672,7 @@ class Replica:
         while done < k:
             edge = (iv + 1) * size
             # Steps of this interval: those starting before its edge.
-            upto = k if end <= edge else min(k, self._first_end_at(edge) - s0 + 1)
+            upto = k if end <= edge else min(k, self._first_end_at(edge)[0] - s0 + 1)
             steps = upto - done
             if steps > 0:
                 row = self._row(iv)
