@@ -12,6 +12,7 @@ replicas' events: at equal times arrivals first, then timers, then replicas.
 from __future__ import annotations
 
 import gc
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from heapq import heappop, heappush, heapreplace
@@ -284,10 +285,20 @@ class _TimelineEmitter:
             start, end = iv * size, (iv + 1) * size
             for rep in reps:
                 acc = rep.acc.pop(iv, None) or new_row()
-                # In-system integral: the requests present all through it, plus arrivals' and
-                # finishes' parts (see Replica._in_system).
-                acc[IN_SYSTEM] += rep.in_sys_n * size
-                rep.in_sys_n += acc[ARRIVED] - acc[FINISHED]
+                # Requests in the system over the interval: those here at its start all
+                # through it, plus each arrival's time to its end, minus each finish's.
+                arrived, done = rep.arrived_at, rep.finished_at
+                na = bisect_left(arrived, end)
+                nf = bisect_left(done, end)
+                acc[ARRIVED] = na
+                acc[FINISHED] = nf
+                acc[IN_SYSTEM] = (
+                    rep.in_sys_n * size
+                    + (na * end - sum(arrived[:na]))
+                    - (nf * end - sum(done[:nf]))
+                )
+                del arrived[:na], done[:nf]
+                rep.in_sys_n += na - nf
                 provisioned = 0.0
                 for a, b in rep.spans:
                     if b == INF:

@@ -177,6 +177,8 @@ class Replica:
         "interval_s",
         "acc",
         "in_sys_n",
+        "arrived_at",
+        "finished_at",
         "cur_iv",
         "cur_row",
         "replan",
@@ -245,6 +247,10 @@ class Replica:
         self.interval_s = interval_s
         self.acc: dict[int, list] = {}  # timeline accumulators by interval number
         self.in_sys_n = 0  # requests here at the start of the next interval the engine writes
+        # Arrival and finish times here, in order, not yet in a written interval (the engine
+        # turns them into the interval's counts and in-system integral when it writes the row).
+        self.arrived_at: list[float] = []
+        self.finished_at: list[float] = []
         self.cur_iv = -1  # the interval whose accumulator was used last, and that row
         self.cur_row: list = []
         # Set (by a preemption, or by a batcher) when the next step must be chosen afresh even
@@ -266,7 +272,8 @@ class Replica:
     def on_arrival(self, seq: Seq, now: float) -> float | None:
         """Queue a request; return the replica's new event time if it changed, else None."""
         seq.replica = self.index
-        self._in_system(now, 1)
+        self._count(1)
+        self.arrived_at.append(now)
         self.tokens_left += seq.prompt_tokens + seq.output_tokens
         self.batcher.enqueue(self.waiting, seq)
         state = self.state
@@ -572,7 +579,8 @@ class Replica:
         seq.finish_s = now
         seq.fin_step = -1
         self.tokens_left -= seq.prompt_tokens
-        self._in_system(now, -1)
+        self._count(-1)
+        self.finished_at.append(now)
         if now > seq.deadline_at:
             seq.status = "expired"
         self.finished.append(seq)
@@ -590,21 +598,11 @@ class Replica:
         self.cur_row = row
         return row
 
-    def _in_system(self, now: float, change: int) -> None:
-        """Apply `change` to the requests here at `now`, and to the in-system integral of its
-        interval: an arrival adds the time to the interval's end, a finish takes it back; the
-        engine adds (requests at the interval's start) x its length when it writes the row."""
+    def _count(self, change: int) -> None:
+        """Apply `change` to the requests here, as the balancers see them."""
         self.outstanding[self.index] += change
         for view, i in self.views:
             view[i] += change
-        size = self.interval_s
-        iv = int(now // size)
-        row = self.cur_row if iv == self.cur_iv else self._row(iv)
-        row[IN_SYSTEM] += change * ((iv + 1) * size - now)
-        if change > 0:
-            row[ARRIVED] += 1
-        else:
-            row[FINISHED] += 1
 
     def _account_step(self, start: float, end: float, prefill: int, kv_blocks: int) -> None:
         d = self.n_dec
