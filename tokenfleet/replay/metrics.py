@@ -114,8 +114,8 @@ class RequestWriter:
     ) -> None:
         self.schema = requests_schema(request_id_type)
         self.writer = pa.ipc.new_file(path, self.schema)
-        self.pools = pools  # pool name of each replica index
-        self.tp = tp  # GPUs of each replica
+        self.pool_of = pa.array(pools, pa.string())  # pool name of each replica index
+        self.tp = np.array(tp, dtype=np.float64)  # GPUs of each replica
         self.pool_names = list(dict.fromkeys(pools))
         self.pool_ix = np.array([self.pool_names.index(p) for p in pools], dtype=np.int64)
         self.gpu_s_sum = np.zeros(len(self.pool_names))
@@ -175,23 +175,21 @@ class RequestWriter:
         out = np.array(out, dtype=np.int32)
         with np.errstate(invalid="ignore", divide="ignore"):
             tpot = np.where(out >= 2, (finish - first) / (out - 1), math.nan)
-        pools = self.pools
-        tp = self.tp
-        gpus = np.array([tp[r] if r >= 0 else 0 for r in where], dtype=np.float64)
+        replica = np.array(where, dtype=np.int64)  # -1: never reached a replica
+        routed = replica >= 0
+        gpus = np.where(routed, self.tp[replica], 0.0)
         prefill = np.array(prefill_s, dtype=np.float64) * gpus
         gpu_s = prefill + np.array(decode_s, dtype=np.float64) * gpus
-        names = [pools[r] if r >= 0 else None for r in where]
-        ran = np.array(where, dtype=np.int64)
-        ran = ran[ran >= 0]
+        names = self.pool_of.take(pa.array(replica, mask=~routed))
         self.gpu_s_sum += np.bincount(  # sequential sums, in file order: deterministic
-            self.pool_ix[ran], weights=gpu_s[gpus > 0], minlength=len(self.pool_names)
+            self.pool_ix[replica[routed]], weights=gpu_s[routed], minlength=len(self.pool_names)
         )
         columns = [
             pa.array(ids, self.schema.field("request_id").type),
             pa.array(tenants, pa.string()),
             pa.array(tiers, pa.string()),
-            pa.array(names, pa.string()),
-            pa.array(np.array(where, dtype=np.int32)),
+            names,
+            pa.array(replica.astype(np.int32)),
             pa.array(arrival),
             _nullable(start),
             _nullable(first),
