@@ -397,8 +397,9 @@ def economics(out_dir: Path, pools: list[dict], run_s: float) -> dict:
     for key in ("tier", "tenant"):
         column = frame[key].fill_null("(none)").cast(pl.String)
         out = {}
-        for name in sorted(column.unique().to_list()):
-            part = frame.filter(column == name)
+        names = sorted(column.unique().to_list())
+        for name in names:
+            part = frame if len(names) == 1 else frame.filter(column == name)
             out[name] = _money(part, charged_gpu_s)
             _per_mtoken(out[name], part, out[name]["cost_usd"])
         groups[key] = out
