@@ -51,3 +51,32 @@ def test_steps_until_full_is_the_longest_run_that_fits(block_size, cached, spare
     n = kv.steps_until_full(0, max_steps)
     fits = [k for k in range(max_steps + 1) if brute_blocks(cached, k, block_size) <= held + spare]
     assert n == max(fits)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    block_size=st.sampled_from([1, 4, 16]),
+    ops=st.lists(
+        st.one_of(
+            st.tuples(st.just("step"), st.sampled_from([0, 1, 1, 1, 2, 7])),
+            st.tuples(st.just("add"), st.integers(1, 400)),
+            st.just(("remove", 0)),
+        ),
+        max_size=60,
+    ),
+)
+def test_blocks_stay_exact_as_steps_advance_and_sequences_come_and_go(block_size, ops):
+    """The replica asks step after step (the answer for step s + 1 is built from the one for
+    s) while sequences join and leave in between: every answer equals the per-sequence count."""
+    kv = KVCache(10**9, block_size)
+    offsets: list[int] = []
+    s = 0
+    for op, value in ops:
+        if op == "step":
+            s += value
+        elif op == "add":
+            offsets.append(value - s)  # joins holding `value` tokens at step s
+            kv.add_decoder(offsets[-1])
+        elif offsets:
+            kv.remove_decoder(offsets.pop(0))
+        assert kv.decoder_blocks(s) == brute_blocks(offsets, s, block_size)
