@@ -15,7 +15,10 @@ every run is repeated with that checkout's package right after the current one, 
 is printed: a before/after comparison in one invocation, under the same machine load.
 
     python scripts/bench_replay.py [--requests 1000000] [--replicas 64] [--gpu h100-sxm] [--load 1]
-                                   [--baseline DIR]
+                                   [--baseline DIR] [--repeat N]
+
+With --repeat N the main case runs N times and the fastest is reported, with every run's time:
+on a shared host the others' load only ever slows a run down.
 """
 
 from __future__ import annotations
@@ -151,6 +154,9 @@ def main() -> None:
     parser.add_argument(
         "--baseline", type=Path, help="another tokenfleet checkout to run each case with too"
     )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs of the main case; the fastest is reported"
+    )
     parser.add_argument("--json", action="store_true", help="also print all figures as JSON")
     args = parser.parse_args()
     if not AZURE_CONV.exists():
@@ -159,13 +165,20 @@ def main() -> None:
         sys.exit(f"error: {args.baseline} holds no tokenfleet package; give a checkout's root")
     results = {}
 
-    def case(key: str, label: str, trace: Path, step_by_step: bool = False) -> dict:
-        results[key] = r = measure(trace, args.gpu, args.replicas, step_by_step)
+    def best_of(trace: Path, step_by_step: bool, root: Path, repeat: int) -> dict:
+        """The fastest of `repeat` runs (on a shared host, the one least slowed by others)."""
+        runs = [measure(trace, args.gpu, args.replicas, step_by_step, root) for _ in range(repeat)]
+        best = min(runs, key=lambda r: r["wall_s"])
+        best["wall_s_runs"] = [r["wall_s"] for r in runs]
+        return best
+
+    def case(
+        key: str, label: str, trace: Path, step_by_step: bool = False, repeat: int = 1
+    ) -> dict:
+        results[key] = r = best_of(trace, step_by_step, ROOT, repeat)
         show(label, r)
         if args.baseline is not None:
-            results[key + "_baseline"] = b = measure(
-                trace, args.gpu, args.replicas, step_by_step, args.baseline
-            )
+            results[key + "_baseline"] = b = best_of(trace, step_by_step, args.baseline, repeat)
             show("  baseline", b)
             print(
                 f"  speed-up vs baseline: {b['wall_s'] / r['wall_s']:.2f}x wall, "
@@ -185,7 +198,10 @@ def main() -> None:
         # library, runs this pure-Python event loop 15-20% slower than a distribution's build.
         print(f"Python {platform.python_version()} at {sys.executable}")
         tiled_trace(tmp / "main.parquet", args.requests, rate, 1)
-        case("main", "main", tmp / "main.parquet")
+        case("main", "main", tmp / "main.parquet", repeat=args.repeat)
+        if args.repeat > 1:
+            walls = ", ".join(f"{w:.1f}" for w in results["main"]["wall_s_runs"])
+            print(f"  best of {args.repeat} runs (wall s: {walls})")
         tiled_trace(tmp / "slice.parquet", args.slice, rate, 1)
         case("slice", "slice", tmp / "slice.parquet")
         case("slice_step_by_step", "slice --step-by-step", tmp / "slice.parquet", True)
