@@ -25,7 +25,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tokenfleet.replay.cost import CostRates
-from tokenfleet.replay.replica import ARRIVED, BILLED_EXTRA, BUSY, DECODE, SAMPLED, Seq
+from tokenfleet.replay.replica import (
+    ARRIVED,
+    BATCH_MAX,
+    BATCH_SUM,
+    BILLED_EXTRA,
+    BUSY,
+    DECODE,
+    FINISHED,
+    IN_SYSTEM,
+    KV_PEAK,
+    PREFILL,
+    SAMPLED,
+    STEPS,
+    Seq,
+)
 from tokenfleet.replay.tiers import (
     PRICE_AND_SLO_KEYS,
     TOKENS_PER_MTOKEN,
@@ -278,9 +292,9 @@ class TimelineWriter:
         self.busy_s += np.bincount(pix, weights=busy, minlength=n)
         self.provisioned_s += np.bincount(pix, weights=provisioned, minlength=n)
         self.cost_usd += np.bincount(pix, weights=cost, minlength=n)
-        steps = np.array([a[1] for a in acc], dtype=np.int64)
-        batch_sum = np.array([a[2] for a in acc], dtype=np.float64)
-        kv_peak = np.array([a[6] for a in acc], dtype=np.int64)
+        steps = np.array([a[STEPS] for a in acc], dtype=np.int64)
+        batch_sum = np.array([a[BATCH_SUM] for a in acc], dtype=np.float64)
+        kv_peak = np.array([a[KV_PEAK] for a in acc], dtype=np.int64)
         capacity = np.array([self.kv_blocks[i] for i in replica], dtype=np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             mean_batch = np.where(steps > 0, batch_sum / steps, 0.0)
@@ -292,15 +306,15 @@ class TimelineWriter:
             pa.array(busy),
             pa.array(steps),
             pa.array(mean_batch),
-            pa.array(np.array([a[3] for a in acc], dtype=np.int32)),
-            pa.array(np.array([a[4] for a in acc], dtype=np.int64)),
-            pa.array(np.array([a[5] for a in acc], dtype=np.int64)),
+            pa.array(np.array([a[BATCH_MAX] for a in acc], dtype=np.int32)),
+            pa.array(np.array([a[PREFILL] for a in acc], dtype=np.int64)),
+            pa.array(np.array([a[DECODE] for a in acc], dtype=np.int64)),
             pa.array(np.array([a[DECODE] + a[SAMPLED] for a in acc], dtype=np.int64)),
             pa.array(kv_peak),
             pa.array(kv_peak / capacity),
             pa.array(np.array([a[ARRIVED] for a in acc], dtype=np.int64)),
-            pa.array(np.array([a[8] for a in acc], dtype=np.int64)),
-            pa.array(np.array([a[9] for a in acc], dtype=np.float64) / size),
+            pa.array(np.array([a[FINISHED] for a in acc], dtype=np.int64)),
+            pa.array(np.array([a[IN_SYSTEM] for a in acc], dtype=np.float64) / size),
             pa.array(provisioned),
             pa.array(cost),
         ]

@@ -30,7 +30,7 @@ from tokenfleet.replay.kvcache import KVCache
 IDLE, STEP, RUN = 0, 1, 2
 INF = float("inf")
 _NO_END = 1 << 62  # the step a piece valid for every context ends at
-# Timeline accumulator fields, in order (see metrics.TIMELINE_COLUMNS).
+# Timeline accumulator fields (metrics.TimelineWriter turns them into timeline.parquet).
 (
     BUSY,
     STEPS,
