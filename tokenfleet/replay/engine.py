@@ -12,7 +12,6 @@ replicas' events: at equal times arrivals first, then timers, then replicas.
 from __future__ import annotations
 
 import gc
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from heapq import heappop, heappush, heapreplace
@@ -52,6 +51,15 @@ def _request_columns(batch: pa.RecordBatch) -> tuple[list, ...]:
         else batch.column(name).to_pylist()
         for name in TRACE_COLUMNS
     )
+
+
+def _flush(finished: list[Seq], write_requests: Callable, replicas: list[Replica]) -> None:
+    """Hand the finished requests to the writer, and fold the replicas' arrival and finish
+    times into their interval rows, so that neither grows with the length of the run."""
+    write_requests(finished)
+    finished.clear()
+    for rep in replicas:
+        rep.fold_counts()
 
 
 @contextmanager
@@ -136,8 +144,7 @@ def simulate(
             if nt is not None:
                 heappush(heap, (nt, r, rep.version))
             if len(finished) >= FLUSH_ROWS:
-                write_requests(finished)
-                finished.clear()
+                _flush(finished, write_requests, replicas)
     while heap:
         t, r, version = heappop(heap)
         rep = replicas[r]
@@ -150,8 +157,7 @@ def simulate(
                 next_emit = (int(t // interval_s) + 1) * interval_s
                 if progress is not None:
                     progress(t)
-    write_requests(finished)
-    finished.clear()
+    _flush(finished, write_requests, replicas)
     return timeline.emit(float("inf"), max(now, t))
 
 
@@ -199,8 +205,7 @@ def _simulate_gateway(
                 t, _, fn, arg = heappop(timers)
                 fn(t, arg)  # timers alone neither extend the run nor move the timeline on
                 if len(finished) >= FLUSH_ROWS:
-                    write_requests(finished)
-                    finished.clear()
+                    _flush(finished, write_requests, replicas)
                 continue
             else:
                 if tr >= until:
@@ -219,8 +224,7 @@ def _simulate_gateway(
                 if progress is not None:
                     progress(t)
             if len(finished) >= FLUSH_ROWS:
-                write_requests(finished)
-                finished.clear()
+                _flush(finished, write_requests, replicas)
 
     row = 0
     for batch in batches:
@@ -238,12 +242,10 @@ def _simulate_gateway(
             row += 1
             gateway.arrive(seq, now)
             if len(finished) >= FLUSH_ROWS:
-                write_requests(finished)
-                finished.clear()
+                _flush(finished, write_requests, replicas)
     gateway.trace_done = True
     advance(INF)
-    write_requests(finished)
-    finished.clear()
+    _flush(finished, write_requests, replicas)
     return timeline.emit(INF, last)
 
 
@@ -284,21 +286,12 @@ class _TimelineEmitter:
         for iv in range(self.done, limit):
             start, end = iv * size, (iv + 1) * size
             for rep in reps:
+                rep.fold_counts(end)
                 acc = rep.acc.pop(iv, None) or new_row()
-                # Requests in the system over the interval: those here at its start all
-                # through it, plus each arrival's time to its end, minus each finish's.
-                arrived, done = rep.arrived_at, rep.finished_at
-                na = bisect_left(arrived, end)
-                nf = bisect_left(done, end)
-                acc[ARRIVED] = na
-                acc[FINISHED] = nf
-                acc[IN_SYSTEM] = (
-                    rep.in_sys_n * size
-                    + (na * end - sum(arrived[:na]))
-                    - (nf * end - sum(done[:nf]))
-                )
-                del arrived[:na], done[:nf]
-                rep.in_sys_n += na - nf
+                # In-system integral: the requests here at its start, all through it, plus the
+                # arrivals' and finishes' parts (Replica.fold_counts).
+                acc[IN_SYSTEM] += rep.in_sys_n * size
+                rep.in_sys_n += acc[ARRIVED] - acc[FINISHED]
                 provisioned = 0.0
                 for a, b in rep.spans:
                     if b == INF:

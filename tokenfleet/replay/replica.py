@@ -22,6 +22,7 @@ the segment was advanced step by step or as runs.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from heapq import heapify, heappop, heappush
 from math import sqrt
 
@@ -247,8 +248,8 @@ class Replica:
         self.interval_s = interval_s
         self.acc: dict[int, list] = {}  # timeline accumulators by interval number
         self.in_sys_n = 0  # requests here at the start of the next interval the engine writes
-        # Arrival and finish times here, in order, not yet in a written interval (the engine
-        # turns them into the interval's counts and in-system integral when it writes the row).
+        # Arrival and finish times here, in order, not yet folded into their intervals' rows
+        # (fold_counts: once per batch of finished requests, and before a row is written).
         self.arrived_at: list[float] = []
         self.finished_at: list[float] = []
         self.cur_iv = -1  # the interval whose accumulator was used last, and that row
@@ -603,6 +604,28 @@ class Replica:
         self.outstanding[self.index] += change
         for view, i in self.views:
             view[i] += change
+
+    def fold_counts(self, before: float = INF) -> None:
+        """Move the arrival and finish times before `before` into their intervals' rows: the
+        counts, and the in-system integral's parts (each arrival adds the time to its
+        interval's end, each finish takes it back; the engine adds the requests present at
+        the interval's start when it writes the row). Called per batch, not per request."""
+        size = self.interval_s
+        for times, field, sign in (
+            (self.arrived_at, ARRIVED, 1.0),
+            (self.finished_at, FINISHED, -1.0),
+        ):
+            n = bisect_left(times, before)
+            i = 0
+            while i < n:
+                iv = int(times[i] // size)
+                end = (iv + 1) * size
+                j = bisect_left(times, end, i, n)
+                row = self._row(iv)
+                row[field] += j - i
+                row[IN_SYSTEM] += sign * ((j - i) * end - sum(times[i:j]))
+                i = j
+            del times[:n]
 
     def _account_step(self, start: float, end: float, prefill: int, kv_blocks: int) -> None:
         d = self.n_dec
