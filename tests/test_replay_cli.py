@@ -95,6 +95,23 @@ def test_replay_of_the_azure_conv_trace_keeps_every_invariant(runner, azure_conv
     assert summary["tokens"]["output"] == requests["output_tokens"].sum()
 
 
+def test_one_interval_over_the_whole_trace_holds_every_request_time_exactly(
+    runner, azure_conv, tmp_path
+):
+    """With a single interval the timeline's time in system is the sum of the requests' E2E:
+    the arrival and finish times, folded into the row batch by batch (19,366 requests: several
+    folds), must add up to it, not just to within Little's law's tolerance."""
+    out = tmp_path / "run"
+    result = replay(runner, azure_conv, "--gpu", GPU, "--interval", 1e6, "--out", out)
+    assert result.exit_code == 0, result.output
+    requests = pl.read_parquet(out / "requests.parquet")
+    timeline = pl.read_parquet(out / "timeline.parquet")
+    assert timeline["interval_start_s"].unique().to_list() == [0.0]
+    assert timeline["requests_arrived"].sum() == timeline["requests_finished"].sum() == 19_366
+    in_system_s = (timeline["mean_in_system"] * timeline["interval_s"]).sum()
+    assert in_system_s == pytest.approx(requests["e2e_s"].sum(), rel=1e-9)
+
+
 def test_a_tight_kv_cache_preempts_and_still_keeps_the_invariants(runner, azure_conv, tmp_path):
     scenario = tmp_path / "tight.toml"
     scenario.write_text(TIGHT_KV.format(gpu=GPU))
