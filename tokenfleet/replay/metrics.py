@@ -52,7 +52,7 @@ REQUESTS_FILE = "requests.parquet"
 RAW_REQUESTS_FILE = ".requests-raw.arrow"  # before costs are known; removed after
 TIMELINE_FILE = "timeline.parquet"
 SUMMARY_FILE = "summary.json"
-ROW_GROUP_ROWS = 65_536  # requests.parquet rows per row group (at least; whole batches)
+ROW_GROUP_ROWS = 65_536  # rows per row group of the output files (at least; whole batches)
 # Dictionary-encode only the low-cardinality strings: trying it on columns of unique floats
 # doubled the time to write and to read the files.
 DICTIONARY_COLUMNS = ["tenant", "tier", "pool", "status"]
@@ -119,6 +119,28 @@ TIMELINE_SCHEMA = pa.schema(
 )
 
 
+class _RowGroups:
+    """Record batches held until they make a row group of at least ROW_GROUP_ROWS rows (or the
+    end): the writers convert small batches as they come, the files get large row groups."""
+
+    def __init__(self, write_table) -> None:
+        self.write_table = write_table
+        self.pending: list[pa.RecordBatch] = []
+        self.rows = 0
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        self.pending.append(batch)
+        self.rows += batch.num_rows
+        if self.rows >= ROW_GROUP_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:  # as one record batch: one row group
+            self.write_table(pa.Table.from_batches(self.pending).combine_chunks())
+        self.pending = []
+        self.rows = 0
+
+
 class RequestWriter:
     """Appends finished (or refused) requests, in batches, to the raw file: Arrow IPC, which is
     written and read back (once, by `price_requests`) with no encoding, unlike Parquet."""
@@ -133,8 +155,7 @@ class RequestWriter:
         self.pool_names = list(dict.fromkeys(pools))
         self.pool_ix = np.array([self.pool_names.index(p) for p in pools], dtype=np.int64)
         self.gpu_s_sum = np.zeros(len(self.pool_names))
-        self.pending: list[pa.RecordBatch] = []  # converted, not yet written
-        self.pending_rows = 0
+        self.batches = _RowGroups(self.writer.write_table)
 
     def write(self, seqs: list[Seq]) -> None:
         """Convert a (small) batch of finished requests now, while their objects are still in
@@ -220,20 +241,10 @@ class RequestWriter:
             pa.array(gpu_s),
             pa.array(prefill),
         ]
-        self.pending.append(pa.RecordBatch.from_arrays(columns, schema=self.schema))
-        self.pending_rows += len(seqs)
-        if self.pending_rows >= ROW_GROUP_ROWS:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self.pending:  # as one record batch: one row group of requests.parquet
-            table = pa.Table.from_batches(self.pending, schema=self.schema).combine_chunks()
-            self.writer.write_table(table)
-        self.pending = []
-        self.pending_rows = 0
+        self.batches.add(pa.RecordBatch.from_arrays(columns, schema=self.schema))
 
     def close(self) -> None:
-        self._flush()
+        self.batches.flush()
         self.writer.close()
 
     @property
@@ -257,6 +268,7 @@ class TimelineWriter:
         rates: list[CostRates],
     ):
         self.writer = pq.ParquetWriter(path, TIMELINE_SCHEMA, use_dictionary=["pool"])
+        self.batches = _RowGroups(self.writer.write_table)
         self.interval_s = interval_s
         self.pools = pools
         self.kv_blocks = kv_blocks
@@ -318,9 +330,10 @@ class TimelineWriter:
             pa.array(provisioned),
             pa.array(cost),
         ]
-        self.writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=TIMELINE_SCHEMA))
+        self.batches.add(pa.RecordBatch.from_arrays(columns, schema=TIMELINE_SCHEMA))
 
     def close(self) -> None:
+        self.batches.flush()
         self.writer.close()
 
 
