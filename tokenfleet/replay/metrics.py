@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tokenfleet.replay.cost import CostRates
@@ -347,7 +349,7 @@ def price_requests(
     """requests.parquet from the raw records: the tier each request was billed as (a trace tier
     missing from the scenario is the default tier), its attributed cost, its revenue (finished
     requests pay their tier's prices; nothing is cached) and whether it met its tier's SLOs."""
-    source = pa.memory_map(str(raw))
+    source = pa.OSFile(str(raw))  # read batch by batch into memory freed as it goes
     reader = pa.ipc.open_file(source)
     schema = priced_schema(reader.schema.field("request_id").type)
     names = [t.name for t in tiers]
@@ -392,30 +394,43 @@ def price_requests(
             writer.write_table(table.select(schema.names).cast(schema))
 
 
+ECONOMICS_COLUMNS = [
+    "tier",
+    "tenant",
+    "status",
+    "prompt_tokens",
+    "output_tokens",
+    "gpu_s",
+    "prefill_gpu_s",
+    "cost_usd",
+    "revenue_usd",
+    "slo_met",
+    "ttft_s",
+]
+
+
 def economics(out_dir: Path, pools: list[dict], run_s: float) -> dict:
     """Money and goodput: for the fleet, and per tier and per tenant, from requests.parquet.
 
     Cost per Mtoken is over the tokens of finished requests; its input part is the cost of the
-    prefill GPU time. Utilisation is busy GPU time over the fleet's charged GPU time."""
-    frame = pl.read_parquet(
-        out_dir / REQUESTS_FILE,
-        columns=[
-            "tier",
-            "tenant",
-            "status",
-            "prompt_tokens",
-            "output_tokens",
-            "gpu_s",
-            "prefill_gpu_s",
-            "cost_usd",
-            "revenue_usd",
-            "slo_met",
-            "ttft_s",
-        ],
-    )
+    prefill GPU time. Utilisation is busy GPU time over the fleet's charged GPU time. The file
+    is read a batch at a time: memory holds only the finished requests' TTFTs (for their
+    percentiles) and a group code per key; sums run in file order, the same run to run."""
     charged_gpu_s = sum(p["charged_gpu_s"] for p in pools)
+    groups = {key: _Groups(key) for key in ("fleet", "tier", "tenant")}
+    ttfts = []
+    # pre_buffer=False: pyarrow's default read ahead held most of the file in memory.
+    parquet = pq.ParquetFile(out_dir / REQUESTS_FILE, pre_buffer=False)
+    for batch in parquet.iter_batches(batch_size=ROW_GROUP_ROWS, columns=ECONOMICS_COLUMNS):
+        parts = _economics_parts(batch)
+        done = parts["finished"]
+        ttfts.append(batch.column("ttft_s").to_numpy(zero_copy_only=False)[done])
+        for g in groups.values():
+            g.add(batch, parts, done)
+    ttft = np.concatenate(ttfts) if ttfts else np.zeros(0)
     cost = sum(p["cost_usd"] for p in pools)
-    fleet = _money(frame, charged_gpu_s)
+    # The fleet's $/Mtoken is over the pools' whole cost, idle time included.
+    fleet = groups["fleet"].figures(ttft, charged_gpu_s, cost)["(all)"]
     fleet.update(
         cost_usd=cost,
         margin_usd=fleet["revenue_usd"] - cost,
@@ -427,65 +442,127 @@ def economics(out_dir: Path, pools: list[dict], run_s: float) -> dict:
         gpu_hours_charged=charged_gpu_s / 3600.0,
         run_s=run_s,
     )
-    _per_mtoken(fleet, frame, cost)
-    groups = {}
-    for key in ("tier", "tenant"):
-        column = frame[key].fill_null("(none)").cast(pl.String)
-        out = {}
-        names = sorted(column.unique().to_list())
-        for name in names:
-            part = frame if len(names) == 1 else frame.filter(column == name)
-            out[name] = _money(part, charged_gpu_s)
-            _per_mtoken(out[name], part, out[name]["cost_usd"])
-        groups[key] = out
-    return {"fleet": fleet, "tiers": groups["tier"], "tenants": groups["tenant"]}
-
-
-def _money(frame: pl.DataFrame, charged_gpu_s: float) -> dict:
-    status = frame["status"]  # compared in Polars: as numpy it would be Python strings
-    done = (status == "finished").to_numpy()
-    slo = frame["slo_met"].to_numpy()
-    tokens = frame["prompt_tokens"].to_numpy().astype(np.int64) + frame[
-        "output_tokens"
-    ].to_numpy().astype(np.int64)
-    gpu_s = float(np.sum(frame["gpu_s"].to_numpy()))
-    cost = float(np.sum(frame["cost_usd"].to_numpy()))
-    revenue = float(np.sum(frame["revenue_usd"].to_numpy()))
-    ttft = frame["ttft_s"].to_numpy()[done]
     return {
-        "requests": len(status),
-        "finished": int(done.sum()),
-        "rate_limited": int((status == "rate_limited").sum()),
-        "expired": int((status == "expired").sum()),
-        "too_long": int((status == "too_long").sum()),
-        "goodput_requests": int(slo.sum()),
-        "goodput_tokens": int(tokens[slo].sum()),
-        "goodput_frac": float(slo.sum() / len(status)) if len(status) else None,
-        "gpu_hours": gpu_s / 3600.0,
-        "utilisation": gpu_s / charged_gpu_s if charged_gpu_s > 0 else None,
-        "cost_usd": cost,
-        "revenue_usd": revenue,
-        "margin_usd": revenue - cost,
-        "ttft_s": {f"p{p}": float(np.percentile(ttft, p)) if ttft.size else None for p in (50, 99)},
+        "fleet": fleet,
+        "tiers": groups["tier"].figures(ttft, charged_gpu_s),
+        "tenants": groups["tenant"].figures(ttft, charged_gpu_s),
     }
 
 
-def _per_mtoken(into: dict, frame: pl.DataFrame, cost: float) -> None:
-    """$ per million input, output and all tokens of finished requests."""
-    done = (frame["status"] == "finished").to_numpy()
-    gpu = frame["gpu_s"].to_numpy()
-    share = np.divide(frame["prefill_gpu_s"].to_numpy(), gpu, out=np.zeros_like(gpu), where=gpu > 0)
-    cost_in = float(np.sum(frame["cost_usd"].to_numpy() * share))
-    tin = int(frame["prompt_tokens"].to_numpy()[done].astype(np.int64).sum())
-    tout = int(frame["output_tokens"].to_numpy()[done].astype(np.int64).sum())
+def _economics_parts(batch: pa.RecordBatch) -> dict[str, np.ndarray | None]:
+    """Per request of a batch, what each summed figure adds (None: one per request)."""
+    status = batch.column("status")
+    done = pc.equal(status, "finished").to_numpy(zero_copy_only=False)
+    slo = batch.column("slo_met").to_numpy(zero_copy_only=False)
+    prompt = batch.column("prompt_tokens").to_numpy().astype(np.float64)
+    output = batch.column("output_tokens").to_numpy().astype(np.float64)
+    gpu = batch.column("gpu_s").to_numpy()
+    cost = batch.column("cost_usd").to_numpy()
+    share = np.divide(
+        batch.column("prefill_gpu_s").to_numpy(), gpu, out=np.zeros_like(gpu), where=gpu > 0
+    )
+    return {
+        "requests": None,
+        "finished": done,
+        "rate_limited": pc.equal(status, "rate_limited").to_numpy(zero_copy_only=False),
+        "expired": pc.equal(status, "expired").to_numpy(zero_copy_only=False),
+        "too_long": pc.equal(status, "too_long").to_numpy(zero_copy_only=False),
+        "goodput_requests": slo,
+        "goodput_tokens": np.where(slo, prompt + output, 0.0),
+        "gpu_s": gpu,
+        "cost_usd": cost,
+        "revenue_usd": batch.column("revenue_usd").to_numpy(),
+        "cost_in_usd": cost * share,
+        "tokens_in": np.where(done, prompt, 0.0),
+        "tokens_out": np.where(done, output, 0.0),
+    }
+
+
+class _Groups:
+    """Running sums per group of one key (a tier, a tenant; "fleet": one group of all)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.names: dict[str, int] = {"(all)": 0} if key == "fleet" else {}  # name -> code
+        self.sums: dict[str, np.ndarray] = {}
+        self.done_codes: list[np.ndarray] = []  # the group of each finished request, in order
+
+    def add(self, batch: pa.RecordBatch, parts: dict, done: np.ndarray) -> None:
+        if self.key == "fleet":
+            codes = np.zeros(batch.num_rows, dtype=np.int32)
+        else:
+            column = batch.column(self.key).cast(pa.string()).fill_null("(none)")
+            column = column.dictionary_encode()
+            names = column.dictionary.to_pylist()
+            lookup = np.array([self.names.setdefault(n, len(self.names)) for n in names], np.int32)
+            codes = lookup[column.indices.to_numpy(zero_copy_only=False)]
+        groups = len(self.names)
+        for name, weights in parts.items():  # the same order of sums run to run
+            if groups == 1:  # one group (the fleet, or a trace with one tier): a plain sum
+                total = np.array([len(codes) if weights is None else weights.sum()], np.float64)
+            else:
+                total = np.bincount(codes, weights=weights, minlength=groups).astype(np.float64)
+            old = self.sums.get(name)
+            if old is not None:
+                total[: len(old)] += old
+            self.sums[name] = total
+        self.done_codes.append(codes[done])
+
+    def figures(
+        self, ttft: np.ndarray, charged_gpu_s: float, cost_usd: float | None = None
+    ) -> dict[str, dict]:
+        """Each group's figures, by group name in sorted order (`ttft`: the finished requests',
+        in file order); $/Mtoken over `cost_usd` if given, else over its requests' cost."""
+        codes = np.concatenate(self.done_codes) if self.done_codes else np.zeros(0, np.int32)
+        order = np.argsort(codes, kind="stable")
+        bounds = np.searchsorted(codes[order], np.arange(len(self.names) + 1))
+        out = {}
+        for name, code in sorted(self.names.items()):
+            sums = defaultdict(float)  # a file with no rows: every sum is zero
+            sums.update({k: float(v[code]) for k, v in self.sums.items() if code < len(v)})
+            times = ttft[order[bounds[code] : bounds[code + 1]]]
+            n = int(sums["requests"])
+            revenue, cost, gpu_s = sums["revenue_usd"], sums["cost_usd"], sums["gpu_s"]
+            figures = {
+                "requests": n,
+                "finished": int(sums["finished"]),
+                "rate_limited": int(sums["rate_limited"]),
+                "expired": int(sums["expired"]),
+                "too_long": int(sums["too_long"]),
+                "goodput_requests": int(sums["goodput_requests"]),
+                "goodput_tokens": int(sums["goodput_tokens"]),
+                "goodput_frac": sums["goodput_requests"] / n if n else None,
+                "gpu_hours": gpu_s / 3600.0,
+                "utilisation": gpu_s / charged_gpu_s if charged_gpu_s > 0 else None,
+                "cost_usd": cost,
+                "revenue_usd": revenue,
+                "margin_usd": revenue - cost,
+                "ttft_s": {
+                    f"p{p}": float(np.percentile(times, p)) if times.size else None
+                    for p in (50, 99)
+                },
+                "usd_per_mtoken": _per_mtoken(
+                    cost if cost_usd is None else cost_usd,
+                    sums["cost_in_usd"],
+                    int(sums["tokens_in"]),
+                    int(sums["tokens_out"]),
+                ),
+            }
+            out[name] = figures
+        return out
+
+
+def _per_mtoken(cost: float, cost_in: float, tokens_in: int, tokens_out: int) -> dict:
+    """$ per million input, output and all tokens of finished requests; the input part is the
+    cost of the prefill GPU time."""
 
     def per(usd: float, tokens: int) -> float | None:
         return usd / tokens * TOKENS_PER_MTOKEN if tokens else None
 
-    into["usd_per_mtoken"] = {
-        "input": per(cost_in, tin),
-        "output": per(cost - cost_in, tout),
-        "blended": per(cost, tin + tout),
+    return {
+        "input": per(cost_in, tokens_in),
+        "output": per(cost - cost_in, tokens_out),
+        "blended": per(cost, tokens_in + tokens_out),
     }
 
 
@@ -515,10 +592,10 @@ def summarise(out_dir: Path, fleet: dict) -> dict:
     ]
     row = done.select(aggs).collect().row(0, named=True)
     # Means in numpy (Polars sums in parallel chunks, whose order, and last bit, varies) and
-    # percentiles too (one partial sort per column; Polars sorted once per percentile).
-    latencies = done.select(LATENCIES).collect()
+    # percentiles too (one partial sort per column; Polars sorted once per percentile). One
+    # column at a time: memory holds one, however long the run.
     for col in LATENCIES:
-        values = latencies[col].to_numpy()
+        values = done.select(col).collect()[col].to_numpy()
         row[f"{col}:mean"] = _mean(values)
         values = values[~np.isnan(values)]  # nulls: no TPOT below two output tokens
         cuts = (

@@ -35,7 +35,8 @@ def open_trace(path: str | os.PathLike[str]) -> pq.ParquetFile:
     if path.stat().st_size == 0:
         raise UserError(f"{path}: file is empty; expected a Parquet trace")
     try:
-        parquet = pq.ParquetFile(path)
+        # pre_buffer=False: with pyarrow's read ahead, streaming a trace held most of it.
+        parquet = pq.ParquetFile(path, pre_buffer=False)
     except (pa.ArrowInvalid, OSError):
         hint = (
             "convert it first with `tokenfleet traces convert`"
