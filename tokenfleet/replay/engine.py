@@ -109,7 +109,7 @@ def simulate(
         )
     heap: list = []
     pick = balancer.pick
-    timeline = _TimelineEmitter(replicas, interval_s, write_timeline, billers)
+    timeline = _TimelineEmitter(replicas, interval_s, write_timeline, billers, progress)
     next_emit = interval_s
     row = 0
     now = t = 0.0
@@ -127,10 +127,7 @@ def simulate(
                         continue
                 heappop(heap)
             if now >= next_emit:
-                timeline.emit(now)
-                next_emit = (int(now // interval_s) + 1) * interval_s
-                if progress is not None:
-                    progress(now)
+                next_emit = timeline.tick(now)
             seq = Seq(row, now, prompt, output, rid, tenant, tier, session)
             row += 1
             r = pick(seq, now)
@@ -153,10 +150,7 @@ def simulate(
             if nt is not None:
                 heappush(heap, (nt, r, version))
             if t >= next_emit:
-                timeline.emit(t)
-                next_emit = (int(t // interval_s) + 1) * interval_s
-                if progress is not None:
-                    progress(t)
+                next_emit = timeline.tick(t)
     _flush(finished, write_requests, replicas)
     return timeline.emit(float("inf"), max(now, t))
 
@@ -175,7 +169,7 @@ def _simulate_gateway(
     """The same loop with requests entering through the gateway and its timers interleaved."""
     heap: list = []
     timers = gateway.timers.heap
-    timeline = _TimelineEmitter(replicas, interval_s, write_timeline, billers)
+    timeline = _TimelineEmitter(replicas, interval_s, write_timeline, billers, progress)
     next_emit = interval_s
     last = 0.0
 
@@ -219,10 +213,7 @@ def _simulate_gateway(
                     heappush(heap, (nt, r, version))
             last = t
             if t >= next_emit:
-                timeline.emit(t)
-                next_emit = (int(t // interval_s) + 1) * interval_s
-                if progress is not None:
-                    progress(t)
+                next_emit = timeline.tick(t)
             if len(finished) >= FLUSH_ROWS:
                 _flush(finished, write_requests, replicas)
 
@@ -234,10 +225,7 @@ def _simulate_gateway(
             advance(now)
             last = now
             if now >= next_emit:
-                timeline.emit(now)
-                next_emit = (int(now // interval_s) + 1) * interval_s
-                if progress is not None:
-                    progress(now)
+                next_emit = timeline.tick(now)
             seq = Seq(row, now, prompt, output, rid, tenant, tier, session)
             row += 1
             gateway.arrive(seq, now)
@@ -260,13 +248,27 @@ class _TimelineEmitter:
     a span of replica i, None when not billed by span)."""
 
     def __init__(
-        self, replicas: list[Replica], interval_s: float, write: Callable, billers=None
+        self,
+        replicas: list[Replica],
+        interval_s: float,
+        write: Callable,
+        billers=None,
+        progress: Callable[[float], None] | None = None,
     ) -> None:
         self.replicas = replicas
         self.interval_s = interval_s
         self.write = write
         self.billers = billers or [None] * len(replicas)
+        self.progress = progress
         self.done = 0  # intervals before this one are written
+
+    def tick(self, now: float) -> float:
+        """The run has reached `now`, past the last interval's end: write what is final, move
+        the progress bar; return the next interval's end (the loops call back then)."""
+        self.emit(now)
+        if self.progress is not None:
+            self.progress(now)
+        return (int(now // self.interval_s) + 1) * self.interval_s
 
     def emit(self, now: float, last_s: float = 0.0) -> float:
         """Write the intervals every replica has moved past (all, when `now` is inf, up to the
