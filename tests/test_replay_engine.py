@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_replay_support import LinearStepTime, real_step_time, record, run_rows
@@ -10,6 +11,7 @@ from tokenfleet.calibrate.profile import load_profile
 from tokenfleet.models import get_model
 from tokenfleet.replay.balancer import BUILTIN_BALANCERS
 from tokenfleet.replay.batcher import BUILTIN_BATCHERS
+from tokenfleet.replay.replica import RUN, Replica
 from tokenfleet.replay.scenario import GatewayConfig, LimitConfig, RetryConfig
 from tokenfleet.replay.steptime import StepTime
 from tokenfleet.replay.tiers import Tier
@@ -95,6 +97,57 @@ requests = st.lists(
     min_size=1,
     max_size=25,
 )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    # Dense arrivals at any time and long outputs: many looks inside and just past each step.
+    reqs=st.lists(
+        st.tuples(
+            st.floats(0.0, 0.02),
+            st.integers(1, 400),
+            st.integers(20, 300),
+            st.just(0),
+        ),
+        min_size=10,
+        max_size=60,
+    ),
+    balancer=st.sampled_from(["least-kv", "least-tokens"]),
+    replicas=st.integers(2, 4),
+    step_time=st.sampled_from([REAL, SLIDING, EAGER, LinearStepTime()]),
+    step_by_step=st.booleans(),
+)
+def test_balancer_views_kept_between_step_ends_equal_a_fresh_look(
+    reqs, balancer, replicas, step_time, step_by_step
+):
+    """steps_done_at keeps its answer until the step in progress ends: at every pick, every
+    replica's answer must equal the one computed afresh from the run and its piece."""
+    rows, t = [], 0.0
+    for gap, p, o, session in reqs:
+        t += gap
+        rows.append((t, p, o, session))
+    looks = []
+    original = Replica.steps_done_at
+
+    def checked(rep, now):
+        got = original(rep, now)
+        fresh = 0
+        if rep.state == RUN:
+            fresh = min(max(rep._first_end_at(now)[0] - rep.run_s0, 0), rep.run_n)
+        looks.append(got == fresh)
+        return got
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Replica, "steps_done_at", checked)
+        run_rows(
+            rows,
+            balancer=balancer,
+            replicas=replicas,
+            kv_blocks=200,
+            step_time=step_time,
+            step_by_step=step_by_step,
+        )
+    assert looks and all(looks)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -170,6 +170,11 @@ class Replica:
         "pc_b",
         "pc_c1",
         "pc_d",
+        "pc_id",
+        "vw_piece",
+        "vw_s",
+        "vw_lo",
+        "vw_hi",
         "version",
         "outstanding",
         "tokens_left",
@@ -240,6 +245,11 @@ class Replica:
         self.pc_b = 0.0
         self.pc_c1 = 0
         self.pc_d = 0
+        self.pc_id = 0  # which piece: a new one, a new number
+        # steps_done_at's last answer: step vw_s of piece vw_piece is in progress in (lo, hi].
+        self.vw_piece = -1
+        self.vw_s = 0
+        self.vw_lo = self.vw_hi = 0.0
         self.version = 0
         self.outstanding = outstanding  # shared per-fleet list: requests queued or running
         self.tokens_left = 0  # prompt + output tokens not yet generated, over outstanding
@@ -327,17 +337,28 @@ class Replica:
     # ------------------------------------------------------------------ views for balancers
 
     def steps_done_at(self, now: float) -> int:
-        """Steps of the current run that ended strictly before `now` (0 outside a run)."""
+        """Steps of the current run that ended strictly before `now` (0 outside a run).
+
+        A balancer asks every replica at every arrival; the answer only changes at a step end,
+        so the piece's step in progress is kept with the times it holds for."""
         if self.state != RUN:
             return 0
-        done = self._first_end_at(now)[0] - self.run_s0
+        if self.vw_piece == self.pc_id and self.vw_lo < now <= self.vw_hi:
+            s = self.vw_s
+        else:
+            s, self.vw_hi = self._first_end_at(now)
+            self.vw_lo = self._end_of(s - 1) if s > self.pc_s0 else -INF
+            self.vw_s = s
+            self.vw_piece = self.pc_id
+        done = s - self.run_s0
         n = self.run_n
         return done if 0 <= done <= n else (0 if done < 0 else n)
 
     def kv_used_at(self, now: float) -> float:
         """Fraction of the KV cache in use at `now`."""
         kv = self.kv
-        return kv.used_blocks(self.step_no + self.steps_done_at(now)) / kv.capacity_blocks
+        used = kv.other_blocks + kv.decoder_blocks(self.step_no + self.steps_done_at(now))
+        return used / kv.capacity_blocks
 
     def tokens_left_at(self, now: float) -> int:
         return self.tokens_left - self.n_gen * self.steps_done_at(now)
@@ -436,6 +457,7 @@ class Replica:
                 self.pc_b = b
                 self.pc_c1 = ctx + shift
                 self.pc_d = d
+                self.pc_id += 1
             if n > self.pc_s1 - s:
                 n = self.pc_s1 - s
             self.state = RUN
