@@ -15,7 +15,7 @@ every run is repeated with that checkout's package right after the current one, 
 is printed: a before/after comparison in one invocation, under the same machine load.
 
     python scripts/bench_replay.py [--requests 1000000] [--replicas 64] [--gpu h100-sxm] [--load 1]
-                                   [--baseline DIR] [--repeat N]
+                                   [--baseline DIR] [--repeat N] [--balancer NAME]
 
 With --repeat N the main case runs N times and the fastest is reported, with every run's time:
 on a shared host the others' load only ever slows a run down.
@@ -90,7 +90,9 @@ def _child(trace: str, args: dict, queue) -> None:
     from tokenfleet.replay.run import run_replay
     from tokenfleet.replay.scenario import load_scenario, with_overrides
 
-    scenario = with_overrides(load_scenario(None), gpu=args["gpu"], replicas=args["replicas"])
+    scenario = with_overrides(
+        load_scenario(None), gpu=args["gpu"], replicas=args["replicas"], balancer=args["balancer"]
+    )
     with tempfile.TemporaryDirectory() as out:
         cpu = time.process_time()
         start = time.perf_counter()
@@ -115,13 +117,19 @@ def _child(trace: str, args: dict, queue) -> None:
 
 
 def measure(
-    trace: Path, gpu: str, replicas: int, step_by_step: bool = False, root: Path = ROOT
+    trace: Path,
+    gpu: str,
+    replicas: int,
+    step_by_step: bool = False,
+    root: Path = ROOT,
+    balancer: str = "least-requests",
 ) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     args = {
         "gpu": gpu,
         "replicas": replicas,
+        "balancer": balancer,
         "sbs": step_by_step,
         "root": str(root),
     }
@@ -154,6 +162,7 @@ def main() -> None:
     parser.add_argument(
         "--baseline", type=Path, help="another tokenfleet checkout to run each case with too"
     )
+    parser.add_argument("--balancer", default="least-requests", help="the fleet's balancer")
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs of the main case; the fastest is reported"
     )
@@ -167,7 +176,10 @@ def main() -> None:
 
     def best_of(trace: Path, step_by_step: bool, root: Path, repeat: int) -> dict:
         """The fastest of `repeat` runs (on a shared host, the one least slowed by others)."""
-        runs = [measure(trace, args.gpu, args.replicas, step_by_step, root) for _ in range(repeat)]
+        runs = [
+            measure(trace, args.gpu, args.replicas, step_by_step, root, args.balancer)
+            for _ in range(repeat)
+        ]
         best = min(runs, key=lambda r: r["wall_s"])
         best["wall_s_runs"] = [r["wall_s"] for r in runs]
         return best
@@ -192,7 +204,7 @@ def main() -> None:
         rate10 = fleet_rate(args.gpu, args.replicas, 10) * args.load
         print(
             f"Azure conv tiled, Llama-3.1-8B on {args.replicas} x {args.gpu}, vllm, "
-            f"least-requests; {rate:,.0f} req/s (outputs x10: {rate10:,.0f} req/s)"
+            f"{args.balancer}; {rate:,.0f} req/s (outputs x10: {rate10:,.0f} req/s)"
         )
         # The interpreter's build matters: CPython built without PGO/LTO, or as a shared
         # library, runs this pure-Python event loop 15-20% slower than a distribution's build.

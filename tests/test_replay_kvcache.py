@@ -80,3 +80,5 @@ def test_blocks_stay_exact_as_steps_advance_and_sequences_come_and_go(block_size
         elif offsets:
             kv.remove_decoder(offsets.pop(0))
         assert kv.decoder_blocks(s) == brute_blocks(offsets, s, block_size)
+        # The cheap bound holds once the step's new blocks are given (held at step s + 1).
+        assert kv.decoder_blocks_bound(s) >= brute_blocks(offsets, s + 1, block_size)

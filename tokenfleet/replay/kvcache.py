@@ -81,6 +81,11 @@ class KVCache:
         self.memo_blocks = total
         return total
 
+    def decoder_blocks_bound(self, step_no: int) -> int:
+        """An upper bound, in O(1), on the blocks the decoding sequences hold once given step
+        `step_no`'s new ones: each holds at most q + step_no // B + 2."""
+        return self.q_sum + self.n_phased * (step_no // self.block_size + 2)
+
     def used_blocks(self, step_no: int) -> int:
         """All blocks in use at the start of step `step_no` (before its allocations)."""
         return self.other_blocks + self.decoder_blocks(step_no)

@@ -340,7 +340,9 @@ class Replica:
         """Steps of the current run that ended strictly before `now` (0 outside a run).
 
         A balancer asks every replica at every arrival; the answer only changes at a step end,
-        so the piece's step in progress is kept with the times it holds for."""
+        so the piece's step in progress is kept with the times it holds for. The piece is
+        checked too: a gateway timer can route a request at the very instant a run ends and the
+        next piece starts, inside the old window."""
         if self.state != RUN:
             return 0
         if self.vw_piece == self.pc_id and self.vw_lo < now <= self.vw_hi:
@@ -420,14 +422,12 @@ class Replica:
         s = self.step_no
         kv = self.kv
         # The batcher is asked only when there is something to decide: a request waiting, a
-        # prefill under way, or decoders that might need more blocks than are free (each holds
-        # at most q + s // B + 2 blocks once given this step's). Otherwise the step is all
-        # decodes, as every batcher would choose; most steps after a finish are so.
+        # prefill under way, or decoders that might need more blocks than are free. Otherwise
+        # the step is all decodes, as every batcher would choose; most steps after a finish are.
         if (
             self.waiting
             or self.partial is not None
-            or kv.q_sum + kv.n_phased * (s // kv.block_size + 2)
-            > kv.capacity_blocks - kv.other_blocks
+            or kv.decoder_blocks_bound(s) > kv.capacity_blocks - kv.other_blocks
         ):
             wake = self.batcher.schedule(self, now)
         else:
@@ -440,12 +440,12 @@ class Replica:
             # Decodes only: nothing changes the batch until a sequence finishes, the cache is
             # full or a request arrives, so this step opens a run.
             n = 1 if self.step_by_step or self.replan else self.fin_heap[0][0] - s + 1
-            ph = kv.n_phased
-            if n > 1 and ph:
-                # Cheap bound first: each decoder holds at most q + (s + n) // B + 2 blocks.
-                bound = kv.q_sum + ph * ((s + n) // kv.block_size + 2)
-                if bound > kv.capacity_blocks - kv.other_blocks:
-                    n = kv.steps_until_full(s, n)
+            if (
+                n > 1
+                and kv.n_phased
+                and kv.decoder_blocks_bound(s + n) > kv.capacity_blocks - kv.other_blocks
+            ):  # the cheap bound first
+                n = kv.steps_until_full(s, n)
             if not (self.seg_d == d and self.seg_end == now and s < self.pc_s1):
                 # A new piece: the segment starts here, or the previous piece's regime ended.
                 ctx = self.off_sum + d * s + d
