@@ -74,10 +74,10 @@ def tiled_trace(path: Path, requests: int, rate: float, output_scale: int) -> No
 
 def fleet_rate(gpu: str, replicas: int, output_scale: int) -> float:
     """Requests/s that load `replicas` replicas at the sizing target (same rule as "auto")."""
-    from tokenfleet.calibrate.profile import load_profile
+    from tokenfleet.hardware.profile import load_profile
     from tokenfleet.models import get_model
+    from tokenfleet.perf.steptime import StepTime
     from tokenfleet.replay.fleet import TARGET_UTILISATION, TraceStats, replica_seconds_per_request
-    from tokenfleet.replay.steptime import StepTime
 
     _, prompts, outputs = azure_conv()
     stats = TraceStats(len(prompts), 1.0, prompts.mean(), outputs.mean() * output_scale)

@@ -26,10 +26,10 @@ from pathlib import Path
 import polars as pl
 
 from tokenfleet.atomic import atomic_path
-from tokenfleet.calibrate.profile import GpuProfile, load_engine, load_profile
+from tokenfleet.hardware.profile import GpuProfile, load_engine, load_profile
 from tokenfleet.models import get_model
-from tokenfleet.replay.memory import plan_memory
-from tokenfleet.replay.steptime import StepTime
+from tokenfleet.perf.memory import plan_memory
+from tokenfleet.perf.steptime import StepTime
 
 MEASURED = (
     Path(__file__).resolve().parents[2] / "shared/data/measured/splitwise_a100_llama2_bloom.csv"

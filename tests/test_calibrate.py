@@ -13,10 +13,10 @@ import pytest
 
 from tokenfleet.calibrate.fit import gemm_seconds
 from tokenfleet.calibrate.microbench import M_QUICK, MEASUREMENT_SCHEMA, model_gemm_shapes
-from tokenfleet.calibrate.profile import load_profile
 from tokenfleet.cli.main import cli
+from tokenfleet.hardware.profile import load_profile
 from tokenfleet.models import get_model
-from tokenfleet.replay.steptime import StepTime
+from tokenfleet.perf.steptime import StepTime
 
 TINY_MODEL = """
 name = "tiny-test"

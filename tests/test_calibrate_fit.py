@@ -14,16 +14,16 @@ from hypothesis import strategies as st
 from tokenfleet.calibrate.backends import DeviceInfo
 from tokenfleet.calibrate.calibration import build_calibration, choose_datasheet
 from tokenfleet.calibrate.fit import fit_line, gemm_seconds, least_squares, quality
+from tokenfleet.calibrate.fit_steps import StepLog, fit_engine, predict_ms
 from tokenfleet.calibrate.microbench import (
     ALLREDUCE_BYTES_FULL,
     M_FULL,
     READ_FRACTIONS,
     BenchResult,
 )
-from tokenfleet.calibrate.profile import load_engine, load_profile
+from tokenfleet.hardware.profile import load_engine, load_profile
 from tokenfleet.models import get_model
-from tokenfleet.replay.fit_steps import StepLog, fit_engine, predict_ms
-from tokenfleet.replay.steptime import StepTime
+from tokenfleet.perf.steptime import StepTime
 
 A100 = load_profile("a100-80gb")
 GPU_INFO = DeviceInfo(

@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import MEASURED
 
-from tokenfleet.calibrate.profile import COEFFICIENT_KEYS, DATASHEET_KEYS, load_engine, load_profile
+from tokenfleet.calibrate.fit_steps import fit_engine, read_step_log
 from tokenfleet.cli.main import cli
+from tokenfleet.hardware.profile import COEFFICIENT_KEYS, DATASHEET_KEYS, load_engine, load_profile
 from tokenfleet.models import get_model
-from tokenfleet.replay.fit_steps import fit_engine, read_step_log
-from tokenfleet.replay.steptime import StepTime
+from tokenfleet.perf.steptime import StepTime
 
 SPLITWISE = MEASURED / "splitwise_a100_llama2_bloom.csv"
 A100 = load_profile("a100-80gb")

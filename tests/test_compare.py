@@ -7,7 +7,7 @@ import pytest
 
 from tokenfleet.cli.main import cli
 from tokenfleet.errors import UserError
-from tokenfleet.replay.compare import compare_runs, flatten
+from tokenfleet.study.compare import compare_runs, flatten
 
 
 def write_run(path, summary):

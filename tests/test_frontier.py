@@ -7,7 +7,7 @@ import pytest
 
 from tokenfleet.cli.main import cli
 from tokenfleet.errors import UserError
-from tokenfleet.replay.frontier import grid, pareto_mask, parse_vary, run_dir_name
+from tokenfleet.study.frontier import grid, pareto_mask, parse_vary, run_dir_name
 
 
 def test_vary_parses_typed_values_into_a_grid():

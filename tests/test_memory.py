@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tokenfleet.calibrate.profile import load_profile
 from tokenfleet.errors import UserError
+from tokenfleet.hardware.profile import load_profile
 from tokenfleet.models import get_model
-from tokenfleet.replay.memory import plan_memory
+from tokenfleet.perf.memory import plan_memory
 
 
 def test_the_plan_adds_up() -> None:

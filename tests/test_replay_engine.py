@@ -7,13 +7,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_replay_support import LinearStepTime, real_step_time, record, run_rows
 
-from tokenfleet.calibrate.profile import load_profile
+from tokenfleet.hardware.profile import load_profile
 from tokenfleet.models import get_model
+from tokenfleet.perf.steptime import StepTime
 from tokenfleet.replay.balancer import BUILTIN_BALANCERS
 from tokenfleet.replay.batcher import BUILTIN_BATCHERS
 from tokenfleet.replay.replica import RUN, Replica
 from tokenfleet.replay.scenario import GatewayConfig, LimitConfig, RetryConfig
-from tokenfleet.replay.steptime import StepTime
 from tokenfleet.replay.tiers import Tier
 
 REAL = real_step_time()

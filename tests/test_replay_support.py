@@ -8,14 +8,14 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from tokenfleet.calibrate.profile import load_profile
+from tokenfleet.hardware.profile import load_profile
 from tokenfleet.models import get_model
 from tokenfleet.replay.balancer import Router, make_balancer
 from tokenfleet.replay.batcher import make_batcher
-from tokenfleet.replay.engine import simulate
 from tokenfleet.replay.fleet import slots_of
 from tokenfleet.replay.gateway import Gateway, Timers
 from tokenfleet.replay.kvcache import KVCache
+from tokenfleet.replay.loop import simulate
 from tokenfleet.replay.replica import Replica
 
 GPU = "h100-sxm"
@@ -45,7 +45,7 @@ class LinearStepTime:
 
 
 def real_step_time():
-    from tokenfleet.replay.steptime import StepTime
+    from tokenfleet.perf.steptime import StepTime
 
     return StepTime(get_model("llama-3.1-8b"), load_profile(GPU))
 

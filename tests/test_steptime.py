@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokenfleet.calibrate.profile import list_profiles, load_engine, load_profile
 from tokenfleet.cli.main import cli
+from tokenfleet.hardware.profile import list_profiles, load_engine, load_profile
 from tokenfleet.models import get_model
-from tokenfleet.replay.steptime import StepTime
+from tokenfleet.perf.steptime import StepTime
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
 import validate_steptime  # noqa: E402
@@ -243,7 +243,7 @@ def test_unknown_gpu_lists_the_known_profiles(runner) -> None:
 
 
 def test_a_malformed_profile_is_refused_naming_the_key(tmp_path: Path, runner) -> None:
-    good = (Path(__file__).parents[1] / "tokenfleet/calibrate/profiles/h100-sxm.toml").read_text()
+    good = (Path(__file__).parents[1] / "tokenfleet/hardware/profiles/h100-sxm.toml").read_text()
     cases = {
         "bw_eff": good.replace("bw_eff = 0.88", "bw_eff = 1.7"),  # not a fraction
         "hbm_tb_s": good.replace("hbm_tb_s = 3.35", 'hbm_tb_s = "fast"'),

@@ -31,14 +31,14 @@ from tokenfleet.calibrate.fit import (
     fit_gemm,
 )
 from tokenfleet.calibrate.microbench import BenchResult
-from tokenfleet.calibrate.profile import (
+from tokenfleet.errors import UserError
+from tokenfleet.hardware.profile import (
     COEFFICIENT_KEYS,
     GpuProfile,
     list_profiles,
     load_profile,
     save_profile,
 )
-from tokenfleet.errors import UserError
 
 # Built-in profile for a device name CuPy reports (PCIe variants differ in bandwidth, power and
 # link from the SXM boards the built-ins describe, so they are not matched).

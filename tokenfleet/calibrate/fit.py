@@ -10,7 +10,7 @@ The curve forms are the ones StepTime prices a step with (see profile.py):
   `allreduce_latency_us + 2 (g - 1) / g * B / (link_bw * link_eff)` (ring bus bandwidth).
 
 Only NumPy: a small bounded Levenberg-Marquardt (`least_squares`) serves every nonlinear fit,
-including the step-log fit in tokenfleet.replay.fit_steps.
+including the step-log fit in tokenfleet.calibrate.fit_steps.
 """
 
 from __future__ import annotations

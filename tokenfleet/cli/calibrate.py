@@ -183,14 +183,14 @@ def fit_steps(steps, gpu, model, tp, dtype, engine, name, fmt, columns, out, as_
     """Fit an engine's overheads to measured step times in STEPS (.csv or .parquet); the GPU's
     peaks and efficiencies stay the base profile's."""
     from tokenfleet.calibrate.calibration import check_writable
-    from tokenfleet.calibrate.profile import load_engine, load_profile
-    from tokenfleet.replay.fit_steps import (
+    from tokenfleet.calibrate.fit_steps import (
         default_engine_name,
         error_summary,
         fit_engine,
         read_step_log,
         write_fit,
     )
+    from tokenfleet.hardware.profile import load_engine, load_profile
 
     check_writable(out)
     profile = load_profile(gpu)

@@ -83,7 +83,7 @@ def gpus() -> None:
 @json_option
 def gpus_list(as_json: bool) -> None:
     """Built-in GPU profiles (datasheet peaks) and engine presets."""
-    from tokenfleet.calibrate.profile import list_engines, list_profiles, load_engine, load_profile
+    from tokenfleet.hardware.profile import list_engines, list_profiles, load_engine, load_profile
 
     profiles = [load_profile(name) for name in list_profiles()]
     engines = {name: load_engine(name) for name in list_engines()}
@@ -112,7 +112,7 @@ def _tflops(value: float) -> str:
 
 
 def _profile_doc(profile) -> dict:
-    from tokenfleet.calibrate.profile import profile_to_table
+    from tokenfleet.hardware.profile import profile_to_table
 
     return profile_to_table(profile)
 
@@ -122,7 +122,7 @@ def _profile_doc(profile) -> dict:
 @json_option
 def gpus_show(name_or_path: str, as_json: bool) -> None:
     """One GPU profile: datasheet, coefficients and its default engine's overheads."""
-    from tokenfleet.calibrate.profile import load_engine, load_profile
+    from tokenfleet.hardware.profile import load_engine, load_profile
 
     profile = load_profile(name_or_path)
     doc = _profile_doc(profile)

@@ -18,7 +18,7 @@ def compare(run_dirs, show_all, as_json, parquet_out) -> None:
 
     import polars as pl
 
-    from tokenfleet.replay.compare import compare_runs, write_table
+    from tokenfleet.study.compare import compare_runs, write_table
 
     table = compare_runs(list(run_dirs))
     if not show_all:

@@ -36,8 +36,8 @@ def frontier(trace, scenario_path, varies, out_dir, jobs, as_json, quiet) -> Non
 
     import polars as pl
 
-    from tokenfleet.replay.frontier import grid, parse_vary, run_frontier
     from tokenfleet.replay.scenario import load_scenario
+    from tokenfleet.study.frontier import grid, parse_vary, run_frontier
 
     parsed = parse_vary(list(varies))
     scenario = load_scenario(scenario_path)

@@ -85,10 +85,10 @@ def steptime(
     the replica's KV-cache capacity, and with --usd-per-gpu-hour the cost per million tokens.
     """
     from tokenfleet.atomic import atomic_path
-    from tokenfleet.calibrate.profile import load_profile
+    from tokenfleet.hardware.profile import load_profile
     from tokenfleet.models import get_model
-    from tokenfleet.replay.memory import plan_memory
-    from tokenfleet.replay.steptime import StepTime, steptime_sweep
+    from tokenfleet.perf.memory import plan_memory
+    from tokenfleet.perf.steptime import StepTime, steptime_sweep
 
     model = get_model(model_name)
     gpu = load_profile(gpu_name)

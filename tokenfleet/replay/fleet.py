@@ -15,18 +15,18 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from tokenfleet.calibrate.profile import load_profile
+from tokenfleet.hardware.profile import load_profile
 from tokenfleet.models import get_model
+from tokenfleet.perf.memory import plan_memory
+from tokenfleet.perf.steptime import StepTime
 from tokenfleet.replay.autoscale import Autoscaler
 from tokenfleet.replay.balancer import Router
 from tokenfleet.replay.batcher import make_batcher
 from tokenfleet.replay.cost import cost_rates
 from tokenfleet.replay.gateway import Gateway, Timers, needs_gateway
 from tokenfleet.replay.kvcache import KVCache
-from tokenfleet.replay.memory import plan_memory
 from tokenfleet.replay.replica import Replica
 from tokenfleet.replay.scenario import AUTO, Scenario
-from tokenfleet.replay.steptime import StepTime
 
 TARGET_UTILISATION = 0.7
 SIZING_BATCH = 32  # decode batch assumed when estimating a replica's capacity

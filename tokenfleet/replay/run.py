@@ -15,8 +15,8 @@ import tomli_w
 from tokenfleet.atomic import atomic_dir
 from tokenfleet.errors import UserError
 from tokenfleet.replay.cost import RentedPricing, pool_cost_usd
-from tokenfleet.replay.engine import TRACE_COLUMNS, simulate
 from tokenfleet.replay.fleet import Fleet, TraceStats, build_fleet
+from tokenfleet.replay.loop import TRACE_COLUMNS, simulate
 from tokenfleet.replay.metrics import (
     RAW_REQUESTS_FILE,
     REQUESTS_FILE,

@@ -35,10 +35,10 @@ import pyarrow as pa
 from tokenfleet import __version__
 from tokenfleet.calibrate.calibration import write_profile_with_table
 from tokenfleet.calibrate.fit import FitQuality, least_squares, quality
-from tokenfleet.calibrate.profile import ENGINE_KEYS, EnginePreset, GpuProfile
 from tokenfleet.errors import UserError
+from tokenfleet.hardware.profile import ENGINE_KEYS, EnginePreset, GpuProfile
 from tokenfleet.models import ModelSpec, get_model, list_models
-from tokenfleet.replay.steptime import StepTime
+from tokenfleet.perf.steptime import StepTime
 from tokenfleet.traces.convert import parse_column_mapping
 
 STEP_COLUMNS = ("prefill_tokens", "decode_seqs", "decode_context_tokens", "step_ms")

@@ -64,7 +64,7 @@ Engine preset TOML (built-ins in profiles/engines/, or the [engine] table above)
                                         # (norms, residuals, rotary, casts) in hidden-size
                                         # 16-bit vectors, on every TP rank; ~10 when fused
 
-StepTime's formula, with every coefficient in place, is in tokenfleet/replay/steptime.py.
+StepTime's formula, with every coefficient in place, is in tokenfleet/perf/steptime.py.
 
 Unknown, missing or mistyped keys are refused with one line naming the key and the file.
 """

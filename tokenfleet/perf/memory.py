@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from tokenfleet.calibrate.profile import GpuProfile
 from tokenfleet.errors import UserError
+from tokenfleet.hardware.profile import GpuProfile
 from tokenfleet.models.spec import ModelSpec
 
 RUNTIME_RESERVE_BYTES = 1e9  # CUDA context, NCCL and allocator buffers per GPU

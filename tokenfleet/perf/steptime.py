@@ -35,10 +35,10 @@ import math
 
 import numpy as np
 
-from tokenfleet.calibrate.profile import EnginePreset, GpuProfile, load_engine
 from tokenfleet.errors import UserError
+from tokenfleet.hardware.profile import EnginePreset, GpuProfile, load_engine
 from tokenfleet.models.spec import UNQUANTISED_BYTES, ModelSpec, weight_dtype_bytes
-from tokenfleet.replay.memory import kv_shard
+from tokenfleet.perf.memory import kv_shard
 
 ACTIVATION_BYTES = 2.0  # bf16 activations on the wire for the TP all-reduces
 
