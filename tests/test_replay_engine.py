@@ -66,7 +66,7 @@ def test_kv_too_small_for_two_long_prompts_preempts_the_newest_and_both_finish()
         assert (a.status, b.status) == ("finished", "finished")
         assert a.preemptions == 0 and b.preemptions >= 1
         assert b.finish_s > a.finish_s
-        assert max(row[2][6] for row in timeline) <= 25
+        assert max(row[2].kv_peak_blocks for row in timeline) <= 25
         assert reps[0].kv.used_blocks(reps[0].step_no) == 0  # everything freed
 
 
@@ -133,7 +133,7 @@ def test_balancer_views_kept_between_step_ends_equal_a_fresh_look(
         got = original(rep, now)
         fresh = 0
         if rep.state == RUN:
-            fresh = min(max(rep._first_end_at(now)[0] - rep.run_s0, 0), rep.run_n)
+            fresh = min(max(rep.piece.first_end_at(now)[0] - rep.run_s0, 0), rep.run_n)
         looks.append(got == fresh)
         return got
 
@@ -186,7 +186,7 @@ def test_skip_mode_gives_the_same_records_as_step_by_step(
     assert [record(s) for s in fast] == [record(s) for s in slow]
     assert [s.row for s in fast] == list(range(len(rows)))  # each request ends exactly once
     capacity = kv_blocks
-    assert all(row[2][6] <= capacity for row in fast_tl + slow_tl)
+    assert all(row[2].kv_peak_blocks <= capacity for row in fast_tl + slow_tl)
     for s in fast:
         if s.status == "finished":
             assert s.arrival_s <= s.start_s <= s.first_token_s <= s.finish_s

@@ -66,7 +66,7 @@ def test_static_batches_wait_for_their_longest_member_and_for_the_timeout():
 
 
 def test_priority_scheduling_admits_the_most_urgent_first():
-    from tokenfleet.replay.replica import Seq
+    from tokenfleet.replay.request import Seq
 
     b = batcher_mod.make_batcher("vllm", {"scheduling_policy": "priority"})
     queue = b.new_queue()

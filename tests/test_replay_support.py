@@ -10,13 +10,16 @@ import pyarrow as pa
 
 from tokenfleet.hardware.profile import load_profile
 from tokenfleet.models import get_model
-from tokenfleet.replay.balancer import Router, make_balancer
+from tokenfleet.replay.balancer import Router
 from tokenfleet.replay.batcher import make_batcher
 from tokenfleet.replay.fleet import slots_of
-from tokenfleet.replay.gateway import Gateway, Timers
+from tokenfleet.replay.gateway import Gateway
 from tokenfleet.replay.kvcache import KVCache
-from tokenfleet.replay.loop import simulate
+from tokenfleet.replay.loop import EventQueue, simulate
+from tokenfleet.replay.records.timeline import ReplicaTimeline, Timeline
 from tokenfleet.replay.replica import Replica
+from tokenfleet.replay.scenario import GatewayConfig
+from tokenfleet.replay.tiers import Tier
 
 GPU = "h100-sxm"
 
@@ -93,10 +96,10 @@ def run_rows(
     tiers: tuple | None = None,
     gateway=None,
 ):
-    """Run the engine on `rows`; return (finished requests by row, timeline rows, replicas).
+    """Run the loop on `rows`; return (ended requests by row, timeline rows, replicas).
 
-    With `gateway` (a GatewayConfig) and `tiers`, requests enter through a Gateway whose tiers
-    all route to the whole fleet."""
+    With `gateway` (a GatewayConfig) and `tiers`, requests pass a gateway whose tiers all route
+    to the whole fleet; without, the gateway is a pass-through."""
     step_time = step_time or LinearStepTime()
     outstanding: list[int] = []
     finished: list = []
@@ -112,38 +115,47 @@ def run_rows(
                 make_batcher(batcher, settings or {}),
                 outstanding,
                 finished,
-                interval_s,
+                ReplicaTimeline(interval_s),
                 step_by_step,
             )
         )
-    bal = make_balancer(balancer, balancer_settings or {}, reps, outstanding, seed)
-    gw = None
-    if gateway is not None:
-        router = Router(balancer, balancer_settings or {}, reps, outstanding, seed)
-        router.set_members(list(range(replicas)))
-        gw = Gateway(
-            gateway,
-            tiers,
-            {t.name: router for t in tiers},
-            lambda i: slots_of(reps[i]),
-            finished,
-            outstanding,
-            Timers(),
-            seed,
-        )
+    router = Router(balancer, balancer_settings or {}, reps, outstanding, seed)
+    router.set_members(list(range(replicas)))
+    tiers = tiers or (Tier("standard"),)
+    events = EventQueue()
+    gw = Gateway(
+        gateway or GatewayConfig(),
+        tiers,
+        {t.name: router for t in tiers},
+        lambda i: slots_of(reps[i]),
+        finished,
+        outstanding,
+        events,
+        seed,
+        passthrough=gateway is None,
+    )
     written: list = []
-    timeline: list = []
+    timeline = _Rows()
     simulate(
         batches_of(rows),
         reps,
-        bal,
+        gw,
+        events,
+        Timeline(reps, interval_s, timeline),
         finished,
         written.extend,
-        timeline.extend,
-        interval_s,
-        gateway=gw,
     )
-    return sorted(written, key=lambda s: s.row), timeline, reps
+    return sorted(written, key=lambda s: s.row), timeline.rows, reps
+
+
+class _Rows:
+    """A timeline writer that keeps the rows: (interval, replica, IntervalRow, provisioned)."""
+
+    def __init__(self) -> None:
+        self.rows: list = []
+
+    def write(self, rows: list) -> None:
+        self.rows.extend(rows)
 
 
 def record(seq) -> tuple:

@@ -9,8 +9,9 @@ kept only once `cooldown_s` has passed since the last change: replicas still pro
 cancelled first, then the least loaded ready ones stop taking requests and are released when
 they have drained. A later scale-up takes a draining replica back before provisioning a new one.
 
-A pool's replicas are created up front (max of them); provisioned spans are recorded on each
-replica (`spans`), from which the timeline and cost.py charge it.
+A pool's replicas are created up front (max of them), those beyond the starting count not yet
+provisioned; each replica's timeline recorder keeps its provisioned spans, from which the
+timeline and cost.py charge it.
 """
 
 from __future__ import annotations
@@ -18,10 +19,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from tokenfleet.replay.gateway import Timers
+from tokenfleet.replay.loop import EventQueue
 from tokenfleet.replay.scenario import AutoscaleConfig
-
-INF = float("inf")
 
 
 class Autoscaler:
@@ -36,7 +35,7 @@ class Autoscaler:
         slots: int,
         set_ready: Callable[[list[int]], None],
         active: Callable[[], bool],
-        timers: Timers,
+        events: EventQueue,
     ) -> None:
         self.config = config
         self.replicas = replicas
@@ -44,17 +43,15 @@ class Autoscaler:
         self.slots = slots
         self.set_ready = set_ready
         self.active = active
-        self.timers = timers
+        self.events = events
         self.ready = list(indices[:start])
         self.provisioning: list[int] = []
         self.draining: list[int] = []
         self.last_change_s = 0.0
         self.scale_ups = 0
         self.scale_downs = 0
-        for i in indices[start:]:
-            replicas[i].spans = []
         set_ready(self.ready)
-        timers.push(config.interval_s, self.tick)
+        events.push_timer(config.interval_s, self.tick)
 
     @property
     def provisioned(self) -> int:
@@ -78,7 +75,7 @@ class Autoscaler:
         elif want < have and now - self.last_change_s >= self.config.cooldown_s:
             self._scale_down(now, have - want)
         if self.active() or self.draining:
-            self.timers.push(now + self.config.interval_s, self.tick)
+            self.events.push_timer(now + self.config.interval_s, self.tick)
 
     def _scale_up(self, now: float, n: int) -> None:
         self.last_change_s = now
@@ -94,11 +91,13 @@ class Autoscaler:
                 break
             if i in busy:
                 continue
-            self.replicas[i].spans.append([now, INF])
+            self.replicas[i].timeline.provision(now)
             self.provisioning.append(i)
             n -= 1
             if self.config.provisioning_delay_s > 0:
-                self.timers.push(now + self.config.provisioning_delay_s, self._ready, (i, now))
+                self.events.push_timer(
+                    now + self.config.provisioning_delay_s, self._ready, (i, now)
+                )
             else:
                 self._ready(now, (i, now))
         if changed:
@@ -106,7 +105,9 @@ class Autoscaler:
 
     def _ready(self, now: float, asked: tuple[int, float]) -> None:
         i, since = asked
-        if i in self.provisioning and self.replicas[i].spans[-1][0] == since:  # not cancelled
+        if (
+            i in self.provisioning and self.replicas[i].timeline.provisioned_since() == since
+        ):  # not cancelled
             self.provisioning.remove(i)
             self.ready.append(i)
             self.set_ready(sorted(self.ready))
@@ -133,4 +134,4 @@ class Autoscaler:
                 self._close(i, now)
 
     def _close(self, i: int, now: float) -> None:
-        self.replicas[i].spans[-1][1] = now
+        self.replicas[i].timeline.release(now)

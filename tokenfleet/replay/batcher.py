@@ -152,7 +152,7 @@ class VllmBatcher:
         waiting = rep.waiting
         queue = self.queue
         running = rep.n_dec + len(rep.chunks)
-        block_size = kv.block_size
+        blocks_for = kv.blocks_for
         while waiting and budget > 0 and running < self.max_num_seqs:
             seq = queue.head(waiting)
             n = seq.prompt_tokens + seq.generated
@@ -160,7 +160,7 @@ class VllmBatcher:
                 if not self.chunked:
                     break
                 n = budget
-            need = -(-n // block_size)
+            need = blocks_for(n)
             if need > free:
                 break
             queue.pop_head(waiting)

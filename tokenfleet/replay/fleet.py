@@ -5,8 +5,9 @@ estimated capacity (prefill of the mean prompt plus the mean output decoded at a
 so a default run is loaded but not overloaded. An autoscaled pool starts there (clamped to its
 bounds) and has its maximum of replicas created, the rest unprovisioned.
 
-Tiers are routed to their pools by one Router per distinct set of pools; the gateway, the
-autoscalers and their shared timers are built here when the scenario needs them.
+Tiers are routed to their pools by one Router per distinct set of pools. The gateway (a
+pass-through when the scenario asks nothing of it), the autoscalers and the event queue their
+timers go to are built here too.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from tokenfleet.replay.autoscale import Autoscaler
 from tokenfleet.replay.balancer import Router
 from tokenfleet.replay.batcher import make_batcher
 from tokenfleet.replay.cost import cost_rates
-from tokenfleet.replay.gateway import Gateway, Timers, needs_gateway
+from tokenfleet.replay.gateway import Gateway, needs_gateway
 from tokenfleet.replay.kvcache import KVCache
+from tokenfleet.replay.loop import EventQueue
+from tokenfleet.replay.records.timeline import ReplicaTimeline
 from tokenfleet.replay.replica import Replica
 from tokenfleet.replay.scenario import AUTO, Scenario
 
@@ -49,17 +52,17 @@ class TraceStats:
 @dataclass
 class Fleet:
     replicas: list[Replica]
-    balancer: object
     outstanding: list[int]
-    finished: list
+    finished: list  # ended requests, until the loop hands them to the writer
     pools: list[dict]  # name, gpu, tp, replicas, batcher, kv_blocks per pool
     pool_of: list[str]  # pool name of each replica
     kv_blocks: list[int]  # KV capacity of each replica
     pricing: dict  # pool name -> RentedPricing | OwnedPricing
     rates: list  # cost.CostRates of each replica
     billers: list  # on-demand: seconds billed for a provisioned span, per replica
+    events: EventQueue = dataclasses.field(default_factory=EventQueue)
     gateway: Gateway | None = None
-    autoscalers: dict | None = None  # pool name -> Autoscaler
+    autoscalers: dict = dataclasses.field(default_factory=dict)  # pool name -> Autoscaler
 
     @property
     def gpus(self) -> int:
@@ -120,7 +123,7 @@ def build_fleet(
         indices[pool.name] = list(range(len(replicas), len(replicas) + count))
         if scale.enabled:
             indices[pool.name] = list(range(len(replicas), len(replicas) + scale.max_replicas))
-        for _ in indices[pool.name]:
+        for n, _ in enumerate(indices[pool.name]):
             batcher = make_batcher(
                 pool.batcher.policy, pool.batcher.settings, f"pool {pool.name!r} batcher"
             )
@@ -134,11 +137,12 @@ def build_fleet(
                     batcher,
                     outstanding,
                     finished,
-                    scenario.interval_s,
+                    # An autoscaled pool's replicas beyond its start wait to be provisioned.
+                    ReplicaTimeline(scenario.interval_s, provisioned=n < count),
                     step_by_step,
+                    pool.tp,
                 )
             )
-            replicas[-1].tp = pool.tp
             rates.append(rate)
             billers.append(biller)
         pools.append(
@@ -158,7 +162,6 @@ def build_fleet(
     resolved_scenario = dataclasses.replace(scenario, pools=tuple(resolved))
     fleet = Fleet(
         replicas,
-        None,
         outstanding,
         finished,
         pools,
@@ -205,11 +208,6 @@ def _route(fleet: Fleet, scenario: Scenario, indices: dict[str, list[int]]) -> N
 
     refresh()
     autoscaled = [p for p in scenario.pools if p.autoscale.enabled]
-    if not needs_gateway(scenario, bool(autoscaled)):
-        (router,) = routers.values()
-        fleet.balancer = router
-        return
-    timers = Timers()
     gateway = Gateway(
         scenario.gateway,
         scenario.tiers,
@@ -217,15 +215,15 @@ def _route(fleet: Fleet, scenario: Scenario, indices: dict[str, list[int]]) -> N
         lambda i: slots_of(fleet.replicas[i]),
         fleet.finished,
         fleet.outstanding,
-        timers,
+        fleet.events,
         scenario.seed,
+        passthrough=not needs_gateway(scenario, bool(autoscaled)),
     )
     fleet.gateway = gateway
 
     def active() -> bool:
         return not gateway.trace_done or gateway.pending > 0 or any(fleet.outstanding)
 
-    fleet.autoscalers = {}
     for pool in autoscaled:
 
         def set_ready(members: list[int], name: str = pool.name) -> None:
@@ -240,5 +238,5 @@ def _route(fleet: Fleet, scenario: Scenario, indices: dict[str, list[int]]) -> N
             slots_of(fleet.replicas[indices[pool.name][0]]),
             set_ready,
             active,
-            timers,
+            fleet.events,
         )

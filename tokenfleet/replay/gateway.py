@@ -9,8 +9,9 @@ released into its pools only while they have headroom (requests per batch slot b
 `deferred_max_utilisation`), or unconditionally once only `deferred_margin` of its deadline is
 left. With no margin it may wait out its deadline here and is then `expired`.
 
-The engine uses the gateway only when a scenario needs it; without limits, latency, deferral,
-autoscaling, priorities or tier routing, requests go straight to the balancer.
+Every request enters through the gateway. Without limits, latency, deferral, autoscaling,
+priorities or tier routing it is a pass-through (`passthrough`): the loop sends requests
+straight to the one router.
 """
 
 from __future__ import annotations
@@ -18,16 +19,13 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable
-from heapq import heappush
 
+from tokenfleet.replay.loop import EventQueue
 from tokenfleet.replay.ratelimit import RateLimit, RateLimiter, RetryPolicy
-from tokenfleet.replay.replica import Seq
+from tokenfleet.replay.request import Seq, Status
 from tokenfleet.replay.scenario import GatewayConfig
 from tokenfleet.replay.tiers import Tier
 
-RATE_LIMITED = "rate_limited"
-EXPIRED = "expired"
-DEFERRED = "deferred"  # status while waiting at the gateway
 ALL_TENANTS = "*"
 
 
@@ -45,20 +43,8 @@ def needs_gateway(scenario, autoscaled: bool) -> bool:
     )
 
 
-class Timers:
-    """The engine's timed callbacks (retries, delayed dispatch, ticks), in time then FIFO order."""
-
-    def __init__(self) -> None:
-        self.heap: list = []
-        self.count = 0
-
-    def push(self, t: float, fn: Callable[[float, object], None], arg=None) -> None:
-        self.count += 1
-        heappush(self.heap, (t, self.count, fn, arg))
-
-
 class Gateway:
-    """Admission in front of the routers. `dispatch(seq, now)` (set by the engine) sends a
+    """Admission in front of the routers. `dispatch(seq, now)` (set by the loop) sends a
     request to a replica; refused and expired requests go to `finished`."""
 
     def __init__(
@@ -69,8 +55,9 @@ class Gateway:
         slots_of: Callable[[int], int],
         finished: list,
         outstanding: list[int],
-        timers: Timers,
+        events: EventQueue,
         seed: int,
+        passthrough: bool = False,
     ) -> None:
         self.config = config
         self.tiers = {t.name: t for t in tiers}
@@ -79,7 +66,8 @@ class Gateway:
         self.slots_of = slots_of
         self.finished = finished
         self.outstanding = outstanding
-        self.timers = timers
+        self.events = events
+        self.passthrough = passthrough  # nothing to do: the loop dispatches at once
         self.rng = random.Random(seed)
         self.retry = RetryPolicy(**vars(config.retries))
         tenant_limits = {
@@ -107,21 +95,19 @@ class Gateway:
         self.pending = 0  # requests held here: in latency, back-off or deferral
         self.ticking = False
         self.trace_done = False
-        self.dispatch: Callable[[Seq, float], None] = None  # set by the engine
+        self.dispatch: Callable[[Seq, float], None] = None  # set by the loop
         self.retries = 0
 
     # ------------------------------------------------------------------ arrivals
 
     def arrive(self, seq: Seq, now: float) -> None:
-        """A request from the trace enters the gateway at `now`."""
-        tier = self.tiers.get(seq.tier) or self.default
-        seq.tier = tier.name
-        seq.priority = -tier.priority  # the batchers serve lower values first
+        """A request from the trace enters the gateway at `now` (its tier already resolved)."""
+        tier = self.tiers[seq.tier]
         if tier.deferred:
             seq.deadline_at = seq.arrival_s + tier.deadline_s
         if self.config.latency_s > 0:
             self.pending += 1
-            self.timers.push(now + self.config.latency_s, self._after_latency, seq)
+            self.events.push_timer(now + self.config.latency_s, self._after_latency, seq)
         else:
             self._admit(seq, now)
 
@@ -140,24 +126,24 @@ class Gateway:
                 self.pending += 1
                 delay = self.retry.backoff_s(seq.attempts, self.rng)
                 seq.attempts += 1
-                self.timers.push(now + delay, self._retry, seq)
+                self.events.push_timer(now + delay, self._retry, seq)
             else:
-                seq.status = RATE_LIMITED
+                seq.status = Status.RATE_LIMITED
                 self.finished.append(seq)
             return
         queue = self.deferred.get(seq.tier)
         if queue is None:
             self.dispatch(seq, now)
             return
-        seq.status = DEFERRED
+        seq.status = Status.DEFERRED
         self.pending += 1
         queue.append(seq)
         tier = self.tiers[seq.tier]
         margin = self.config.deferred_margin
         if margin > 0:
-            self.timers.push(seq.arrival_s + tier.deadline_s * (1 - margin), self._force, seq)
+            self.events.push_timer(seq.arrival_s + tier.deadline_s * (1 - margin), self._force, seq)
         else:
-            self.timers.push(seq.deadline_at, self._expire, seq)
+            self.events.push_timer(seq.deadline_at, self._expire, seq)
         self.release(now)
         self._tick_later(now)
 
@@ -193,7 +179,7 @@ class Gateway:
         for tier, queue in self.deferred.items():
             while queue:
                 seq = queue[0]
-                if seq.status != DEFERRED:  # forced out or expired already
+                if seq.status != Status.DEFERRED:  # forced out or expired already
                     queue.popleft()
                     continue
                 if self.utilisation(tier) >= limit:
@@ -203,24 +189,24 @@ class Gateway:
 
     def _release(self, seq: Seq, now: float) -> None:
         self.pending -= 1
-        seq.status = "finished"
+        seq.status = Status.WAITING
         self.dispatch(seq, now)
 
     def _force(self, now: float, seq: Seq) -> None:
         """Its deadline is near: release whatever the load."""
-        if seq.status == DEFERRED:
+        if seq.status == Status.DEFERRED:
             self._release(seq, now)
 
     def _expire(self, now: float, seq: Seq) -> None:
-        if seq.status == DEFERRED:
+        if seq.status == Status.DEFERRED:
             self.pending -= 1
-            seq.status = EXPIRED
+            seq.status = Status.EXPIRED
             self.finished.append(seq)
 
     def _tick_later(self, now: float) -> None:
         if not self.ticking:
             self.ticking = True
-            self.timers.push(now + self.config.tick_s, self._tick)
+            self.events.push_timer(now + self.config.tick_s, self._tick)
 
     def _tick(self, now: float, _=None) -> None:
         self.ticking = False

@@ -1,12 +1,15 @@
-"""The event loop: arrivals streamed from the trace, replica events from one heap.
+"""The event loop: arrivals streamed from the trace, timers and replica events from one heap.
 
-Events are processed in time order. At equal times arrivals come first (so requests arriving
-together share a step), then replicas by index; each replica keeps a version number so an event
-superseded by a later decision is skipped. A run is a pure function of its inputs and seed.
+Events are processed in time order, with one ordering key: (time, kind, tie-break). At equal
+times the trace's arrivals come first (so requests arriving together share a step), then the
+gateway's and autoscalers' timers (retries, delayed dispatch, deferral and autoscaler ticks) in
+the order they were set, then replicas by index. Each replica keeps a version number, so an
+event superseded by a later decision is skipped. A run is a pure function of its inputs and
+seed.
 
-With a gateway (tiers, limits, deferral, autoscaling), requests enter through it, and its timed
-callbacks (retries, delayed dispatch, deferral and autoscaler ticks) interleave with the
-replicas' events: at equal times arrivals first, then timers, then replicas.
+Every request enters through the gateway, with its tier resolved once (an unknown trace tier
+is the scenario's default tier); a gateway with nothing to do is a pass-through to the
+routers.
 """
 
 from __future__ import annotations
@@ -15,18 +18,13 @@ import gc
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from heapq import heappop, heappush, heapreplace
+from itertools import chain
 
 import pyarrow as pa
 
-from tokenfleet.replay.replica import (
-    ARRIVED,
-    BILLED_EXTRA,
-    FINISHED,
-    IN_SYSTEM,
-    Replica,
-    Seq,
-    new_row,
-)
+from tokenfleet.replay.records.timeline import Timeline
+from tokenfleet.replay.replica import Replica
+from tokenfleet.replay.request import Seq, Status
 
 TRACE_COLUMNS = [
     "arrival_s",
@@ -37,10 +35,25 @@ TRACE_COLUMNS = [
     "tier",
     "session_id",
 ]
-TOO_LONG = "too_long"  # status of a request whose prompt + output cannot fit in the KV cache
-# Finished requests go to the writer in batches this small, while their objects are still in the
-# CPU cache (a batch of 65,536 took 50% longer to convert); it writes whole row groups.
+# Finished requests go to the writer in batches this small, while their objects are still in
+# the CPU cache (a batch of 65,536 took 50% longer to convert); it writes whole row groups.
 FLUSH_ROWS = 8_192
+TIMER, REPLICA = 0, 1  # the kinds of heap entry, in their order at equal times
+INF = float("inf")
+
+
+class EventQueue:
+    """The loop's heap: (time, TIMER, order set, (callback, arg)) and (time, REPLICA, replica
+    index, version). The gateway and the autoscalers set timers here."""
+
+    def __init__(self) -> None:
+        self.heap: list = []
+        self.count = 0
+
+    def push_timer(self, t: float, fn: Callable[[float, object], None], arg=None) -> None:
+        """Call `fn(t, arg)` at `t` (after the arrivals at `t`, before the replicas)."""
+        self.count += 1
+        heappush(self.heap, (t, TIMER, self.count, (fn, arg)))
 
 
 def _request_columns(batch: pa.RecordBatch) -> tuple[list, ...]:
@@ -51,15 +64,6 @@ def _request_columns(batch: pa.RecordBatch) -> tuple[list, ...]:
         else batch.column(name).to_pylist()
         for name in TRACE_COLUMNS
     )
-
-
-def _flush(finished: list[Seq], write_requests: Callable, replicas: list[Replica]) -> None:
-    """Hand the finished requests to the writer, and fold the replicas' arrival and finish
-    times into their interval rows, so that neither grows with the length of the run."""
-    write_requests(finished)
-    finished.clear()
-    for rep in replicas:
-        rep.fold_counts()
 
 
 @contextmanager
@@ -80,234 +84,99 @@ def _cyclic_gc_paused() -> Iterator[None]:
 def simulate(
     batches: Iterable[pa.RecordBatch],
     replicas: list[Replica],
-    balancer,
+    gateway,
+    events: EventQueue,
+    timeline: Timeline,
     finished: list[Seq],
     write_requests: Callable[[list[Seq]], None],
-    write_timeline: Callable[[list], None],
-    interval_s: float,
-    progress: Callable[[float], None] | None = None,
-    gateway=None,
-    billers: list | None = None,
 ) -> float:
-    """Replay the batches through the fleet; records go out through the two writers.
+    """Replay the batches through the fleet; records go out through the writers.
 
-    `finished` is the list the replicas append finished requests to; it is flushed through
-    `write_requests` every FLUSH_ROWS rows. Timeline rows are emitted once every replica has
-    moved past their interval. Returns the end of the run: the end of the last interval.
+    `finished` is the list requests are appended to when they end (replicas, gateway, the
+    too-long check); it goes to `write_requests` every FLUSH_ROWS rows. Timeline rows are
+    written once every replica has moved past their interval. Returns the end of the run: the
+    end of the last interval.
+
+    Where it checks for both is kept as it has always been, since those points decide the
+    files' row groups and the rounding of the in-system sums: after every event when the
+    gateway acts between arrivals, otherwise at arrivals (and the timeline through the drain).
     """
-    if gateway is not None:
-        return _simulate_gateway(
-            batches,
-            replicas,
-            gateway,
-            finished,
-            write_requests,
-            write_timeline,
-            interval_s,
-            progress,
-            billers,
-        )
-    heap: list = []
-    pick = balancer.pick
-    timeline = _TimelineEmitter(replicas, interval_s, write_timeline, billers, progress)
-    next_emit = interval_s
-    row = 0
-    now = t = 0.0
-    for batch in batches:
-        for now, prompt, output, rid, tenant, tier, session in zip(
-            *_request_columns(batch), strict=True
-        ):
-            while heap and heap[0][0] < now:
-                t, r, version = heap[0]
-                rep = replicas[r]
-                if version == rep.version:
-                    nt = rep.on_event(t)
-                    if nt is not None:
-                        heapreplace(heap, (nt, r, version))  # one sift instead of two
-                        continue
-                heappop(heap)
-            if now >= next_emit:
-                next_emit = timeline.tick(now)
-            seq = Seq(row, now, prompt, output, rid, tenant, tier, session)
-            row += 1
-            r = pick(seq, now)
-            rep = replicas[r]
-            if prompt + output > rep.max_request_tokens:
-                seq.replica = r
-                seq.status = TOO_LONG
-                finished.append(seq)
-                continue
-            nt = rep.on_arrival(seq, now)
-            if nt is not None:
-                heappush(heap, (nt, r, rep.version))
-            if len(finished) >= FLUSH_ROWS:
-                _flush(finished, write_requests, replicas)
-    while heap:
-        t, r, version = heappop(heap)
-        rep = replicas[r]
-        if version == rep.version:
-            nt = rep.on_event(t)
-            if nt is not None:
-                heappush(heap, (nt, r, version))
-            if t >= next_emit:
-                next_emit = timeline.tick(t)
-    _flush(finished, write_requests, replicas)
-    return timeline.emit(float("inf"), max(now, t))
+    heap = events.heap
+    routers = gateway.routers
+    eager = not gateway.passthrough
 
-
-def _simulate_gateway(
-    batches,
-    replicas,
-    gateway,
-    finished,
-    write_requests,
-    write_timeline,
-    interval_s,
-    progress,
-    billers,
-) -> float:
-    """The same loop with requests entering through the gateway and its timers interleaved."""
-    heap: list = []
-    timers = gateway.timers.heap
-    timeline = _TimelineEmitter(replicas, interval_s, write_timeline, billers, progress)
-    next_emit = interval_s
-    last = 0.0
+    def flush() -> None:
+        """Hand the ended requests to the writer, and fold arrival and finish times into
+        their interval rows, so that neither grows with the length of the run."""
+        write_requests(finished)
+        finished.clear()
+        timeline.fold_counts()
 
     def dispatch(seq: Seq, now: float) -> None:
-        r = gateway.routers[seq.tier].pick(seq, now)
+        """Send an admitted request to a replica of its tier's pools."""
+        r = routers[seq.tier].pick(seq, now)
         rep = replicas[r]
         if seq.prompt_tokens + seq.output_tokens > rep.max_request_tokens:
             seq.replica = r
-            seq.status = TOO_LONG
+            seq.status = Status.TOO_LONG
             finished.append(seq)
             return
         nt = rep.on_arrival(seq, now)
         if nt is not None:
-            heappush(heap, (nt, r, rep.version))
+            heappush(heap, (nt, REPLICA, r, rep.version))
 
     gateway.dispatch = dispatch
-
-    def advance(until: float) -> None:
-        """Process timers and replica events before `until`, in time order."""
-        nonlocal next_emit, last
-        while True:
-            tt = timers[0][0] if timers else INF
-            tr = heap[0][0] if heap else INF
-            if tt <= tr:
-                if tt >= until:
-                    return
-                t, _, fn, arg = heappop(timers)
-                fn(t, arg)  # timers alone neither extend the run nor move the timeline on
-                if len(finished) >= FLUSH_ROWS:
-                    _flush(finished, write_requests, replicas)
-                continue
-            else:
-                if tr >= until:
-                    return
-                t, r, version = heappop(heap)
-                rep = replicas[r]
+    arrive = dispatch if gateway.passthrough else gateway.arrive
+    tier_named = gateway.tiers.get
+    default_tier = gateway.default
+    arrivals = chain.from_iterable(zip(*_request_columns(b), strict=True) for b in batches)
+    nxt = next(arrivals, None)
+    at = INF if nxt is None else nxt[0]
+    next_emit = timeline.interval_s
+    row = 0
+    last = 0.0
+    while True:
+        if heap and heap[0][0] < at:
+            t, kind, i, version = heap[0]
+            if kind == REPLICA:
+                rep = replicas[i]
                 if version != rep.version:
+                    heappop(heap)
                     continue
                 nt = rep.on_event(t)
-                if nt is not None:
-                    heappush(heap, (nt, r, version))
-            last = t
-            if t >= next_emit:
-                next_emit = timeline.tick(t)
-            if len(finished) >= FLUSH_ROWS:
-                _flush(finished, write_requests, replicas)
-
-    row = 0
-    for batch in batches:
-        for now, prompt, output, rid, tenant, tier, session in zip(
-            *_request_columns(batch), strict=True
-        ):
-            advance(now)
-            last = now
-            if now >= next_emit:
-                next_emit = timeline.tick(now)
-            seq = Seq(row, now, prompt, output, rid, tenant, tier, session)
-            row += 1
-            gateway.arrive(seq, now)
-            if len(finished) >= FLUSH_ROWS:
-                _flush(finished, write_requests, replicas)
-    gateway.trace_done = True
-    advance(INF)
-    _flush(finished, write_requests, replicas)
-    return timeline.emit(INF, last)
-
-
-INF = float("inf")
-
-
-class _TimelineEmitter:
-    """Writes interval rows (all replicas, in interval then replica order) once they are final.
-
-    Each row carries the replica's provisioned seconds in the interval and the on-demand
-    billing rounding of the provisioned spans that end in it (`billers[i]`: seconds billed for
-    a span of replica i, None when not billed by span)."""
-
-    def __init__(
-        self,
-        replicas: list[Replica],
-        interval_s: float,
-        write: Callable,
-        billers=None,
-        progress: Callable[[float], None] | None = None,
-    ) -> None:
-        self.replicas = replicas
-        self.interval_s = interval_s
-        self.write = write
-        self.billers = billers or [None] * len(replicas)
-        self.progress = progress
-        self.done = 0  # intervals before this one are written
-
-    def tick(self, now: float) -> float:
-        """The run has reached `now`, past the last interval's end: write what is final, move
-        the progress bar; return the next interval's end (the loops call back then)."""
-        self.emit(now)
-        if self.progress is not None:
-            self.progress(now)
-        return (int(now // self.interval_s) + 1) * self.interval_s
-
-    def emit(self, now: float, last_s: float = 0.0) -> float:
-        """Write the intervals every replica has moved past (all, when `now` is inf, up to the
-        one holding `last_s` too); return the end of the last interval written."""
-        reps = self.replicas
-        size = self.interval_s
-        horizon = min(now, min(rep.busy_since() for rep in reps))
-        if horizon == INF:
-            last = max((max(rep.acc) for rep in reps if rep.acc), default=self.done - 1)
-            limit = max(last + 1, int(last_s // size) + 1)
-            run_end = limit * size
+                if nt is None:
+                    heappop(heap)
+                else:
+                    heapreplace(heap, (nt, REPLICA, i, version))  # one sift instead of two
+                last = t
+                if (eager or nxt is None) and t >= next_emit:
+                    next_emit = timeline.tick(t)
+            else:
+                heappop(heap)
+                fn, arg = version
+                fn(t, arg)  # timers alone neither extend the run nor move the timeline on
+                if len(finished) >= FLUSH_ROWS:
+                    flush()
+                continue
+            if eager and len(finished) >= FLUSH_ROWS:
+                flush()
+            continue
+        if nxt is None:
+            break
+        now, prompt, output, rid, tenant, tier_name, session = nxt
+        if now >= next_emit:
+            next_emit = timeline.tick(now)
+        last = now
+        tier = tier_named(tier_name) or default_tier
+        arrive(Seq(row, now, prompt, output, rid, tenant, tier.name, session, -tier.priority), now)
+        row += 1
+        if len(finished) >= FLUSH_ROWS:
+            flush()
+        nxt = next(arrivals, None)
+        if nxt is None:
+            at = INF
+            gateway.trace_done = True
         else:
-            limit = int(horizon // size)
-            run_end = INF
-        rows = []
-        billers = self.billers
-        for iv in range(self.done, limit):
-            start, end = iv * size, (iv + 1) * size
-            for rep in reps:
-                rep.fold_counts(end)
-                acc = rep.acc.pop(iv, None) or new_row()
-                # In-system integral: the requests here at its start, all through it, plus the
-                # arrivals' and finishes' parts (Replica.fold_counts).
-                acc[IN_SYSTEM] += rep.in_sys_n * size
-                rep.in_sys_n += acc[ARRIVED] - acc[FINISHED]
-                provisioned = 0.0
-                for a, b in rep.spans:
-                    if b == INF:
-                        b = run_end
-                    lo = a if a > start else start
-                    hi = b if b < end else end
-                    if hi > lo:
-                        provisioned += hi - lo
-                    billed = billers[rep.index]
-                    if billed is not None and start < b <= end:
-                        acc[BILLED_EXTRA] += billed(b - a) - (b - a)
-                rows.append((iv, rep.index, acc, provisioned))
-        self.done = max(self.done, limit)
-        for rep in reps:
-            rep.cur_iv = -1  # its cached row may have been written out
-        self.write(rows)
-        return self.done * size
+            at = nxt[0]
+    flush()
+    return timeline.emit(INF, last)

@@ -26,22 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tokenfleet.replay.cost import CostRates
-from tokenfleet.replay.replica import (
-    ARRIVED,
-    BATCH_MAX,
-    BATCH_SUM,
-    BILLED_EXTRA,
-    BUSY,
-    DECODE,
-    FINISHED,
-    IN_SYSTEM,
-    KV_PEAK,
-    PREFILL,
-    SAMPLED,
-    STEPS,
-    Seq,
-)
+from tokenfleet.replay.records.rowgroups import RowGroups
+from tokenfleet.replay.request import Seq
 from tokenfleet.replay.tiers import (
     PRICE_AND_SLO_KEYS,
     TOKENS_PER_MTOKEN,
@@ -97,52 +83,6 @@ def priced_schema(request_id_type: pa.DataType) -> pa.Schema:
     )
 
 
-TIMELINE_SCHEMA = pa.schema(
-    [
-        ("pool", pa.string()),
-        ("replica", pa.int32()),
-        ("interval_start_s", pa.float64()),
-        ("interval_s", pa.float64()),
-        ("busy_s", pa.float64()),
-        ("steps", pa.int64()),
-        ("mean_batch", pa.float64()),
-        ("max_batch", pa.int32()),
-        ("prefill_tokens", pa.int64()),
-        ("decode_tokens", pa.int64()),
-        ("output_tokens", pa.int64()),
-        ("kv_peak_blocks", pa.int64()),
-        ("kv_peak_frac", pa.float64()),
-        ("requests_arrived", pa.int64()),
-        ("requests_finished", pa.int64()),
-        ("mean_in_system", pa.float64()),
-        ("provisioned_s", pa.float64()),
-        ("cost_usd", pa.float64()),
-    ]
-)
-
-
-class _RowGroups:
-    """Record batches held until they make a row group of at least ROW_GROUP_ROWS rows (or the
-    end): the writers convert small batches as they come, the files get large row groups."""
-
-    def __init__(self, write_table) -> None:
-        self.write_table = write_table
-        self.pending: list[pa.RecordBatch] = []
-        self.rows = 0
-
-    def add(self, batch: pa.RecordBatch) -> None:
-        self.pending.append(batch)
-        self.rows += batch.num_rows
-        if self.rows >= ROW_GROUP_ROWS:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.pending:  # as one record batch: one row group
-            self.write_table(pa.Table.from_batches(self.pending).combine_chunks())
-        self.pending = []
-        self.rows = 0
-
-
 class RequestWriter:
     """Appends finished (or refused) requests, in batches, to the raw file: Arrow IPC, which is
     written and read back (once, by `price_requests`) with no encoding, unlike Parquet."""
@@ -157,7 +97,7 @@ class RequestWriter:
         self.pool_names = list(dict.fromkeys(pools))
         self.pool_ix = np.array([self.pool_names.index(p) for p in pools], dtype=np.int64)
         self.gpu_s_sum = np.zeros(len(self.pool_names))
-        self.batches = _RowGroups(self.writer.write_table)
+        self.batches = RowGroups(self.writer.write_table)
 
     def write(self, seqs: list[Seq]) -> None:
         """Convert a (small) batch of finished requests now, while their objects are still in
@@ -256,87 +196,6 @@ class RequestWriter:
 
 def _nullable(arr: np.ndarray) -> pa.Array:
     return pa.array(arr, mask=np.isnan(arr))
-
-
-class TimelineWriter:
-    """Appends per-replica per-interval rows to timeline.parquet."""
-
-    def __init__(
-        self,
-        path: Path,
-        interval_s: float,
-        pools: list[str],
-        kv_blocks: list[int],
-        rates: list[CostRates],
-    ):
-        self.writer = pq.ParquetWriter(path, TIMELINE_SCHEMA, use_dictionary=["pool"])
-        self.batches = _RowGroups(self.writer.write_table)
-        self.interval_s = interval_s
-        self.pools = pools
-        self.kv_blocks = kv_blocks
-        self.always = np.array([r.always_usd_per_s for r in rates], dtype=np.float64)
-        self.per_provisioned = np.array([r.provisioned_usd_per_s for r in rates], np.float64)
-        self.per_busy = np.array([r.busy_usd_per_s for r in rates], dtype=np.float64)
-        self.pool_names = list(dict.fromkeys(pools))
-        self.pool_ix = np.array([self.pool_names.index(p) for p in pools], dtype=np.int64)
-        n = len(self.pool_names)
-        # Per pool, in write order: busy and provisioned replica-seconds, and $.
-        self.busy_s = np.zeros(n)
-        self.provisioned_s = np.zeros(n)
-        self.cost_usd = np.zeros(n)
-
-    def write(self, rows: list[tuple[int, int, list, float]]) -> None:
-        """rows: (interval number, replica, accumulator, provisioned seconds) in output order."""
-        if not rows:
-            return
-        size = self.interval_s
-        acc = [r[2] for r in rows]
-        replica = [r[1] for r in rows]
-        rix = np.array(replica, dtype=np.int64)
-        busy = np.array([a[BUSY] for a in acc], dtype=np.float64)
-        provisioned = np.array([r[3] for r in rows], dtype=np.float64)
-        billed_extra = np.array([a[BILLED_EXTRA] for a in acc], dtype=np.float64)
-        cost = (
-            self.always[rix] * size
-            + self.per_provisioned[rix] * (provisioned + billed_extra)
-            + self.per_busy[rix] * busy
-        )
-        pix = self.pool_ix[rix]
-        n = len(self.pool_names)
-        self.busy_s += np.bincount(pix, weights=busy, minlength=n)
-        self.provisioned_s += np.bincount(pix, weights=provisioned, minlength=n)
-        self.cost_usd += np.bincount(pix, weights=cost, minlength=n)
-        steps = np.array([a[STEPS] for a in acc], dtype=np.int64)
-        batch_sum = np.array([a[BATCH_SUM] for a in acc], dtype=np.float64)
-        kv_peak = np.array([a[KV_PEAK] for a in acc], dtype=np.int64)
-        capacity = np.array([self.kv_blocks[i] for i in replica], dtype=np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean_batch = np.where(steps > 0, batch_sum / steps, 0.0)
-        columns = [
-            pa.array([self.pools[i] for i in replica], pa.string()),
-            pa.array(np.array(replica, dtype=np.int32)),
-            pa.array(np.array([r[0] * size for r in rows], dtype=np.float64)),
-            pa.array(np.full(len(rows), size, dtype=np.float64)),
-            pa.array(busy),
-            pa.array(steps),
-            pa.array(mean_batch),
-            pa.array(np.array([a[BATCH_MAX] for a in acc], dtype=np.int32)),
-            pa.array(np.array([a[PREFILL] for a in acc], dtype=np.int64)),
-            pa.array(np.array([a[DECODE] for a in acc], dtype=np.int64)),
-            pa.array(np.array([a[DECODE] + a[SAMPLED] for a in acc], dtype=np.int64)),
-            pa.array(kv_peak),
-            pa.array(kv_peak / capacity),
-            pa.array(np.array([a[ARRIVED] for a in acc], dtype=np.int64)),
-            pa.array(np.array([a[FINISHED] for a in acc], dtype=np.int64)),
-            pa.array(np.array([a[IN_SYSTEM] for a in acc], dtype=np.float64) / size),
-            pa.array(provisioned),
-            pa.array(cost),
-        ]
-        self.batches.add(pa.RecordBatch.from_arrays(columns, schema=TIMELINE_SCHEMA))
-
-    def close(self) -> None:
-        self.batches.flush()
-        self.writer.close()
 
 
 def price_requests(

@@ -14,25 +14,25 @@ import tomli_w
 
 from tokenfleet.atomic import atomic_dir
 from tokenfleet.errors import UserError
-from tokenfleet.replay.cost import RentedPricing, pool_cost_usd
 from tokenfleet.replay.fleet import Fleet, TraceStats, build_fleet
 from tokenfleet.replay.loop import TRACE_COLUMNS, simulate
 from tokenfleet.replay.metrics import (
-    RAW_REQUESTS_FILE,
-    REQUESTS_FILE,
-    SUMMARY_FILE,
-    TIMELINE_FILE,
     RequestWriter,
-    TimelineWriter,
     economics,
     price_requests,
     summarise,
     write_summary,
 )
+from tokenfleet.replay.records import (
+    RAW_REQUESTS_FILE,
+    REQUESTS_FILE,
+    SCENARIO_FILE,
+    SUMMARY_FILE,
+    TIMELINE_FILE,
+)
+from tokenfleet.replay.records.timeline import Timeline, TimelineWriter, pool_costs
 from tokenfleet.replay.scenario import Scenario, scenario_to_dict
 from tokenfleet.traces.reader import read_trace_batches
-
-SCENARIO_FILE = "scenario.toml"
 
 
 def trace_stats(path: str | os.PathLike[str]) -> tuple[TraceStats, dict[str, int]]:
@@ -109,21 +109,24 @@ def run_replay(
             run_s = simulate(
                 _chain(first, batches),
                 fleet.replicas,
-                fleet.balancer,
+                fleet.gateway,
+                fleet.events,
+                Timeline(
+                    fleet.replicas,
+                    resolved.interval_s,
+                    timeline,
+                    fleet.billers,
+                    advance if bar is not None else None,
+                ),
                 fleet.finished,
                 requests.write,
-                timeline.write,
-                resolved.interval_s,
-                advance if bar is not None else None,
-                fleet.gateway,
-                fleet.billers,
             )
         finally:
             if bar is not None:
                 bar.close()
             requests.close()
             timeline.close()
-        pools = _pool_costs(fleet, timeline, run_s)
+        pools = pool_costs(fleet, timeline, run_s)
         gpu_s = requests.gpu_s_by_pool
         price_requests(
             tmp / RAW_REQUESTS_FILE,
@@ -161,56 +164,11 @@ def _check_interval(interval_s: float, stats: TraceStats) -> None:
         )
 
 
-def _pool_costs(fleet: Fleet, timeline: TimelineWriter, run_s: float) -> list[dict]:
-    """Each pool's description with its cost (cost.py, over [0, run_s]) and GPU time."""
-    out = []
-    busy = dict(zip(timeline.pool_names, timeline.busy_s.tolist(), strict=True))
-    provisioned = dict(zip(timeline.pool_names, timeline.provisioned_s.tolist(), strict=True))
-    timeline_usd = dict(zip(timeline.pool_names, timeline.cost_usd.tolist(), strict=True))
-    for pool in fleet.pools:
-        name, tp = pool["name"], pool["tp"]
-        members = [r for r in fleet.replicas if r.pool == name]
-        spans = [min(b, run_s) - a for r in members for a, b in r.spans if a < run_s]
-        pricing = fleet.pricing[name]
-        on_demand = isinstance(pricing, RentedPricing) and pricing.commitment == "on_demand"
-        charged = provisioned[name] if on_demand else len(members) * run_s
-        scaler = (fleet.autoscalers or {}).get(name)
-        out.append(
-            {
-                **pool,
-                "cost_usd": pool_cost_usd(pricing, tp, len(members), spans, run_s, busy[name]),
-                "timeline_cost_usd": timeline_usd[name],
-                "charged_gpu_s": charged * tp,
-                "busy_gpu_s": busy[name] * tp,
-                "utilisation": busy[name] / charged if charged > 0 else None,
-                "peak_replicas": _peak(spans_of(members)),
-                "scale_ups": scaler.scale_ups if scaler else 0,
-                "scale_downs": scaler.scale_downs if scaler else 0,
-            }
-        )
-    return out
-
-
-def spans_of(replicas: list) -> list[tuple[float, float]]:
-    return [(a, b) for r in replicas for a, b in r.spans]
-
-
-def _peak(spans: list[tuple[float, float]]) -> int:
-    """Most replicas provisioned at once."""
-    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans], key=lambda e: e)
-    peak = n = 0
-    for _, change in events:
-        n += change
-        peak = max(peak, n)
-    return peak
-
-
 def _gateway_figures(fleet: Fleet, unknown: dict[str, int], default_tier: str) -> dict:
-    gateway = fleet.gateway
     return {
         "unknown_tiers": unknown,
         "default_tier": default_tier,
-        "retries": gateway.retries if gateway is not None else 0,
+        "retries": fleet.gateway.retries,
     }
 
 

@@ -1,0 +1,453 @@
+"""The timeline: one row per replica per interval, from accounting to timeline.parquet.
+
+Each replica owns a `ReplicaTimeline`, the narrow recorder it reports to: its steps and runs
+(`step`, `run`), the requests arriving and finishing (`arrived`, `finished`), and, for an
+autoscaled pool, when it is provisioned and released. The recorder keeps one `IntervalRow` per
+interval it has touched. `Timeline` writes the rows out once every replica has moved past
+their interval, adds the in-system integral and the provisioned time, and prices each row
+(cost.py's rates); `pool_costs` prices each pool once, from the same provisioned spans.
+Nothing outside this module writes the recorders' state.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tokenfleet.replay.cost import CostRates, RentedPricing, pool_cost_usd
+from tokenfleet.replay.records.rowgroups import RowGroups
+
+INF = float("inf")
+
+TIMELINE_SCHEMA = pa.schema(
+    [
+        ("pool", pa.string()),
+        ("replica", pa.int32()),
+        ("interval_start_s", pa.float64()),
+        ("interval_s", pa.float64()),
+        ("busy_s", pa.float64()),
+        ("steps", pa.int64()),
+        ("mean_batch", pa.float64()),
+        ("max_batch", pa.int32()),
+        ("prefill_tokens", pa.int64()),
+        ("decode_tokens", pa.int64()),
+        ("output_tokens", pa.int64()),
+        ("kv_peak_blocks", pa.int64()),
+        ("kv_peak_frac", pa.float64()),
+        ("requests_arrived", pa.int64()),
+        ("requests_finished", pa.int64()),
+        ("mean_in_system", pa.float64()),
+        ("provisioned_s", pa.float64()),
+        ("cost_usd", pa.float64()),
+    ]
+)
+
+
+class IntervalRow:
+    """What one replica did in one interval, as it accumulates (slots: read and added to on
+    every step, as fast as a list's items)."""
+
+    __slots__ = (
+        "busy_s",
+        "steps",
+        "batch_sum",
+        "batch_max",
+        "prefill_tokens",
+        "decode_tokens",  # tokens of decoding sequences; output tokens add the sampled ones
+        "sampled_tokens",  # first tokens, sampled at the end of a prefill
+        "kv_peak_blocks",
+        "arrived",
+        "finished",
+        "in_system_s",  # the integral of the requests present, over the interval
+        "billed_extra_s",  # on-demand billing's rounding of spans that end in the interval
+    )
+
+    def __init__(self) -> None:
+        self.busy_s = 0.0
+        self.steps = 0
+        self.batch_sum = 0
+        self.batch_max = 0
+        self.prefill_tokens = 0
+        self.decode_tokens = 0
+        self.sampled_tokens = 0
+        self.kv_peak_blocks = 0
+        self.arrived = 0
+        self.finished = 0
+        self.in_system_s = 0.0
+        self.billed_extra_s = 0.0
+
+
+class ReplicaTimeline:
+    """The recorder of one replica: interval rows, arrival and finish times, provisioned spans.
+
+    `arrived(t)` and `finished(t)` are list appends (no Python frame on the hot path); the
+    times are folded into their rows in bulk (`fold_counts`)."""
+
+    __slots__ = (
+        "interval_s",
+        "rows",
+        "cur_iv",
+        "cur_row",
+        "arrived_at",
+        "finished_at",
+        "arrived",
+        "finished",
+        "in_system",
+        "spans",
+    )
+
+    def __init__(self, interval_s: float, provisioned: bool = True) -> None:
+        self.interval_s = interval_s
+        self.rows: dict[int, IntervalRow] = {}  # by interval number
+        self.cur_iv = -1  # the interval whose row was used last, and that row
+        self.cur_row: IntervalRow | None = None
+        # Arrival and finish times, in order, not yet folded into their intervals' rows.
+        self.arrived_at: list[float] = []
+        self.finished_at: list[float] = []
+        self.arrived = self.arrived_at.append
+        self.finished = self.finished_at.append
+        self.in_system = 0  # requests here at the start of the next interval written
+        # Provisioned spans [start, end] (end inf while provisioned); a fixed pool's: always.
+        self.spans: list[list[float]] = [[0.0, INF]] if provisioned else []
+
+    def row(self, iv: int) -> IntervalRow:
+        """The row of interval `iv` (hot callers check `cur_iv` first)."""
+        if iv == self.cur_iv:
+            return self.cur_row
+        row = self.rows.get(iv)
+        if row is None:
+            row = self.rows[iv] = IntervalRow()
+        self.cur_iv = iv
+        self.cur_row = row
+        return row
+
+    # ------------------------------------------------------------------ what the replica did
+
+    def step(
+        self,
+        start: float,
+        end: float,
+        batch: int,
+        prefill: int,
+        decode: int,
+        kv_blocks: int,
+        sampled: int,
+    ) -> None:
+        """One step with prefill chunks, counted in the interval it starts in."""
+        size = self.interval_s
+        iv = int(start // size)
+        row = self.cur_row if iv == self.cur_iv else self.row(iv)
+        row.steps += 1
+        row.batch_sum += batch
+        if batch > row.batch_max:
+            row.batch_max = batch
+        row.prefill_tokens += prefill
+        row.decode_tokens += decode
+        row.sampled_tokens += sampled
+        if kv_blocks > row.kv_peak_blocks:
+            row.kv_peak_blocks = kv_blocks
+        if end <= (iv + 1) * size:  # the usual case: the step lies within one interval
+            row.busy_s += end - start
+        else:
+            self._busy(iv, start, end)
+
+    def _busy(self, iv: int, start: float, end: float) -> None:
+        size = self.interval_s
+        while True:
+            edge = (iv + 1) * size
+            if end <= edge:
+                self.row(iv).busy_s += end - start
+                return
+            self.row(iv).busy_s += edge - start
+            start = edge
+            iv += 1
+
+    def run(
+        self,
+        start: float,
+        end: float,
+        steps: int,
+        batch: int,
+        decode: int,
+        kv_blocks: int,
+        replica,
+    ) -> None:
+        """`steps` decode-only steps of `batch` sequences (`decode` of them producing tokens)
+        from `start` to `end`, each counted in the interval it starts in. `kv_blocks` is the
+        peak at the run's end; a run over an interval edge asks `replica` where the edge
+        falls (`steps_before`) and the peak there (`kv_blocks_after`)."""
+        size = self.interval_s
+        iv = int(start // size)
+        done = 0
+        while True:
+            edge = (iv + 1) * size
+            row = self.cur_row if iv == self.cur_iv else self.row(iv)
+            if done < steps:
+                upto = steps if end <= edge else min(steps, replica.steps_before(edge))
+                n = upto - done
+                if n > 0:
+                    row.steps += n
+                    row.batch_sum += n * batch
+                    if batch > row.batch_max:
+                        row.batch_max = batch
+                    row.decode_tokens += n * decode
+                    peak = kv_blocks if upto == steps else replica.kv_blocks_after(upto)
+                    if peak > row.kv_peak_blocks:
+                        row.kv_peak_blocks = peak
+                    done = upto
+            if end <= edge:  # the usual case: at once, the run lies within one interval
+                row.busy_s += end - start
+                return
+            row.busy_s += edge - start
+            start = edge
+            iv += 1
+
+    def fold_counts(self, before: float = INF) -> None:
+        """Move the arrival and finish times before `before` into their intervals' rows: the
+        counts, and the in-system integral's parts (each arrival adds the time to its
+        interval's end, each finish takes it back; `take` adds the requests present at the
+        interval's start). Called per batch of finished requests, not per request."""
+        size = self.interval_s
+        for times, arriving in ((self.arrived_at, True), (self.finished_at, False)):
+            n = bisect_left(times, before)
+            i = 0
+            while i < n:
+                iv = int(times[i] // size)
+                end = (iv + 1) * size
+                j = bisect_left(times, end, i, n)
+                row = self.row(iv)
+                part = (j - i) * end - sum(times[i:j])
+                if arriving:
+                    row.arrived += j - i
+                    row.in_system_s += part
+                else:
+                    row.finished += j - i
+                    row.in_system_s += -part
+                i = j
+            del times[:n]
+
+    # ------------------------------------------------------------------ provisioning
+
+    def provision(self, now: float) -> None:
+        self.spans.append([now, INF])
+
+    def release(self, now: float) -> None:
+        self.spans[-1][1] = now
+
+    def provisioned_since(self) -> float:
+        """When the latest span started (an autoscaler's check that it was not cancelled)."""
+        return self.spans[-1][0]
+
+    # ------------------------------------------------------------------ writing out
+
+    def take(self, iv: int, run_end: float, billed: Callable[[float], float] | None):
+        """Interval `iv`'s final row and provisioned seconds (spans still open end at
+        `run_end`); it is no longer kept."""
+        size = self.interval_s
+        start, end = iv * size, (iv + 1) * size
+        self.fold_counts(end)
+        row = self.rows.pop(iv, None) or IntervalRow()
+        if iv == self.cur_iv:
+            self.cur_iv = -1
+        # In-system integral: the requests here at its start, all through it, plus the
+        # arrivals' and finishes' parts (fold_counts).
+        row.in_system_s += self.in_system * size
+        self.in_system += row.arrived - row.finished
+        provisioned = 0.0
+        for a, b in self.spans:
+            if b == INF:
+                b = run_end
+            lo = a if a > start else start
+            hi = b if b < end else end
+            if hi > lo:
+                provisioned += hi - lo
+            if billed is not None and start < b <= end:
+                row.billed_extra_s += billed(b - a) - (b - a)
+        return row, provisioned
+
+
+class Timeline:
+    """Writes interval rows (all replicas, in interval then replica order) once they are final:
+    every replica has moved past them (`busy_since`)."""
+
+    def __init__(
+        self,
+        replicas: list,
+        interval_s: float,
+        writer: TimelineWriter,
+        billers: list | None = None,
+        progress: Callable[[float], None] | None = None,
+    ) -> None:
+        self.replicas = replicas
+        self.interval_s = interval_s
+        self.writer = writer
+        self.billers = billers or [None] * len(replicas)
+        self.progress = progress
+        self.done = 0  # intervals before this one are written
+
+    def fold_counts(self) -> None:
+        """Fold every replica's arrival and finish times (so that neither grows with the run)."""
+        for rep in self.replicas:
+            rep.timeline.fold_counts()
+
+    def tick(self, now: float) -> float:
+        """The run has reached `now`, past the last interval's end: write what is final, move
+        the progress bar; return the next interval's end (the loop calls back then)."""
+        self.emit(now)
+        if self.progress is not None:
+            self.progress(now)
+        return (int(now // self.interval_s) + 1) * self.interval_s
+
+    def emit(self, now: float, last_s: float = 0.0) -> float:
+        """Write the intervals every replica has moved past (all, when `now` is inf, up to the
+        one holding `last_s` too); return the end of the last interval written."""
+        reps = self.replicas
+        size = self.interval_s
+        horizon = min(now, min(rep.busy_since() for rep in reps))
+        if horizon == INF:
+            last = max(
+                (max(rep.timeline.rows) for rep in reps if rep.timeline.rows),
+                default=self.done - 1,
+            )
+            limit = max(last + 1, int(last_s // size) + 1)
+            run_end = limit * size
+        else:
+            limit = int(horizon // size)
+            run_end = INF
+        rows = []
+        billers = self.billers
+        for iv in range(self.done, limit):
+            for rep in reps:
+                row, provisioned = rep.timeline.take(iv, run_end, billers[rep.index])
+                rows.append((iv, rep.index, row, provisioned))
+        self.done = max(self.done, limit)
+        self.writer.write(rows)
+        return self.done * size
+
+
+class TimelineWriter:
+    """Appends priced per-replica per-interval rows to timeline.parquet, and sums each pool's
+    busy and provisioned replica-seconds for `pool_costs`."""
+
+    def __init__(
+        self,
+        path: Path,
+        interval_s: float,
+        pools: list[str],
+        kv_blocks: list[int],
+        rates: list[CostRates],
+    ):
+        self.writer = pq.ParquetWriter(path, TIMELINE_SCHEMA, use_dictionary=["pool"])
+        self.batches = RowGroups(self.writer.write_table)
+        self.interval_s = interval_s
+        self.pools = pools
+        self.kv_blocks = kv_blocks
+        self.always = np.array([r.always_usd_per_s for r in rates], dtype=np.float64)
+        self.per_provisioned = np.array([r.provisioned_usd_per_s for r in rates], np.float64)
+        self.per_busy = np.array([r.busy_usd_per_s for r in rates], dtype=np.float64)
+        self.pool_names = list(dict.fromkeys(pools))
+        self.pool_ix = np.array([self.pool_names.index(p) for p in pools], dtype=np.int64)
+        n = len(self.pool_names)
+        # Per pool, in write order: busy and provisioned replica-seconds.
+        self.busy_s = np.zeros(n)
+        self.provisioned_s = np.zeros(n)
+
+    def write(self, rows: list[tuple[int, int, IntervalRow, float]]) -> None:
+        """rows: (interval number, replica, its row, provisioned seconds) in output order."""
+        if not rows:
+            return
+        size = self.interval_s
+        acc = [r[2] for r in rows]
+        replica = [r[1] for r in rows]
+        rix = np.array(replica, dtype=np.int64)
+        busy = np.array([a.busy_s for a in acc], dtype=np.float64)
+        provisioned = np.array([r[3] for r in rows], dtype=np.float64)
+        billed_extra = np.array([a.billed_extra_s for a in acc], dtype=np.float64)
+        cost = (
+            self.always[rix] * size
+            + self.per_provisioned[rix] * (provisioned + billed_extra)
+            + self.per_busy[rix] * busy
+        )
+        pix = self.pool_ix[rix]
+        n = len(self.pool_names)
+        self.busy_s += np.bincount(pix, weights=busy, minlength=n)
+        self.provisioned_s += np.bincount(pix, weights=provisioned, minlength=n)
+        steps = np.array([a.steps for a in acc], dtype=np.int64)
+        batch_sum = np.array([a.batch_sum for a in acc], dtype=np.float64)
+        kv_peak = np.array([a.kv_peak_blocks for a in acc], dtype=np.int64)
+        capacity = np.array([self.kv_blocks[i] for i in replica], dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_batch = np.where(steps > 0, batch_sum / steps, 0.0)
+        decode = [a.decode_tokens for a in acc]
+        columns = [
+            pa.array([self.pools[i] for i in replica], pa.string()),
+            pa.array(np.array(replica, dtype=np.int32)),
+            pa.array(np.array([r[0] * size for r in rows], dtype=np.float64)),
+            pa.array(np.full(len(rows), size, dtype=np.float64)),
+            pa.array(busy),
+            pa.array(steps),
+            pa.array(mean_batch),
+            pa.array(np.array([a.batch_max for a in acc], dtype=np.int32)),
+            pa.array(np.array([a.prefill_tokens for a in acc], dtype=np.int64)),
+            pa.array(np.array(decode, dtype=np.int64)),
+            pa.array(
+                np.array([d + a.sampled_tokens for d, a in zip(decode, acc, strict=True)], np.int64)
+            ),
+            pa.array(kv_peak),
+            pa.array(kv_peak / capacity),
+            pa.array(np.array([a.arrived for a in acc], dtype=np.int64)),
+            pa.array(np.array([a.finished for a in acc], dtype=np.int64)),
+            pa.array(np.array([a.in_system_s for a in acc], dtype=np.float64) / size),
+            pa.array(provisioned),
+            pa.array(cost),
+        ]
+        self.batches.add(pa.RecordBatch.from_arrays(columns, schema=TIMELINE_SCHEMA))
+
+    def close(self) -> None:
+        self.batches.flush()
+        self.writer.close()
+
+
+def pool_costs(fleet, timeline: TimelineWriter, run_s: float) -> list[dict]:
+    """Each pool's description with its cost over [0, run_s] (cost.py, from the provisioned
+    spans; the timeline's cost column spreads the same money over the intervals) and its
+    charged and busy GPU time."""
+    out = []
+    busy = dict(zip(timeline.pool_names, timeline.busy_s.tolist(), strict=True))
+    provisioned = dict(zip(timeline.pool_names, timeline.provisioned_s.tolist(), strict=True))
+    for pool in fleet.pools:
+        name, tp = pool["name"], pool["tp"]
+        members = [r.timeline.spans for r in fleet.replicas if r.pool == name]
+        spans = [min(b, run_s) - a for member in members for a, b in member if a < run_s]
+        pricing = fleet.pricing[name]
+        on_demand = isinstance(pricing, RentedPricing) and pricing.commitment == "on_demand"
+        charged = provisioned[name] if on_demand else len(members) * run_s
+        scaler = (fleet.autoscalers or {}).get(name)
+        out.append(
+            {
+                **pool,
+                "cost_usd": pool_cost_usd(pricing, tp, len(members), spans, run_s, busy[name]),
+                "charged_gpu_s": charged * tp,
+                "busy_gpu_s": busy[name] * tp,
+                "utilisation": busy[name] / charged if charged > 0 else None,
+                "peak_replicas": _peak([(a, b) for member in members for a, b in member]),
+                "scale_ups": scaler.scale_ups if scaler else 0,
+                "scale_downs": scaler.scale_downs if scaler else 0,
+            }
+        )
+    return out
+
+
+def _peak(spans: list[tuple[float, float]]) -> int:
+    """Most replicas provisioned at once."""
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans], key=lambda e: e)
+    peak = n = 0
+    for _, change in events:
+        n += change
+        peak = max(peak, n)
+    return peak

@@ -1,0 +1,125 @@
+"""The request's vocabulary: `Seq` (one request inside the fleet), its `Status`, and the
+fields of the request record that `records/requests.py` writes.
+
+A request's status moves WAITING -> RUNNING -> FINISHED along the normal path (back to WAITING
+when preempted). The gateway may hold it DEFERRED first, and it may end without being served:
+TOO_LONG (its prompt and output cannot fit an empty KV cache), RATE_LIMITED (refused by a token
+bucket, after its retries) or EXPIRED (a deferred tier's deadline passed). Only the four ending
+statuses reach requests.parquet.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+INF = float("inf")
+
+
+class Status(StrEnum):
+    """Where a request is. Members are strings, so records and comparisons use them as is."""
+
+    WAITING = "waiting"  # queued at the gateway or a replica, or preempted
+    DEFERRED = "deferred"  # held at the gateway until its pools have headroom
+    RUNNING = "running"  # some of its KV is (being) computed on a replica
+    FINISHED = "finished"
+    TOO_LONG = "too_long"
+    RATE_LIMITED = "rate_limited"
+    EXPIRED = "expired"
+
+
+ENDED = (Status.FINISHED, Status.TOO_LONG, Status.RATE_LIMITED, Status.EXPIRED)
+
+# The Seq attributes a request record is built from, in the order the writer reads them.
+RECORD_FIELDS = (
+    "request_id",
+    "tenant",
+    "tier",
+    "replica",
+    "arrival_s",
+    "start_s",
+    "first_token_s",
+    "finish_s",
+    "prompt_tokens",
+    "output_tokens",
+    "preemptions",
+    "status",
+    "attempts",
+    "prefill_s",
+    "decode_s",
+)
+
+
+class Seq:
+    """A request inside the fleet: its trace fields, its progress and what the records need.
+
+    `tier` is the scenario tier it is served and billed as (an unknown trace tier is the
+    default tier from the moment it enters), and `priority` that tier's, negated: the batchers
+    serve lower values first."""
+
+    __slots__ = (
+        "row",
+        "request_id",
+        "tenant",
+        "tier",
+        "session_id",
+        "arrival_s",
+        "prompt_tokens",
+        "output_tokens",
+        "priority",
+        "cached",
+        "generated",
+        "blocks",
+        "offset",
+        "fin_step",
+        "reserved",
+        "start_s",
+        "first_token_s",
+        "finish_s",
+        "preemptions",
+        "replica",
+        "status",
+        "prefill_s",
+        "decode_s",
+        "a_join",
+        "attempts",
+        "deadline_at",
+    )
+
+    def __init__(
+        self,
+        row: int,
+        arrival_s: float,
+        prompt_tokens: int,
+        output_tokens: int,
+        request_id=None,
+        tenant=None,
+        tier=None,
+        session_id=None,
+        priority: int = 0,
+    ) -> None:
+        self.row = row
+        self.request_id = request_id
+        self.tenant = tenant
+        self.tier = tier
+        self.session_id = session_id
+        self.arrival_s = arrival_s
+        self.prompt_tokens = prompt_tokens
+        self.output_tokens = output_tokens
+        self.priority = priority
+        self.cached = 0  # tokens whose KV is computed
+        self.generated = 0  # output tokens produced so far
+        self.blocks = 0  # KV blocks held while not in the decode histogram
+        self.offset = 0  # cached - step_no while decoding
+        self.fin_step = -1  # step whose end produces the last token, while decoding
+        self.reserved = False  # static batching: blocks for the whole output taken up front
+        self.start_s = None  # first step that computed any of it
+        self.first_token_s = None
+        self.finish_s = None
+        self.preemptions = 0
+        self.replica = -1
+        self.status = Status.WAITING
+        self.prefill_s = 0.0  # replica-seconds of prefill steps, by token share
+        self.decode_s = 0.0  # replica-seconds of decode tokens, by token share
+        self.a_join = 0.0  # the replica's decode accumulator when this joined decoding
+        self.attempts = 1  # 1 + client retries after rate limiting
+        self.deadline_at = INF  # deferred tiers: finishing later makes it EXPIRED
