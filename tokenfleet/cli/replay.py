@@ -69,7 +69,7 @@ def replay(
     """
     import json
 
-    from tokenfleet.replay.metrics import format_summary
+    from tokenfleet.cli.format import format_summary
     from tokenfleet.replay.run import run_replay
     from tokenfleet.replay.scenario import load_scenario, with_overrides
 

@@ -16,13 +16,6 @@ from tokenfleet.atomic import atomic_dir
 from tokenfleet.errors import UserError
 from tokenfleet.replay.fleet import Fleet, TraceStats, build_fleet
 from tokenfleet.replay.loop import TRACE_COLUMNS, simulate
-from tokenfleet.replay.metrics import (
-    RequestWriter,
-    economics,
-    price_requests,
-    summarise,
-    write_summary,
-)
 from tokenfleet.replay.records import (
     RAW_REQUESTS_FILE,
     REQUESTS_FILE,
@@ -30,6 +23,8 @@ from tokenfleet.replay.records import (
     SUMMARY_FILE,
     TIMELINE_FILE,
 )
+from tokenfleet.replay.records.requests import RequestWriter, price_requests
+from tokenfleet.replay.records.summary import summarise, write_summary
 from tokenfleet.replay.records.timeline import Timeline, TimelineWriter, pool_costs
 from tokenfleet.replay.scenario import Scenario, scenario_to_dict
 from tokenfleet.traces.reader import read_trace_batches
@@ -132,17 +127,14 @@ def run_replay(
             tmp / RAW_REQUESTS_FILE,
             tmp / REQUESTS_FILE,
             resolved.tiers,
-            resolved.gateway.default_tier,
             {
                 p["name"]: p["cost_usd"] / gpu_s[p["name"]] if gpu_s[p["name"]] else 0.0
                 for p in pools
             },
         )
         (tmp / RAW_REQUESTS_FILE).unlink()
-        summary = summarise(
-            tmp, {"gpus": fleet.gpus, "replicas": sum(p["replicas"] for p in pools), "pools": pools}
-        )
-        summary["economics"] = economics(tmp, pools, run_s)
+        replicas = sum(p["replicas"] for p in pools)
+        summary = summarise(tmp, {"gpus": fleet.gpus, "replicas": replicas}, pools, run_s)
         summary["gateway"] = _gateway_figures(fleet, unknown, resolved.gateway.default_tier)
         summary["seed"] = resolved.seed
         summary["step_by_step"] = step_by_step

@@ -1,0 +1,187 @@
+"""The run's summary: latency, throughput and money, from the files the run wrote.
+
+requests.parquet is read once, a batch at a time: the latency columns of finished requests are
+kept (for their means and percentiles), everything else is summed as it goes, and the same pass
+feeds the money and goodput sums (economics.py). timeline.parquet, one row per replica per
+interval, is read whole. Every figure printed can so be recomputed from the files. Means and
+sums are taken in numpy in file order (Polars sums in parallel chunks, whose order, and last
+bit, varies), so summaries are byte-identical run to run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from tokenfleet.replay.records import REQUESTS_FILE, ROW_GROUP_ROWS, TIMELINE_FILE
+from tokenfleet.replay.records.economics import (
+    ECONOMICS_COLUMNS,
+    GROUP_KEYS,
+    Groups,
+    economics_parts,
+    fleet_economics,
+)
+
+PERCENTILES = (50, 90, 99)
+LATENCIES = ("ttft_s", "tpot_s", "e2e_s", "queue_s")
+SUMMARY_COLUMNS = ["arrival_s", "finish_s", "preemptions", *LATENCIES[1:]]
+
+
+class _RequestTotals:
+    """What the summary needs from requests.parquet, gathered a batch at a time."""
+
+    def __init__(self) -> None:
+        self.status_counts: dict[str, int] = {}
+        self.finished = 0
+        self.first_arrival_s: float | None = None
+        self.last_finish_s: float | None = None
+        self.input_tokens = self.output_tokens = self.preemptions = 0
+        self.latencies: dict[str, list[np.ndarray]] = {col: [] for col in LATENCIES}
+
+    def add(self, batch: pa.RecordBatch, done: np.ndarray) -> None:
+        for item in pc.value_counts(batch.column("status")).to_pylist():
+            name = item["values"]
+            self.status_counts[name] = self.status_counts.get(name, 0) + item["counts"]
+        n = int(done.sum())
+        if n == 0:
+            return
+        self.finished += n
+
+        def finished(name: str) -> np.ndarray:
+            return batch.column(name).to_numpy(zero_copy_only=False)[done]
+
+        first = float(finished("arrival_s").min())
+        last = float(finished("finish_s").max())
+        if self.first_arrival_s is None or first < self.first_arrival_s:
+            self.first_arrival_s = first
+        if self.last_finish_s is None or last > self.last_finish_s:
+            self.last_finish_s = last
+        self.input_tokens += int(finished("prompt_tokens").sum(dtype=np.int64))
+        self.output_tokens += int(finished("output_tokens").sum(dtype=np.int64))
+        self.preemptions += int(finished("preemptions").sum(dtype=np.int64))
+        for col in LATENCIES:  # nulls (no TPOT below two output tokens) become NaN
+            self.latencies[col].append(finished(col).astype(np.float64))
+
+    def latency(self, col: str) -> dict[str, float | None]:
+        values = np.concatenate(self.latencies[col]) if self.latencies[col] else np.zeros(0)
+        values = values[~np.isnan(values)]
+        if values.size == 0:
+            return {"mean": None, **{f"p{p}": None for p in PERCENTILES}}
+        cuts = np.percentile(values, PERCENTILES).tolist()
+        names = (f"p{p}" for p in PERCENTILES)
+        return {"mean": float(np.mean(values)), **dict(zip(names, cuts, strict=True))}
+
+
+def summarise(out_dir: Path, fleet: dict, pools: list[dict], run_s: float) -> dict:
+    """The run's figures, from requests.parquet (one pass) and timeline.parquet. `fleet` gives
+    `gpus` (the GPU count at the start) and `replicas`; `pools` each pool's cost and time.
+
+    Per-GPU throughput divides by `gpus_mean`, the GPUs provisioned on average over the run:
+    the timeline's provisioned replica-seconds times each pool's tp (`gpu_hours_provisioned`),
+    over the timeline's span. For a fixed fleet that is `gpus`; an autoscaled pool counts each
+    replica from the moment it is asked for (provisioning included, when it costs money and
+    serves nothing) until it is released.
+    """
+    totals = _RequestTotals()
+    groups = {key: Groups(key) for key in GROUP_KEYS}
+    columns = list(dict.fromkeys(ECONOMICS_COLUMNS + SUMMARY_COLUMNS))
+    # pre_buffer=False: pyarrow's default read ahead held most of the file in memory.
+    parquet = pq.ParquetFile(out_dir / REQUESTS_FILE, pre_buffer=False)
+    for batch in parquet.iter_batches(batch_size=ROW_GROUP_ROWS, columns=columns):
+        parts = economics_parts(batch)
+        done = parts["finished"]
+        totals.add(batch, done)
+        for g in groups.values():
+            g.add(batch, parts, done)
+    ttft = np.concatenate(totals.latencies["ttft_s"]) if totals.finished else np.zeros(0)
+    summary = _figures(totals, _timeline_figures(out_dir, pools), fleet, pools)
+    summary["economics"] = fleet_economics(groups, ttft, pools, run_s)
+    return summary
+
+
+def _timeline_figures(out_dir: Path, pools: list[dict]) -> dict:
+    timeline = pl.read_parquet(
+        out_dir / TIMELINE_FILE,
+        columns=[
+            "pool",
+            "interval_start_s",
+            "interval_s",
+            "busy_s",
+            "kv_peak_frac",
+            "mean_batch",
+            "steps",
+            "provisioned_s",
+        ],
+    )
+    tp = {p["name"]: p["tp"] for p in pools}
+    pool_tp = timeline["pool"].replace_strict(tp, return_dtype=pl.Int64).to_numpy()
+    active = timeline.filter(pl.col("steps") > 0)
+    return {
+        "provisioned_gpu_s": float(np.sum(timeline["provisioned_s"].to_numpy() * pool_tp)),
+        "span_s": float((timeline["interval_start_s"] + timeline["interval_s"]).max() or 0.0),
+        "busy_s": float(np.sum(timeline["busy_s"].to_numpy())),
+        "provisioned_s": float(np.sum(timeline["provisioned_s"].to_numpy())),
+        "kv_mean_peak": _mean(timeline["kv_peak_frac"].to_numpy()),
+        "kv_max_peak": timeline["kv_peak_frac"].max(),
+        "mean_batch": _mean(active["mean_batch"].to_numpy()),
+        "steps": int(timeline["steps"].sum()),
+    }
+
+
+def _figures(totals: _RequestTotals, tl: dict, fleet: dict, pools: list[dict]) -> dict:
+    finished = totals.finished
+    start = totals.first_arrival_s or 0.0
+    duration = (totals.last_finish_s - start) if finished else 0.0
+    gpus = fleet["gpus"]
+    span_s = tl["span_s"]
+    gpus_mean = tl["provisioned_gpu_s"] / span_s if span_s > 0 else float(gpus)
+
+    def per_s(x: float) -> float:
+        return x / duration if duration > 0 else 0.0
+
+    def per_gpu(x: float) -> float:
+        return x / gpus_mean if gpus_mean > 0 else 0.0
+
+    return {
+        "requests": sum(totals.status_counts.values()),
+        "finished": finished,
+        "status_counts": totals.status_counts,
+        "duration_s": duration,
+        "replicas": fleet["replicas"],
+        "gpus": gpus,
+        "gpus_mean": gpus_mean,
+        "gpu_hours_provisioned": tl["provisioned_gpu_s"] / 3600.0,
+        "pools": pools,
+        "throughput": {
+            "requests_per_s": per_s(finished),
+            "input_tokens_per_s": per_s(totals.input_tokens),
+            "output_tokens_per_s": per_s(totals.output_tokens),
+            "output_tokens_per_s_per_gpu": per_gpu(per_s(totals.output_tokens)),
+            "input_tokens_per_s_per_gpu": per_gpu(per_s(totals.input_tokens)),
+        },
+        "tokens": {"input": totals.input_tokens, "output": totals.output_tokens},
+        "latency_s": {col[:-2]: totals.latency(col) for col in LATENCIES},
+        "preemptions": totals.preemptions,
+        "steps": tl["steps"] or 0,
+        "mean_batch": tl["mean_batch"],
+        # Busy over provisioned replica time (autoscaled pools change size).
+        "gpu_busy_frac": tl["busy_s"] / tl["provisioned_s"] if tl["provisioned_s"] > 0 else 0.0,
+        "kv_peak_frac_mean": tl["kv_mean_peak"],
+        "kv_peak_frac_max": tl["kv_max_peak"],
+    }
+
+
+def _mean(values: np.ndarray) -> float | None:
+    """Mean ignoring nulls (NaN), None when there are none; deterministic."""
+    values = values[~np.isnan(values)]
+    return float(np.mean(values)) if values.size else None
+
+
+def write_summary(path: Path, summary: dict) -> None:
+    path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
