@@ -36,9 +36,12 @@ def frontier(trace, scenario_path, varies, out_dir, jobs, as_json, quiet) -> Non
 
     import polars as pl
 
+    from tokenfleet.errors import UserError
     from tokenfleet.replay.scenario import load_scenario
     from tokenfleet.study.frontier import grid, parse_vary, run_frontier
 
+    if not varies:
+        raise UserError("frontier needs at least one --vary NAME=V1,V2,... (e.g. max_num_seqs=1,8)")
     parsed = parse_vary(list(varies))
     scenario = load_scenario(scenario_path)
     bar = None
