@@ -355,6 +355,10 @@ def _check_gateway(scenario: Scenario) -> None:
             raise UserError(f"{where}: {err}") from None
 
 
+# CLI flag -> batcher setting it sets.
+BATCHER_FLAGS = {"max_num_seqs": "--max-num-seqs", "max_num_batched_tokens": "--max-batched-tokens"}
+
+
 def with_overrides(
     scenario: Scenario,
     *,
@@ -370,11 +374,10 @@ def with_overrides(
     interval_s: float | None = None,
     unknown_tier: str | None = None,
 ) -> Scenario:
-    """The scenario with these settings replaced (the CLI's flags); pool-level ones apply to
-    every pool.
+    """The scenario with CLI flags applied; pool-level flags apply to every pool.
 
-    A new batcher or balancer drops the file's settings for the old policy (they belong to it);
-    a batcher setting the chosen batcher does not have is refused.
+    A new --batcher or --balancer drops the file's settings for the old policy (they belong to
+    it); a batcher flag the chosen batcher does not have is refused.
     """
     top: dict[str, Any] = {}
     if seed is not None:
@@ -387,10 +390,7 @@ def with_overrides(
         top["model"] = dataclasses.replace(scenario.model, name=model)
     if balancer is not None and balancer != scenario.balancer.policy:
         top["balancer"] = PolicyConfig(balancer)
-    batcher_settings = {
-        "max_num_seqs": max_num_seqs,
-        "max_num_batched_tokens": max_num_batched_tokens,
-    }
+    flags = {"max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens}
     pools = []
     for pool in scenario.pools:
         changes: dict[str, Any] = {}
@@ -405,13 +405,13 @@ def with_overrides(
             policy = PolicyConfig(batcher)
         settings = dict(policy.settings)
         known = {f.name for f in dataclasses.fields(batcher_class(policy.policy).Settings)}
-        for key, value in batcher_settings.items():
+        for key, value in flags.items():
             if value is None:
                 continue
             if key not in known:
                 raise UserError(
-                    f"pool {pool.name!r}: setting {key} does not apply to the {policy.policy!r} "
-                    f"batcher (its settings: {', '.join(sorted(known))})"
+                    f"{BATCHER_FLAGS[key]} does not apply to the {policy.policy!r} batcher "
+                    f"(its settings: {', '.join(sorted(known))})"
                 )
             settings[key] = value
         changes["batcher"] = PolicyConfig(policy.policy, settings)
