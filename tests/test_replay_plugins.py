@@ -21,44 +21,31 @@ BATCHER = "probe-batcher"
 BALANCER = "probe-first"
 
 PLUGIN_SOURCE = '''
-"""A batcher and a balancer that count their calls."""
+"""A batcher (vLLM's, with its settings) and a balancer that count their calls."""
 
-import dataclasses
-
+from tokenfleet.replay.balancer import NoSettings
 from tokenfleet.replay.batcher import VllmBatcher
 
-CALLS = {"schedule": 0, "pick": 0}
-
-
-@dataclasses.dataclass(frozen=True)
-class ProbeSettings:
-    max_num_seqs: int = 8
-    max_num_batched_tokens: int = 2048
-    scheduling_policy: str = "fcfs"
+CALLS = {"schedule": 0, "pick": 0, "max_num_seqs": None}
 
 
 class ProbeBatcher(VllmBatcher):
     name = "probe-batcher"
-    Settings = ProbeSettings
 
     def schedule(self, rep, now_s):
         CALLS["schedule"] += 1
+        CALLS["max_num_seqs"] = self.max_num_seqs
         return super().schedule(rep, now_s)
-
-
-@dataclasses.dataclass(frozen=True)
-class FirstSettings:
-    pass
 
 
 class FirstReplica:
     """Every request to replica 0."""
 
     name = "probe-first"
-    Settings = FirstSettings
+    Settings = NoSettings
 
     def __init__(self, settings, replicas, outstanding, seed):
-        self.n = len(replicas)
+        pass
 
     def pick(self, seq, now_s):
         CALLS["pick"] += 1
@@ -116,6 +103,7 @@ def test_a_replay_runs_with_entry_point_plugins(installed, tmp_path, runner):
     probe = sys.modules[MODULE]
     assert probe.CALLS["pick"] == 40
     assert probe.CALLS["schedule"] > 0
+    assert probe.CALLS["max_num_seqs"] == 4  # the scenario's setting reached the plugin
     requests = pl.read_parquet(out / "requests.parquet")
     assert requests.height == 40
     assert requests["replica"].unique().to_list() == [0]
