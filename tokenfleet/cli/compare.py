@@ -18,6 +18,7 @@ def compare(run_dirs, show_all, as_json, parquet_out) -> None:
 
     import polars as pl
 
+    from tokenfleet.errors import UserError
     from tokenfleet.study.compare import compare_runs, write_table
 
     table = compare_runs(list(run_dirs))
@@ -26,7 +27,10 @@ def compare(run_dirs, show_all, as_json, parquet_out) -> None:
         differs = pl.concat_list([pl.col(c) for c in values]).list.n_unique() > 1
         table = table.filter(differs)
     if parquet_out:
-        write_table(table, parquet_out)
+        try:
+            write_table(table, parquet_out)
+        except UserError as err:
+            raise UserError(f"--parquet {err}") from None
     if as_json:
         click.echo(json.dumps(table.to_dicts(), indent=2))
         return

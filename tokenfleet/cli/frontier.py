@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from tokenfleet.cli.options import progress_enabled, quiet_option
+from tokenfleet.cli.options import out_option, progress_enabled, quiet_option, scenario_option
 
 
 @click.command()
 @click.argument("trace", type=click.Path())
-@click.option("--scenario", "scenario_path", type=click.Path(), help="Scenario TOML file.")
+@scenario_option
 @click.option(
     "--vary",
     "varies",
@@ -18,13 +18,8 @@ from tokenfleet.cli.options import progress_enabled, quiet_option
     help="A setting and its values (repeat for a grid): max_num_seqs, max_batched_tokens, "
     "replicas, tp, gpu, model, batcher, balancer, seed.",
 )
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(),
-    default="frontier-out",
-    show_default=True,
-    help="Directory for frontier.parquet and each run's records (runs/<setting>/).",
+@out_option(
+    "frontier-out", "Directory for frontier.parquet and each run's records (runs/<setting>/)."
 )
 @click.option("--jobs", type=int, default=0, help="Worker processes (default: one per core).")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON rows.")
@@ -36,9 +31,12 @@ def frontier(trace, scenario_path, varies, out_dir, jobs, as_json, quiet) -> Non
 
     import polars as pl
 
+    from tokenfleet.errors import UserError
     from tokenfleet.replay.scenario import load_scenario
     from tokenfleet.study.frontier import grid, parse_vary, run_frontier
 
+    if not varies:
+        raise UserError("frontier needs at least one --vary NAME=V1,V2,... (e.g. max_num_seqs=1,8)")
     parsed = parse_vary(list(varies))
     scenario = load_scenario(scenario_path)
     bar = None

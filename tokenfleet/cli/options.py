@@ -15,3 +15,14 @@ def progress_enabled(quiet: bool) -> bool:
 quiet_option = click.option(
     "--quiet", "-q", is_flag=True, help="No progress bar (also off when stderr is not a terminal)."
 )
+
+scenario_option = click.option(
+    "--scenario", "scenario_path", type=click.Path(), help="Scenario TOML file."
+)
+
+
+def out_option(default: str, help: str):
+    """`--out DIR` (the `out_dir` parameter) with this command's default directory."""
+    return click.option(
+        "--out", "out_dir", type=click.Path(), default=default, show_default=True, help=help
+    )

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import click
 
-from tokenfleet.cli.options import progress_enabled, quiet_option
+from tokenfleet.cli.options import out_option, progress_enabled, quiet_option, scenario_option
 
 
 @click.command()
 @click.argument("trace", type=click.Path())
-@click.option("--scenario", "scenario_path", type=click.Path(), help="Scenario TOML file.")
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(),
-    default="replay-out",
-    show_default=True,
-    help="Output directory (replaced when the run completes).",
-)
+@scenario_option
+@out_option("replay-out", "Output directory (replaced when the run completes).")
 @click.option("--model", help="Model name (e.g. llama-3.1-8b) or a TOML / HF config.json path.")
 @click.option("--gpu", help="GPU profile name (e.g. h100-sxm) or a profile .toml path.")
 @click.option("--tp", type=int, help="Tensor-parallel GPUs per replica.")

@@ -6,7 +6,8 @@ where `outstanding[i]` is the number of requests queued or running on replica i,
 the replicas. Views that change every step (KV use, tokens left) are read from the replicas at
 `now_s`, which costs a look at every replica per request, so those policies are O(replicas).
 
-Found by name among the built-ins and the `tokenfleet.balancers` entry-point group.
+Found by name among the built-ins and the `tokenfleet.balancers` entry-point group (see
+`tokenfleet.replay.plugins`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from bisect import bisect_right
 from typing import Any, ClassVar, Protocol
 
 from tokenfleet.errors import UserError
-from tokenfleet.replay.batcher import _lookup, build_settings
+from tokenfleet.replay.plugins import build_settings, find_plugin
 
 ENTRY_POINT_GROUP = "tokenfleet.balancers"
 
@@ -186,7 +187,7 @@ BUILTIN_BALANCERS[SessionAffinity.name] = SessionAffinity
 
 
 def balancer_class(name: str) -> type:
-    return _lookup(name, BUILTIN_BALANCERS, ENTRY_POINT_GROUP, "balancer")
+    return find_plugin(name, BUILTIN_BALANCERS, ENTRY_POINT_GROUP, "balancer")
 
 
 def make_balancer(

@@ -16,7 +16,7 @@ and a class attribute `holds_batch` (True: finished sequences keep their slot un
 batch finishes, as in request-level batching).
 
 Batchers are found by name among the built-ins and the `tokenfleet.batchers` entry-point group,
-so a package can add one without forking.
+so a package can add one without forking (see `tokenfleet.replay.plugins`).
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 from heapq import heappop, heappush
-from importlib.metadata import entry_points
 from operator import itemgetter
 from typing import Any, ClassVar, Protocol
 
 from tokenfleet.errors import UserError
+from tokenfleet.replay.plugins import build_settings, find_plugin
 
 ENTRY_POINT_GROUP = "tokenfleet.batchers"
 
@@ -312,43 +312,10 @@ BUILTIN_BATCHERS: dict[str, type] = {
 
 def batcher_class(name: str) -> type:
     """The batcher registered as `name`: a built-in or a `tokenfleet.batchers` entry point."""
-    return _lookup(name, BUILTIN_BATCHERS, ENTRY_POINT_GROUP, "batcher")
+    return find_plugin(name, BUILTIN_BATCHERS, ENTRY_POINT_GROUP, "batcher")
 
 
 def make_batcher(name: str, settings: dict[str, Any], where: str = "batcher"):
     """Instantiate a batcher from its scenario table; unknown keys are refused by name."""
     cls = batcher_class(name)
     return cls(build_settings(cls.Settings, settings, f"{where} {name!r}"))
-
-
-def build_settings(settings_cls: type, values: dict[str, Any], where: str):
-    """A plugin's settings dataclass from a table; an unknown key or a wrong type is refused."""
-    fields = {f.name: f for f in dataclasses.fields(settings_cls)}
-    for key, value in values.items():
-        if key not in fields:
-            known = ", ".join(sorted(fields)) or "none"
-            raise UserError(f"{where}: unknown setting {key!r} (known: {known})")
-        default = fields[key].default
-        if default is not dataclasses.MISSING and not _same_kind(default, value):
-            raise UserError(
-                f"{where}: {key} = {value!r} should be a {type(default).__name__} like {default!r}"
-            )
-    return settings_cls(**values)
-
-
-def _same_kind(default: Any, value: Any) -> bool:
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(default, bool) and isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, int | float)
-    return isinstance(value, type(default))
-
-
-def _lookup(name: str, builtins: dict[str, type], group: str, kind: str) -> type:
-    if name in builtins:
-        return builtins[name]
-    plugins = {ep.name: ep for ep in entry_points(group=group)}
-    if name in plugins:
-        return plugins[name].load()
-    known = ", ".join(sorted(set(builtins) | set(plugins)))
-    raise UserError(f"unknown {kind} {name!r}; known: {known}")

@@ -32,8 +32,9 @@ from typing import Any
 
 from tokenfleet.errors import UserError
 from tokenfleet.replay.balancer import balancer_class
-from tokenfleet.replay.batcher import batcher_class, build_settings
+from tokenfleet.replay.batcher import batcher_class
 from tokenfleet.replay.cost import OwnedPricing, RentedPricing
+from tokenfleet.replay.plugins import build_settings
 from tokenfleet.replay.ratelimit import RateLimit, RetryPolicy
 from tokenfleet.replay.tiers import Tier
 from tokenfleet.tomlfile import read_toml

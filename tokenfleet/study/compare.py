@@ -23,7 +23,7 @@ def load_summary(run_dir: str | os.PathLike[str]) -> dict:
     """A finished run's summary; refuses directories that are not replay outputs."""
     path = Path(run_dir) / SUMMARY_FILE
     if not path.is_file():
-        raise UserError(f"{run_dir}: no {SUMMARY_FILE}; pass the --out directory of a replay")
+        raise UserError(f"{run_dir}: no {SUMMARY_FILE}; give the output directory of a replay")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -74,7 +74,7 @@ def compare_runs(run_dirs: list[str | os.PathLike[str]]) -> pl.DataFrame:
 def write_table(table: pl.DataFrame, path: str | os.PathLike[str]) -> None:
     """The comparison as Parquet, written atomically; an existing directory is refused."""
     if Path(path).is_dir():
-        raise UserError(f"--parquet {path}: is a directory; give a file path such as cmp.parquet")
+        raise UserError(f"{path}: is a directory; give a file path such as cmp.parquet")
     with atomic_path(path) as tmp:
         table.write_parquet(tmp)
 

@@ -25,7 +25,7 @@ from tokenfleet.replay.scenario import Scenario, with_overrides
 FRONTIER_FILE = "frontier.parquet"
 RUNS_DIR = "runs"
 
-# --vary names -> with_overrides keyword and the type of its values.
+# Settings a frontier can vary -> with_overrides keyword and the type of its values.
 VARIABLES: dict[str, tuple[str, type]] = {
     "max_num_seqs": ("max_num_seqs", int),
     "max_batched_tokens": ("max_num_batched_tokens", int),
@@ -55,18 +55,20 @@ FIGURES: dict[str, tuple[str, ...]] = {
 def parse_vary(specs: list[str]) -> list[tuple[str, list]]:
     """`name=v1,v2,...` -> (name, typed values); names and values are checked here."""
     if not specs:
-        raise UserError("frontier needs at least one --vary NAME=V1,V2,... (e.g. max_num_seqs=1,8)")
+        raise UserError("frontier: no setting to vary; give NAME=V1,V2,... (e.g. max_num_seqs=1,8)")
     parsed: list[tuple[str, list]] = []
     for spec in specs:
         name, sep, raw = spec.partition("=")
         name = name.strip().replace("-", "_")
         if not sep or not raw.strip():
-            raise UserError(f"--vary {spec!r}: expected NAME=V1,V2,...")
+            raise UserError(f"frontier: {spec!r}: expected NAME=V1,V2,...")
         if name not in VARIABLES:
-            raise UserError(f"--vary {spec!r}: unknown setting {name!r}; use one of "
+            raise UserError(f"frontier: varied setting {name!r} is unknown; use one of "
                             + ", ".join(sorted(VARIABLES)))  # fmt: skip
         if name in (n for n, _ in parsed):
-            raise UserError(f"--vary {name} is given twice; list all its values in one --vary")
+            raise UserError(
+                f"frontier: varied setting {name!r} is given twice; list all its values at once"
+            )
         kind = VARIABLES[name][1]
         values = []
         for item in raw.split(","):
@@ -74,9 +76,11 @@ def parse_vary(specs: list[str]) -> list[tuple[str, list]]:
             try:
                 values.append(kind(item))
             except ValueError:
-                raise UserError(f"--vary {name}: {item!r} is not a whole number") from None
+                raise UserError(
+                    f"frontier: varied setting {name!r}: {item!r} is not a whole number"
+                ) from None
         if len(set(values)) != len(values):
-            raise UserError(f"--vary {name}: a value is listed twice")
+            raise UserError(f"frontier: varied setting {name!r}: a value is listed twice")
         parsed.append((name, values))
     return parsed
 
@@ -94,7 +98,7 @@ def point_label(point: dict) -> str:
 
 
 def run_dir_name(point: dict, taken: set[str]) -> str:
-    """A directory name for a point: its label with path separators (a --vary gpu=./my.toml)
+    """A directory name for a point: its label with path separators (a varied gpu=./my.toml)
     made safe, and a suffix if two labels end up the same."""
     name = re.sub(r"[^\w.,=+-]", "_", point_label(point))
     unique, n = name, 2

@@ -24,17 +24,18 @@ def test_vary_parses_typed_values_into_a_grid():
 @pytest.mark.parametrize(
     "specs, message",
     [
-        ([], "at least one --vary"),
-        (["max_num_seqs"], "expected NAME=V1,V2"),
-        (["colour=red"], "unknown setting 'colour'"),
-        (["max_num_seqs=1,x"], "'x' is not a whole number"),
-        (["max_num_seqs=1,1"], "listed twice"),
-        (["tp=1", "tp=2"], "given twice"),
+        ([], "frontier: no setting to vary"),
+        (["max_num_seqs"], "'max_num_seqs': expected NAME=V1,V2"),
+        (["colour=red"], "varied setting 'colour' is unknown"),
+        (["max_num_seqs=1,x"], "'max_num_seqs': 'x' is not a whole number"),
+        (["max_num_seqs=1,1"], "'max_num_seqs': a value is listed twice"),
+        (["tp=1", "tp=2"], "varied setting 'tp' is given twice"),
     ],
 )
-def test_bad_vary_is_a_user_error(specs, message):
-    with pytest.raises(UserError, match=message):
+def test_bad_vary_is_a_user_error_naming_the_setting_not_the_flag(specs, message):
+    with pytest.raises(UserError, match=message) as err:
         parse_vary(specs)
+    assert "--" not in str(err.value)
 
 
 def test_pareto_keeps_rows_no_other_row_beats_on_both_cost_and_speed():
@@ -73,7 +74,15 @@ def test_a_bad_vary_on_the_cli_writes_nothing(tmp_path, runner):
         cli, ["frontier", "nope.parquet", "--vary", "colour=red", "--out", str(out)]
     )
     assert result.exit_code == 2
-    assert result.stderr.startswith("error: --vary 'colour=red': unknown setting")
+    assert result.stderr.startswith("error: frontier: varied setting 'colour' is unknown")
+    assert not out.exists()
+
+
+def test_the_cli_names_the_flag_when_nothing_is_varied(tmp_path, runner):
+    out = tmp_path / "fr"
+    result = runner.invoke(cli, ["frontier", "nope.parquet", "--out", str(out)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: frontier needs at least one --vary NAME=V1,V2")
     assert not out.exists()
 
 

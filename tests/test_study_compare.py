@@ -7,7 +7,7 @@ import pytest
 
 from tokenfleet.cli.main import cli
 from tokenfleet.errors import UserError
-from tokenfleet.study.compare import compare_runs, flatten
+from tokenfleet.study.compare import compare_runs, flatten, write_table
 
 
 def write_run(path, summary):
@@ -48,6 +48,17 @@ def test_a_directory_without_summary_is_one_line_exit_2(tmp_path, runner):
     assert result.exit_code == 2
     assert "no summary.json" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_directory_as_parquet_output_is_refused_naming_the_flag(tmp_path, runner):
+    a = write_run(tmp_path / "a", {"x": 1.0})
+    b = write_run(tmp_path / "b", {"x": 2.0})
+    with pytest.raises(UserError, match="is a directory") as err:
+        write_table(compare_runs([a, b]), tmp_path)
+    assert "--" not in str(err.value)
+    result = runner.invoke(cli, ["compare", str(a), str(b), "--parquet", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: --parquet {tmp_path}: is a directory")
 
 
 def test_one_run_is_not_a_comparison(tmp_path):
