@@ -127,16 +127,6 @@ def test_batcher_settings_are_checked():
         batcher_mod.make_batcher("fifo", {})
 
 
-def test_plugins_are_found_through_entry_points(monkeypatch):
-    class Mine(batcher_mod.VllmBatcher):
-        name = "mine"
-
-    fake = SimpleNamespace(name="mine", load=lambda: Mine)
-    monkeypatch.setattr(batcher_mod, "entry_points", lambda group: [fake])
-    assert batcher_mod.batcher_class("mine") is Mine
-    assert batcher_mod.batcher_class("vllm") is batcher_mod.VllmBatcher
-
-
 # --- balancers -----------------------------------------------------------------------------
 
 
