@@ -102,7 +102,7 @@ def run_rows(
     to the whole fleet; without, the gateway is a pass-through."""
     step_time = step_time or LinearStepTime()
     outstanding: list[int] = []
-    finished: list = []
+    ended: list = []
     reps = []
     for i in range(replicas):
         outstanding.append(0)
@@ -114,7 +114,7 @@ def run_rows(
                 KVCache(kv_blocks, block_size),
                 make_batcher(batcher, settings or {}),
                 outstanding,
-                finished,
+                ended,
                 ReplicaTimeline(interval_s),
                 step_by_step,
             )
@@ -128,7 +128,7 @@ def run_rows(
         tiers,
         {t.name: router for t in tiers},
         lambda i: slots_of(reps[i]),
-        finished,
+        ended,
         outstanding,
         events,
         seed,
@@ -142,7 +142,7 @@ def run_rows(
         gw,
         events,
         Timeline(reps, interval_s, timeline),
-        finished,
+        ended,
         written.extend,
     )
     return sorted(written, key=lambda s: s.row), timeline.rows, reps

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tokenfleet.hardware.profile import load_profile
-from tokenfleet.models import get_model
+from tokenfleet.models import ModelSpec, get_model
 from tokenfleet.perf.memory import plan_memory
 from tokenfleet.perf.steptime import StepTime
 from tokenfleet.replay.autoscale import Autoscaler
@@ -29,7 +29,7 @@ from tokenfleet.replay.kvcache import KVCache
 from tokenfleet.replay.loop import EventQueue
 from tokenfleet.replay.records.timeline import ReplicaTimeline
 from tokenfleet.replay.replica import Replica
-from tokenfleet.replay.scenario import AUTO, Scenario
+from tokenfleet.replay.scenario import AUTO, PoolConfig, Scenario
 
 TARGET_UTILISATION = 0.7
 SIZING_BATCH = 32  # decode batch assumed when estimating a replica's capacity
@@ -51,22 +51,32 @@ class TraceStats:
 
 @dataclass
 class Fleet:
-    replicas: list[Replica]
-    outstanding: list[int]
-    finished: list  # ended requests, until the loop hands them to the writer
-    pools: list[dict]  # name, gpu, tp, replicas, batcher, kv_blocks per pool
-    pool_of: list[str]  # pool name of each replica
-    kv_blocks: list[int]  # KV capacity of each replica
-    pricing: dict  # pool name -> RentedPricing | OwnedPricing
-    rates: list  # cost.CostRates of each replica
-    billers: list  # on-demand: seconds billed for a provisioned span, per replica
-    events: EventQueue = dataclasses.field(default_factory=EventQueue)
+    """The replicas of every pool, what they cost, and the parts in front of them."""
+
+    replicas: list[Replica] = field(default_factory=list)
+    outstanding: list[int] = field(default_factory=list)  # requests queued or running, each
+    ended: list = field(default_factory=list)  # ended requests, until the loop writes them
+    pools: list[dict] = field(default_factory=list)  # name, gpu, tp, replicas, ... per pool
+    pricing: dict = field(default_factory=dict)  # pool name -> RentedPricing | OwnedPricing
+    rates: list = field(default_factory=list)  # cost.CostRates of each replica
+    billers: list = field(default_factory=list)  # on demand: seconds billed for a span
+    events: EventQueue = field(default_factory=EventQueue)
     gateway: Gateway | None = None
-    autoscalers: dict = dataclasses.field(default_factory=dict)  # pool name -> Autoscaler
+    autoscalers: dict = field(default_factory=dict)  # pool name -> Autoscaler
 
     @property
     def gpus(self) -> int:
         return sum(p["replicas"] * p["tp"] for p in self.pools)
+
+    @property
+    def pool_of(self) -> list[str]:
+        """Pool name of each replica."""
+        return [r.pool for r in self.replicas]
+
+    @property
+    def kv_blocks(self) -> list[int]:
+        """KV capacity of each replica."""
+        return [r.kv.capacity_blocks for r in self.replicas]
 
 
 def replica_seconds_per_request(step_time: StepTime, stats: TraceStats, max_seqs: int) -> float:
@@ -82,97 +92,96 @@ def replica_seconds_per_request(step_time: StepTime, stats: TraceStats, max_seqs
 def build_fleet(
     scenario: Scenario, stats: TraceStats | None, step_by_step: bool = False
 ) -> tuple[Fleet, Scenario]:
-    """Replicas for every pool (auto counts resolved), the balancer, and the resolved scenario.
+    """Replicas for every pool (auto counts resolved), the routing in front of them, and the
+    resolved scenario.
 
     Raises UserError (from the model, profile or memory plan) before anything is simulated.
     """
     model = get_model(scenario.model.name)
-    dtype = scenario.model.dtype
-    kv_dtype = scenario.model.kv_dtype or None
-    outstanding: list[int] = []
-    finished: list = []
-    replicas: list[Replica] = []
-    pools: list[dict] = []
+    fleet = Fleet()
     resolved = []
-    pricing: dict = {}
-    rates: list = []
-    billers: list = []
     indices: dict[str, list[int]] = {}
     n_auto = sum(1 for p in scenario.pools if p.replicas == AUTO)
     for pool in scenario.pools:
-        gpu = load_profile(pool.gpu)
-        step_time = StepTime(model, gpu, pool.tp, dtype, kv_dtype, pool.engine or None)
-        plan = plan_memory(
-            model, gpu, pool.tp, dtype, kv_dtype, pool.gpu_memory_utilization, pool.block_size
+        count, indices[pool.name] = _add_pool(
+            fleet, pool, model, scenario, stats, n_auto, step_by_step
         )
-        count = pool.replicas
-        if count == AUTO:
-            max_seqs = getattr(
-                make_batcher(pool.batcher.policy, pool.batcher.settings), "max_num_seqs", 256
-            )
-            per_request = replica_seconds_per_request(step_time, stats, max_seqs)
-            load = stats.rate_per_s / n_auto * per_request
-            count = max(1, math.ceil(load / TARGET_UTILISATION))
-        scale = pool.autoscale
-        if scale.enabled:
-            count = min(scale.max_replicas, max(scale.min_replicas, count))
         resolved.append(dataclasses.replace(pool, replicas=count))
-        price = pricing[pool.name] = pool.pricing.build(f"pool {pool.name!r} pricing")
-        rate = cost_rates(price, pool.tp)
-        biller = getattr(price, "billed_seconds", None) if rate.provisioned_usd_per_s else None
-        indices[pool.name] = list(range(len(replicas), len(replicas) + count))
-        if scale.enabled:
-            indices[pool.name] = list(range(len(replicas), len(replicas) + scale.max_replicas))
-        for n, _ in enumerate(indices[pool.name]):
-            batcher = make_batcher(
-                pool.batcher.policy, pool.batcher.settings, f"pool {pool.name!r} batcher"
-            )
-            outstanding.append(0)
-            replicas.append(
-                Replica(
-                    len(replicas),
-                    pool.name,
-                    step_time,
-                    KVCache(plan.kv_blocks, plan.block_size),
-                    batcher,
-                    outstanding,
-                    finished,
-                    # An autoscaled pool's replicas beyond its start wait to be provisioned.
-                    ReplicaTimeline(scenario.interval_s, provisioned=n < count),
-                    step_by_step,
-                    pool.tp,
-                )
-            )
-            rates.append(rate)
-            billers.append(biller)
-        pools.append(
-            {
-                "name": pool.name,
-                "gpu": gpu.name,
-                "tp": pool.tp,
-                "replicas": count,
-                "batcher": pool.batcher.policy,
-                "kv_blocks": plan.kv_blocks,
-                "kv_capacity_tokens": plan.kv_capacity_tokens,
-                "max_replicas": len(indices[pool.name]),
-                "pricing": pool.pricing.kind,
-                "autoscaled": scale.enabled,
-            }
-        )
     resolved_scenario = dataclasses.replace(scenario, pools=tuple(resolved))
-    fleet = Fleet(
-        replicas,
-        outstanding,
-        finished,
-        pools,
-        [r.pool for r in replicas],
-        [r.kv.capacity_blocks for r in replicas],
-        pricing,
-        rates,
-        billers,
-    )
     _route(fleet, resolved_scenario, indices)
     return fleet, resolved_scenario
+
+
+def _add_pool(
+    fleet: Fleet,
+    pool: PoolConfig,
+    model: ModelSpec,
+    scenario: Scenario,
+    stats: TraceStats | None,
+    n_auto: int,
+    step_by_step: bool,
+) -> tuple[int, list[int]]:
+    """Add a pool's replicas (an autoscaled pool's maximum); return its starting count and
+    the replicas' indices."""
+    dtype = scenario.model.dtype
+    kv_dtype = scenario.model.kv_dtype or None
+    gpu = load_profile(pool.gpu)
+    step_time = StepTime(model, gpu, pool.tp, dtype, kv_dtype, pool.engine or None)
+    plan = plan_memory(
+        model, gpu, pool.tp, dtype, kv_dtype, pool.gpu_memory_utilization, pool.block_size
+    )
+    count = pool.replicas
+    if count == AUTO:
+        max_seqs = getattr(
+            make_batcher(pool.batcher.policy, pool.batcher.settings), "max_num_seqs", 256
+        )
+        per_request = replica_seconds_per_request(step_time, stats, max_seqs)
+        load = stats.rate_per_s / n_auto * per_request
+        count = max(1, math.ceil(load / TARGET_UTILISATION))
+    scale = pool.autoscale
+    if scale.enabled:
+        count = min(scale.max_replicas, max(scale.min_replicas, count))
+    price = fleet.pricing[pool.name] = pool.pricing.build(f"pool {pool.name!r} pricing")
+    rate = cost_rates(price, pool.tp)
+    biller = getattr(price, "billed_seconds", None) if rate.provisioned_usd_per_s else None
+    first = len(fleet.replicas)
+    members = list(range(first, first + (scale.max_replicas if scale.enabled else count)))
+    for i in members:
+        fleet.outstanding.append(0)
+        fleet.replicas.append(
+            Replica(
+                i,
+                pool.name,
+                step_time,
+                KVCache(plan.kv_blocks, plan.block_size),
+                make_batcher(
+                    pool.batcher.policy, pool.batcher.settings, f"pool {pool.name!r} batcher"
+                ),
+                fleet.outstanding,
+                fleet.ended,
+                # An autoscaled pool's replicas beyond its start wait to be provisioned.
+                ReplicaTimeline(scenario.interval_s, provisioned=i - first < count),
+                step_by_step,
+                pool.tp,
+            )
+        )
+        fleet.rates.append(rate)
+        fleet.billers.append(biller)
+    fleet.pools.append(
+        {
+            "name": pool.name,
+            "gpu": gpu.name,
+            "tp": pool.tp,
+            "replicas": count,
+            "batcher": pool.batcher.policy,
+            "kv_blocks": plan.kv_blocks,
+            "kv_capacity_tokens": plan.kv_capacity_tokens,
+            "max_replicas": len(members),
+            "pricing": pool.pricing.kind,
+            "autoscaled": scale.enabled,
+        }
+    )
+    return count, members
 
 
 def slots_of(replica: Replica) -> int:
@@ -213,7 +222,7 @@ def _route(fleet: Fleet, scenario: Scenario, indices: dict[str, list[int]]) -> N
         scenario.tiers,
         by_tier,
         lambda i: slots_of(fleet.replicas[i]),
-        fleet.finished,
+        fleet.ended,
         fleet.outstanding,
         fleet.events,
         scenario.seed,

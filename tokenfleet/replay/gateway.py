@@ -45,7 +45,7 @@ def needs_gateway(scenario, autoscaled: bool) -> bool:
 
 class Gateway:
     """Admission in front of the routers. `dispatch(seq, now)` (set by the loop) sends a
-    request to a replica; refused and expired requests go to `finished`."""
+    request to a replica; refused and expired requests go to `ended`."""
 
     def __init__(
         self,
@@ -53,7 +53,7 @@ class Gateway:
         tiers: tuple[Tier, ...],
         routers_by_tier: dict[str, object],
         slots_of: Callable[[int], int],
-        finished: list,
+        ended: list,
         outstanding: list[int],
         events: EventQueue,
         seed: int,
@@ -64,7 +64,7 @@ class Gateway:
         self.default = self.tiers[config.default_tier]
         self.routers = routers_by_tier
         self.slots_of = slots_of
-        self.finished = finished
+        self.ended = ended
         self.outstanding = outstanding
         self.events = events
         self.passthrough = passthrough  # nothing to do: the loop dispatches at once
@@ -129,7 +129,7 @@ class Gateway:
                 self.events.push_timer(now + delay, self._retry, seq)
             else:
                 seq.status = Status.RATE_LIMITED
-                self.finished.append(seq)
+                self.ended.append(seq)
             return
         queue = self.deferred.get(seq.tier)
         if queue is None:
@@ -201,7 +201,7 @@ class Gateway:
         if seq.status == Status.DEFERRED:
             self.pending -= 1
             seq.status = Status.EXPIRED
-            self.finished.append(seq)
+            self.ended.append(seq)
 
     def _tick_later(self, now: float) -> None:
         if not self.ticking:

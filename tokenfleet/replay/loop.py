@@ -80,6 +80,33 @@ def _cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _flush(ended: list[Seq], write_requests: Callable, timeline: Timeline) -> None:
+    """Hand the ended requests to the writer, and fold arrival and finish times into their
+    interval rows, so that neither grows with the length of the run."""
+    write_requests(ended)
+    ended.clear()
+    timeline.fold_counts()
+
+
+def _dispatcher(routers: dict, replicas: list[Replica], heap: list, ended: list[Seq]):
+    """`dispatch(seq, now)`: send an admitted request to a replica of its tier's pools (or end
+    it as too long for that replica's KV cache)."""
+
+    def dispatch(seq: Seq, now: float) -> None:
+        r = routers[seq.tier].pick(seq, now)
+        rep = replicas[r]
+        if seq.prompt_tokens + seq.output_tokens > rep.max_request_tokens:
+            seq.replica = r
+            seq.status = Status.TOO_LONG
+            ended.append(seq)
+            return
+        nt = rep.on_arrival(seq, now)
+        if nt is not None:
+            heappush(heap, (nt, REPLICA, r, rep.version))
+
+    return dispatch
+
+
 @_cyclic_gc_paused()
 def simulate(
     batches: Iterable[pa.RecordBatch],
@@ -87,46 +114,22 @@ def simulate(
     gateway,
     events: EventQueue,
     timeline: Timeline,
-    finished: list[Seq],
+    ended: list[Seq],
     write_requests: Callable[[list[Seq]], None],
 ) -> float:
-    """Replay the batches through the fleet; records go out through the writers.
+    """Replay the batches through the fleet; return the end of the last interval written.
 
-    `finished` is the list requests are appended to when they end (replicas, gateway, the
-    too-long check); it goes to `write_requests` every FLUSH_ROWS rows. Timeline rows are
-    written once every replica has moved past their interval. Returns the end of the run: the
-    end of the last interval.
-
-    Where it checks for both is kept as it has always been, since those points decide the
-    files' row groups and the rounding of the in-system sums: after every event when the
-    gateway acts between arrivals, otherwise at arrivals (and the timeline through the drain).
-    """
+    Requests that end (in the replicas, the gateway, the too-long check) are appended to
+    `ended`, which goes to `write_requests` every FLUSH_ROWS rows; timeline rows are written
+    once every replica has moved past their interval. Where both are checked is kept as it
+    always was, since those points decide the files' row groups and the rounding of the
+    in-system sums: after every event when the gateway acts between arrivals, otherwise at
+    arrivals (and the timeline through the drain)."""
     heap = events.heap
-    routers = gateway.routers
-    eager = not gateway.passthrough
-
-    def flush() -> None:
-        """Hand the ended requests to the writer, and fold arrival and finish times into
-        their interval rows, so that neither grows with the length of the run."""
-        write_requests(finished)
-        finished.clear()
-        timeline.fold_counts()
-
-    def dispatch(seq: Seq, now: float) -> None:
-        """Send an admitted request to a replica of its tier's pools."""
-        r = routers[seq.tier].pick(seq, now)
-        rep = replicas[r]
-        if seq.prompt_tokens + seq.output_tokens > rep.max_request_tokens:
-            seq.replica = r
-            seq.status = Status.TOO_LONG
-            finished.append(seq)
-            return
-        nt = rep.on_arrival(seq, now)
-        if nt is not None:
-            heappush(heap, (nt, REPLICA, r, rep.version))
-
+    eager = not gateway.passthrough  # timers, too, exist only then
+    dispatch = _dispatcher(gateway.routers, replicas, heap, ended)
     gateway.dispatch = dispatch
-    arrive = dispatch if gateway.passthrough else gateway.arrive
+    arrive = gateway.arrive if eager else dispatch
     tier_named = gateway.tiers.get
     default_tier = gateway.default
     arrivals = chain.from_iterable(zip(*_request_columns(b), strict=True) for b in batches)
@@ -138,9 +141,12 @@ def simulate(
     while True:
         if heap and heap[0][0] < at:
             t, kind, i, version = heap[0]
-            if kind == REPLICA:
+            if kind == TIMER:
+                heappop(heap)
+                version[0](t, version[1])  # alone, neither extends the run nor moves the timeline
+            else:
                 rep = replicas[i]
-                if version != rep.version:
+                if version != rep.version:  # superseded
                     heappop(heap)
                     continue
                 nt = rep.on_event(t)
@@ -151,15 +157,8 @@ def simulate(
                 last = t
                 if (eager or nxt is None) and t >= next_emit:
                     next_emit = timeline.tick(t)
-            else:
-                heappop(heap)
-                fn, arg = version
-                fn(t, arg)  # timers alone neither extend the run nor move the timeline on
-                if len(finished) >= FLUSH_ROWS:
-                    flush()
-                continue
-            if eager and len(finished) >= FLUSH_ROWS:
-                flush()
+            if eager and len(ended) >= FLUSH_ROWS:
+                _flush(ended, write_requests, timeline)
             continue
         if nxt is None:
             break
@@ -170,13 +169,13 @@ def simulate(
         tier = tier_named(tier_name) or default_tier
         arrive(Seq(row, now, prompt, output, rid, tenant, tier.name, session, -tier.priority), now)
         row += 1
-        if len(finished) >= FLUSH_ROWS:
-            flush()
+        if len(ended) >= FLUSH_ROWS:
+            _flush(ended, write_requests, timeline)
         nxt = next(arrivals, None)
         if nxt is None:
             at = INF
             gateway.trace_done = True
         else:
             at = nxt[0]
-    flush()
+    _flush(ended, write_requests, timeline)
     return timeline.emit(INF, last)

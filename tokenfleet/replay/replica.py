@@ -28,12 +28,12 @@ from tokenfleet.perf.decode import DecodePiece, one_step_pieces
 from tokenfleet.replay.kvcache import KVCache
 from tokenfleet.replay.records.timeline import ReplicaTimeline
 from tokenfleet.replay.request import Seq, Status
+from tokenfleet.replay.views import IDLE, RUN, STEP, ReplicaViews
 
-IDLE, STEP, RUN = 0, 1, 2
 INF = float("inf")
 
 
-class Replica:
+class Replica(ReplicaViews):
     """State and clock of one server. The loop calls `on_arrival` and `on_event` only."""
 
     __slots__ = (
@@ -70,7 +70,7 @@ class Replica:
         "outstanding",
         "views",
         "tokens_left",
-        "finished",
+        "ended",
         "hold_batch",
         "replan",
         "gpu_acc",
@@ -88,7 +88,7 @@ class Replica:
         kv: KVCache,
         batcher,
         outstanding: list[int],
-        finished: list[Seq],
+        ended: list[Seq],
         timeline: ReplicaTimeline,
         step_by_step: bool = False,
         tp: int = 1,
@@ -131,7 +131,7 @@ class Replica:
         # Extra per-router outstanding counts this replica keeps current: (list, position).
         self.views: list = []
         self.tokens_left = 0  # prompt + output tokens not yet generated, over outstanding
-        self.finished = finished  # shared sink of ended requests
+        self.ended = ended  # shared sink of ended requests (the loop writes them)
         self.hold_batch = batcher.holds_batch
         # Set (by a preemption, or by a batcher) when the next step must be chosen afresh even
         # if this one holds only decodes: vLLM admits nothing in a step that preempted.
@@ -219,38 +219,6 @@ class Replica:
             sampled = self._end_step(now)
             self.timeline.step(start, now, batch, prefill, gen, self.step_kv, sampled)
         return self._plan(now)
-
-    # ------------------------------------------------------------------ views for balancers
-
-    def steps_done_at(self, now: float) -> int:
-        """Steps of the current run that ended strictly before `now` (0 outside a run).
-
-        A balancer asks every replica at every arrival; the answer only changes at a step end,
-        so the piece's step in progress is kept with the times it holds for. The piece is
-        checked too: a gateway timer can route a request at the very instant a run ends and the
-        next piece starts, inside the old window."""
-        if self.state != RUN:
-            return 0
-        piece = self.piece
-        if self.view_piece == piece.number and self.view_lo < now <= self.view_hi:
-            s = self.view_s
-        else:
-            s, self.view_hi = piece.first_end_at(now)
-            self.view_lo = piece.end_of(s - 1) if s > piece.s0 else -INF
-            self.view_s = s
-            self.view_piece = piece.number
-        done = s - self.run_s0
-        n = self.run_n
-        return done if 0 <= done <= n else (0 if done < 0 else n)
-
-    def kv_used_at(self, now: float) -> float:
-        """Fraction of the KV cache in use at `now`."""
-        kv = self.kv
-        used = kv.other_blocks + kv.decoder_blocks(self.step_no + self.steps_done_at(now))
-        return used / kv.capacity_blocks
-
-    def tokens_left_at(self, now: float) -> int:
-        return self.tokens_left - self.n_gen * self.steps_done_at(now)
 
     # ------------------------------------------------------------------ batch changes
 
@@ -452,7 +420,7 @@ class Replica:
         self._count(-1)
         self.timeline.finished(now)
         seq.status = Status.EXPIRED if now > seq.deadline_at else Status.FINISHED
-        self.finished.append(seq)
+        self.ended.append(seq)
 
     # ------------------------------------------------------------------ timeline
 
@@ -461,15 +429,6 @@ class Replica:
         self.outstanding[self.index] += change
         for view, i in self.views:
             view[i] += change
-
-    def steps_before(self, t: float) -> int:
-        """Steps of the current run that start before `t` (the timeline splits runs there)."""
-        return self.piece.first_end_at(t)[0] - self.run_s0 + 1
-
-    def kv_blocks_after(self, steps: int) -> int:
-        """Blocks in use once `steps` steps of the current run have taken theirs."""
-        kv = self.kv
-        return kv.other_blocks + kv.decoder_blocks(self.run_s0 + steps)
 
     def busy_since(self) -> float:
         """Start of the step or run in flight (inf when idle): accounting is final before it."""

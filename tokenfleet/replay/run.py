@@ -23,9 +23,10 @@ from tokenfleet.replay.records import (
     SUMMARY_FILE,
     TIMELINE_FILE,
 )
+from tokenfleet.replay.records.pools import pool_costs
 from tokenfleet.replay.records.requests import RequestWriter, price_requests
 from tokenfleet.replay.records.summary import summarise, write_summary
-from tokenfleet.replay.records.timeline import Timeline, TimelineWriter, pool_costs
+from tokenfleet.replay.records.timeline import Timeline, TimelineWriter
 from tokenfleet.replay.scenario import Scenario, scenario_to_dict
 from tokenfleet.traces.reader import read_trace_batches
 
@@ -113,7 +114,7 @@ def run_replay(
                     fleet.billers,
                     advance if bar is not None else None,
                 ),
-                fleet.finished,
+                fleet.ended,
                 requests.write,
             )
         finally:
