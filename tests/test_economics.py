@@ -492,7 +492,9 @@ def test_unknown_trace_tiers_are_counted_or_refused(runner, tmp_path, conv_lengt
     trace = write_trace(tmp_path / "t.parquet", conv_lengths, np.arange(8.0), tiers)
     out = tmp_path / "out"
     result = replay(runner, trace, "--unknown-tier", "reject", "--out", out)
-    assert_refused(result, out, "'premium' (3 requests)", "--unknown-tier=default")
+    assert_refused(
+        result, out, "'premium' (3 requests)", 'unknown_tier = "default"', "--unknown-tier"
+    )
     result = replay(runner, trace, "--replicas", "1", "--out", out)
     assert result.exit_code == 0, result.output
     assert "premium (3)" in result.stdout

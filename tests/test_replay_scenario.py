@@ -139,5 +139,5 @@ def test_flags_override_every_pool_and_a_new_batcher_drops_the_old_settings():
     assert (t.seed, t.model.name) == (5, "m")
     u = with_overrides(s, batcher="orca")
     assert u.pools[0].batcher.settings == {}
-    with pytest.raises(UserError, match="--max-batched-tokens does not apply"):
+    with pytest.raises(UserError, match="max_num_batched_tokens does not apply"):
         with_overrides(s, batcher="static", max_num_batched_tokens=100)

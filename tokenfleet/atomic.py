@@ -42,23 +42,23 @@ def check_replaceable_dir(dst: str | os.PathLike[str], marker: str, inputs: tupl
     """Refuse an output directory whose replacement would destroy something else.
 
     A finished output replaces the directory whole, so only an empty directory or an earlier
-    output of the same command (it holds `marker`) may be replaced; `--out .`, a home directory
-    or the folder holding an input must never be."""
+    output of the same command (it holds `marker`) may be replaced; the current directory, a home
+    directory or the folder holding an input must never be."""
     path = Path(dst)
     if not path.exists():
         return
     if not path.is_dir():
-        raise UserError(f"--out {dst}: is a file; choose a directory path")
+        raise UserError(f"output directory {dst}: is a file; choose a directory path")
     resolved = path.resolve()
     for item in (Path.cwd(), *(Path(i) for i in inputs if i is not None)):
         item = item.resolve()
         if item == resolved or resolved in item.parents:
             raise UserError(
-                f"--out {dst}: replacing it would delete {item}; choose a new directory"
+                f"output directory {dst}: replacing it would delete {item}; choose a new one"
             )
     if any(path.iterdir()) and not (path / marker).is_file():
         raise UserError(
-            f"--out {dst}: the directory is not empty and holds no earlier {marker}; "
+            f"output directory {dst}: not empty and holds no earlier {marker}; "
             "choose a new directory (an earlier output is replaced whole)"
         )
 

@@ -10,6 +10,15 @@ class UserError(Exception):
     """
 
 
+class SettingError(UserError):
+    """A UserError about one setting, named as the scenario names it (`interval_s`); a front
+    end may add how it sets it (the CLI adds its flag)."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
 def require_non_negative(owner: str, **values: float) -> None:
     """Refuse a negative, infinite or NaN setting, naming it: prices, SLOs, limits, powers."""
     for key, value in values.items():

@@ -9,7 +9,7 @@ import sys
 import click
 
 from tokenfleet import __version__
-from tokenfleet.errors import UserError
+from tokenfleet.errors import SettingError, UserError
 
 # name -> "module:attribute" of the click command; imported only when used.
 COMMANDS: dict[str, str] = {
@@ -21,6 +21,14 @@ COMMANDS: dict[str, str] = {
     "steptime": "tokenfleet.cli.steptime:steptime",
     "models": "tokenfleet.cli.catalog:models",
     "gpus": "tokenfleet.cli.catalog:gpus",
+}
+
+# setting -> the flag that sets it, for errors that name a setting (errors.SettingError).
+FLAGS: dict[str, str] = {
+    "interval_s": "--interval",
+    "unknown_tier": "--unknown-tier",
+    "max_num_seqs": "--max-num-seqs",
+    "max_num_batched_tokens": "--max-batched-tokens",
 }
 
 
@@ -43,7 +51,10 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as err:
-            click.echo(f"error: {err}", err=True)
+            flag = FLAGS.get(err.setting) if isinstance(err, SettingError) else None
+            click.echo(
+                f"error: {err}" + (f" ({flag} on the command line)" if flag else ""), err=True
+            )
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("error: interrupted; no output was written", err=True)

@@ -13,7 +13,7 @@ import pyarrow as pa
 import tomli_w
 
 from tokenfleet.atomic import atomic_dir
-from tokenfleet.errors import UserError
+from tokenfleet.errors import SettingError
 from tokenfleet.replay.fleet import Fleet, TraceStats, build_fleet
 from tokenfleet.replay.loop import TRACE_COLUMNS, simulate
 from tokenfleet.replay.records import (
@@ -60,9 +60,11 @@ def unknown_tiers(scenario: Scenario, trace_tiers: dict[str, int], policy: str) 
     unknown = {str(k): v for k, v in sorted(trace_tiers.items(), key=str) if k not in known}
     if unknown and policy == "reject":
         listed = ", ".join(f"{k!r} ({v:,} requests)" for k, v in unknown.items())
-        raise UserError(
+        raise SettingError(
+            "unknown_tier",
             f"trace tiers {listed} are not in the scenario's tiers "
-            f"({', '.join(sorted(known))}); add [[tiers]] for them or pass --unknown-tier=default"
+            f"({', '.join(sorted(known))}); add [[tiers]] for them or set "
+            'unknown_tier = "default" under [gateway]',
         )
     return unknown
 
@@ -150,10 +152,11 @@ def _check_interval(interval_s: float, stats: TraceStats) -> None:
     """A timeline of billions of rows would exhaust memory long before it is written."""
     intervals = stats.span_s / interval_s
     if intervals > MAX_INTERVALS:
-        raise UserError(
-            f"interval_s = {interval_s} gives {intervals:,.0f} timeline intervals over the trace's "
-            f"{stats.span_s:,.0f} s; use --interval "
-            f"{stats.span_s / MAX_INTERVALS:.3g} or more"
+        raise SettingError(
+            "interval_s",
+            f"interval_s = {interval_s} gives {intervals:,.0f} timeline intervals over the "
+            f"trace's {stats.span_s:,.0f} s; use interval_s = "
+            f"{stats.span_s / MAX_INTERVALS:.3g} or more",
         )
 
 

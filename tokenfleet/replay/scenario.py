@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tokenfleet.errors import UserError
+from tokenfleet.errors import SettingError, UserError
 from tokenfleet.replay.balancer import balancer_class
 from tokenfleet.replay.batcher import batcher_class
 from tokenfleet.replay.cost import OwnedPricing, RentedPricing
@@ -355,10 +355,6 @@ def _check_gateway(scenario: Scenario) -> None:
             raise UserError(f"{where}: {err}") from None
 
 
-# CLI flag -> batcher setting it sets.
-BATCHER_FLAGS = {"max_num_seqs": "--max-num-seqs", "max_num_batched_tokens": "--max-batched-tokens"}
-
-
 def with_overrides(
     scenario: Scenario,
     *,
@@ -374,10 +370,11 @@ def with_overrides(
     interval_s: float | None = None,
     unknown_tier: str | None = None,
 ) -> Scenario:
-    """The scenario with CLI flags applied; pool-level flags apply to every pool.
+    """The scenario with these settings changed (the CLI's flags); pool-level ones apply to
+    every pool.
 
-    A new --batcher or --balancer drops the file's settings for the old policy (they belong to
-    it); a batcher flag the chosen batcher does not have is refused.
+    A new batcher or balancer drops the file's settings for the old policy (they belong to
+    it); a batcher setting the chosen batcher does not have is refused.
     """
     top: dict[str, Any] = {}
     if seed is not None:
@@ -409,9 +406,10 @@ def with_overrides(
             if value is None:
                 continue
             if key not in known:
-                raise UserError(
-                    f"{BATCHER_FLAGS[key]} does not apply to the {policy.policy!r} batcher "
-                    f"(its settings: {', '.join(sorted(known))})"
+                raise SettingError(
+                    key,
+                    f"{key} does not apply to the {policy.policy!r} batcher "
+                    f"(its settings: {', '.join(sorted(known))})",
                 )
             settings[key] = value
         changes["batcher"] = PolicyConfig(policy.policy, settings)
