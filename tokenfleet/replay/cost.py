@@ -50,14 +50,14 @@ class RentedPricing:
         self,
         gpus_per_replica: int,
         replica_intervals_s: list[float],
-        run_s: float,
+        duration_s: float,
         peak_replicas: int,
     ) -> float:
         """Cost of a pool. `replica_intervals_s` are the lengths of each replica's provisioned
         spans (on demand); reserved capacity is the peak replica count for the whole run."""
         rate_per_s = self.usd_per_gpu_hour / SECONDS_PER_HOUR
         if self.commitment == "reserved":
-            return peak_replicas * gpus_per_replica * run_s * rate_per_s
+            return peak_replicas * gpus_per_replica * duration_s * rate_per_s
         billed = sum(self.billed_seconds(span) for span in replica_intervals_s)
         return billed * gpus_per_replica * rate_per_s
 
@@ -112,9 +112,9 @@ class OwnedPricing:
         joules += (self.gpu_tdp_w - self.gpu_idle_w) * busy_gpu_s
         return joules / JOULES_PER_KWH * self.pue * self.usd_per_kwh
 
-    def cost_usd(self, gpus: int, run_s: float, busy_gpu_s: float) -> float:
-        """Cost of `gpus` owned GPUs over `run_s` seconds, `busy_gpu_s` of it busy."""
-        gpu_s = gpus * run_s
+    def cost_usd(self, gpus: int, duration_s: float, busy_gpu_s: float) -> float:
+        """Cost of `gpus` owned GPUs over `duration_s` seconds, `busy_gpu_s` of it busy."""
+        gpu_s = gpus * duration_s
         return gpu_s * self.fixed_usd_per_gpu_hour / SECONDS_PER_HOUR + self.energy_usd(
             gpu_s, busy_gpu_s
         )
@@ -151,12 +151,12 @@ def pool_cost_usd(
     tp: int,
     replicas: int,
     spans_s: list[float],
-    run_s: float,
+    duration_s: float,
     busy_s: float,
 ) -> float:
     """What a pool of `replicas` replicas (the most it may have: owned or reserved) of `tp` GPUs
-    costs over `run_s`: on demand, its provisioned spans; reserved and owned, every replica for
+    costs over `duration_s`: on demand, its provisioned spans; reserved and owned, every replica for
     the whole run (owned power at the observed busy replica-seconds `busy_s`)."""
     if isinstance(pricing, OwnedPricing):
-        return pricing.cost_usd(replicas * tp, run_s, busy_s * tp)
-    return pricing.cost_usd(tp, spans_s, run_s, replicas)
+        return pricing.cost_usd(replicas * tp, duration_s, busy_s * tp)
+    return pricing.cost_usd(tp, spans_s, duration_s, replicas)

@@ -24,10 +24,19 @@ plugins and built-ins alike.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
 from tokenfleet.errors import UserError
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """A plugin choice: its registered name and its settings table."""
+
+    policy: str
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 def find_plugin(name: str, builtins: dict[str, type], group: str, kind: str) -> type:

@@ -104,7 +104,7 @@ def run_replay(
             bar.update(max(0, min(round(now), bar.total) - bar.n))
 
         try:
-            run_s = simulate(
+            end_s = simulate(
                 _chain(first, batches),
                 fleet.replicas,
                 fleet.gateway,
@@ -124,7 +124,7 @@ def run_replay(
                 bar.close()
             requests.close()
             timeline.close()
-        pools = pool_costs(fleet, timeline, run_s)
+        pools = pool_costs(fleet, timeline, end_s)
         gpu_s = requests.gpu_s_by_pool
         price_requests(
             tmp / RAW_REQUESTS_FILE,
@@ -137,7 +137,7 @@ def run_replay(
         )
         (tmp / RAW_REQUESTS_FILE).unlink()
         replicas = sum(p["replicas"] for p in pools)
-        summary = summarise(tmp, {"gpus": fleet.gpus, "replicas": replicas}, pools, run_s)
+        summary = summarise(tmp, {"gpus": fleet.gpus, "replicas": replicas}, pools, end_s)
         summary["gateway"] = _gateway_figures(fleet, unknown, resolved.gateway.default_tier)
         summary["seed"] = resolved.seed
         summary["step_by_step"] = step_by_step

@@ -34,8 +34,9 @@ from tokenfleet.errors import SettingError, UserError
 from tokenfleet.replay.balancer import balancer_class
 from tokenfleet.replay.batcher import batcher_class
 from tokenfleet.replay.cost import OwnedPricing, RentedPricing
-from tokenfleet.replay.plugins import build_settings
+from tokenfleet.replay.plugins import PolicyConfig, build_settings
 from tokenfleet.replay.ratelimit import RateLimit, RetryPolicy
+from tokenfleet.replay.tables import build_config
 from tokenfleet.replay.tiers import Tier
 from tokenfleet.tomlfile import read_toml
 
@@ -50,14 +51,6 @@ class ModelConfig:
     name: str = "llama-3.1-8b"
     dtype: str = "bf16"
     kv_dtype: str = ""  # empty: same as dtype (bf16 or fp16)
-
-
-@dataclass(frozen=True)
-class PolicyConfig:
-    """A plugin choice: its registered name and its settings table."""
-
-    policy: str
-    settings: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -186,76 +179,7 @@ def load_scenario(path: str | Path | None) -> Scenario:
 
 
 def scenario_from_dict(doc: dict[str, Any], where: str = "scenario") -> Scenario:
-    return _build(Scenario, doc, where)
-
-
-def _build(cls: type, table: dict[str, Any], where: str):
-    """A config dataclass from its table, recursively, by the types of the fields' defaults:
-    a PolicyConfig is a plugin table, a dataclass a sub-table, metadata["item"] marks an array
-    of tables, metadata["accepts"] the types a scalar may take. A new section is a new field."""
-    _check_keys(table, cls, where)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        f = fields[key]
-        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-        if default is dataclasses.MISSING:  # a required name, e.g. a tier's
-            default = ""
-        here = f"{where}: {key}"
-        if isinstance(default, PolicyConfig):
-            values[key] = _policy(value, here)
-        elif "item" in f.metadata:
-            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-                raise UserError(f"{here} must be an array of tables: [[{key}]]")
-            item = f.metadata["item"]
-            values[key] = tuple(
-                _build(item, v, f"{where}: {key}[{i}]") for i, v in enumerate(value)
-            )
-        elif isinstance(default, tuple):
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise UserError(f'{here} should be a list of names, like ["a", "b"]')
-            values[key] = tuple(value)
-        elif dataclasses.is_dataclass(default):
-            values[key] = _build(type(default), _expect_table(value, here), here)
-        else:
-            values[key] = _scalar(f, default, value, where)
-    if "name" in fields and fields["name"].default is dataclasses.MISSING:
-        values.setdefault("name", "")
-        if not values["name"]:
-            raise UserError(f'{where}: needs a name, e.g. name = "standard"')
-    return cls(**values)
-
-
-def _policy(value: Any, where: str) -> PolicyConfig:
-    table = dict(_expect_table(value, where))
-    policy = table.pop("policy", None)
-    if policy is None:
-        raise UserError(f'{where}: needs a policy, e.g. policy = "vllm"')
-    if not isinstance(policy, str):
-        raise UserError(f"{where}: policy = {policy!r} should be a name")
-    return PolicyConfig(policy, table)
-
-
-def _expect_table(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise UserError(f"{where} should be a table")
-    return value
-
-
-def _check_keys(table: dict[str, Any], cls: type, where: str) -> None:
-    known = {f.name for f in dataclasses.fields(cls)}
-    for key in table:
-        if key not in known:
-            raise UserError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
-
-
-def _scalar(f: dataclasses.Field, default: Any, value: Any, where: str) -> Any:
-    declared = f.metadata.get("accepts", (type(default),))
-    accepts = (*declared, int) if float in declared else declared
-    if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, accepts):
-        kinds = " or ".join(t.__name__ for t in declared)
-        raise UserError(f"{where}: {f.name} = {value!r} should be a {kinds} like {default!r}")
-    return float(value) if isinstance(default, float) else value
+    return build_config(Scenario, doc, where)
 
 
 def validate(scenario: Scenario) -> Scenario:

@@ -64,7 +64,8 @@ def revenue_expr() -> pl.Expr:
 
 
 def slo_met_expr() -> pl.Expr:
-    """Whether a finished request met its tier's SLOs (the same rule as Tier.slo_met)."""
+    """Whether a finished request met its tier's SLOs: each SLO of 0 is none; TTFT, TPOT and
+    end-to-end time (the deadline) within the others."""
 
     def within(value: str, limit: str) -> pl.Expr:
         return (pl.col(limit) == 0) | (pl.col(value) <= pl.col(limit))

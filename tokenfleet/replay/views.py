@@ -40,8 +40,7 @@ class ReplicaViews:
     def kv_used_at(self, now: float) -> float:
         """Fraction of the KV cache in use at `now`."""
         kv = self.kv
-        used = kv.other_blocks + kv.decoder_blocks(self.step_no + self.steps_done_at(now))
-        return used / kv.capacity_blocks
+        return kv.used_blocks(self.step_no + self.steps_done_at(now)) / kv.capacity_blocks
 
     def tokens_left_at(self, now: float) -> int:
         return self.tokens_left - self.n_gen * self.steps_done_at(now)
@@ -52,5 +51,4 @@ class ReplicaViews:
 
     def kv_blocks_after(self, steps: int) -> int:
         """Blocks in use once `steps` steps of the current run have taken theirs."""
-        kv = self.kv
-        return kv.other_blocks + kv.decoder_blocks(self.run_s0 + steps)
+        return self.kv.used_blocks(self.run_s0 + steps)

@@ -151,7 +151,7 @@ def _per_mtoken(cost: float, cost_in: float, tokens_in: int, tokens_out: int) ->
     }
 
 
-def fleet_economics(groups: dict[str, Groups], ttft: np.ndarray, pools: list[dict], run_s: float):
+def fleet_economics(groups: dict[str, Groups], ttft: np.ndarray, pools: list[dict], end_s: float):
     """The fleet's, each tier's and each tenant's figures. The fleet's $/Mtoken is over the
     pools' whole cost, idle time included."""
     charged_gpu_s = sum(p["charged_gpu_s"] for p in pools)
@@ -166,7 +166,7 @@ def fleet_economics(groups: dict[str, Groups], ttft: np.ndarray, pools: list[dic
         # A pool that served nothing has no requests to carry its cost.
         unattributed_usd=sum(p["cost_usd"] for p in pools if not p["busy_gpu_s"]),
         gpu_hours_charged=charged_gpu_s / 3600.0,
-        run_s=run_s,
+        run_s=end_s,
     )
     return {
         "fleet": fleet,

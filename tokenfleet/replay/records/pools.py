@@ -7,8 +7,8 @@ from tokenfleet.replay.cost import RentedPricing, pool_cost_usd
 from tokenfleet.replay.records.timeline import TimelineWriter
 
 
-def pool_costs(fleet, timeline: TimelineWriter, run_s: float) -> list[dict]:
-    """Each pool's description with its cost over [0, run_s] (cost.py, from the provisioned
+def pool_costs(fleet, timeline: TimelineWriter, end_s: float) -> list[dict]:
+    """Each pool's description with its cost over [0, end_s] (cost.py, from the provisioned
     spans; the timeline's cost column spreads the same money over the intervals) and its
     charged and busy GPU time."""
     out = []
@@ -17,15 +17,15 @@ def pool_costs(fleet, timeline: TimelineWriter, run_s: float) -> list[dict]:
     for pool in fleet.pools:
         name, tp = pool["name"], pool["tp"]
         members = [r.timeline.spans for r in fleet.replicas if r.pool == name]
-        spans = [min(b, run_s) - a for member in members for a, b in member if a < run_s]
+        spans = [min(b, end_s) - a for member in members for a, b in member if a < end_s]
         pricing = fleet.pricing[name]
         on_demand = isinstance(pricing, RentedPricing) and pricing.commitment == "on_demand"
-        charged = provisioned[name] if on_demand else len(members) * run_s
+        charged = provisioned[name] if on_demand else len(members) * end_s
         scaler = (fleet.autoscalers or {}).get(name)
         out.append(
             {
                 **pool,
-                "cost_usd": pool_cost_usd(pricing, tp, len(members), spans, run_s, busy[name]),
+                "cost_usd": pool_cost_usd(pricing, tp, len(members), spans, end_s, busy[name]),
                 "charged_gpu_s": charged * tp,
                 "busy_gpu_s": busy[name] * tp,
                 "utilisation": busy[name] / charged if charged > 0 else None,

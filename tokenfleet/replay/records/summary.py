@@ -78,7 +78,7 @@ class _RequestTotals:
         return {"mean": float(np.mean(values)), **dict(zip(names, cuts, strict=True))}
 
 
-def summarise(out_dir: Path, fleet: dict, pools: list[dict], run_s: float) -> dict:
+def summarise(out_dir: Path, fleet: dict, pools: list[dict], end_s: float) -> dict:
     """The run's figures, from requests.parquet (one pass) and timeline.parquet. `fleet` gives
     `gpus` (the GPU count at the start) and `replicas`; `pools` each pool's cost and time.
 
@@ -101,7 +101,7 @@ def summarise(out_dir: Path, fleet: dict, pools: list[dict], run_s: float) -> di
             g.add(batch, parts, done)
     ttft = np.concatenate(totals.latencies["ttft_s"]) if totals.finished else np.zeros(0)
     summary = _figures(totals, _timeline_figures(out_dir, pools), fleet, pools)
-    summary["economics"] = fleet_economics(groups, ttft, pools, run_s)
+    summary["economics"] = fleet_economics(groups, ttft, pools, end_s)
     return summary
 
 
