@@ -13,6 +13,8 @@ from conftest import TRACES
 from test_replay_support import GPU
 
 from tokenfleet.cli.main import cli
+from tokenfleet.replay.records.requests import PRICED_COLUMNS, RAW_COLUMNS
+from tokenfleet.replay.records.timeline import TIMELINE_SCHEMA
 from tokenfleet.traces.convert import convert_trace
 
 
@@ -50,6 +52,9 @@ def check_invariants(out: Path, trace: Path) -> dict:
     timeline = pl.read_parquet(out / "timeline.parquet")
     summary = json.loads((out / "summary.json").read_text())
     source = pl.read_parquet(trace)
+    # The files hold the columns their schemas list, in that order.
+    assert requests.columns == [name for name, _ in RAW_COLUMNS + PRICED_COLUMNS]
+    assert timeline.columns == TIMELINE_SCHEMA.names
     # Every request ends exactly once.
     assert requests.height == source.height
     assert requests["request_id"].n_unique() == source.height

@@ -427,6 +427,49 @@ interval_s = 5.0
     )
 
 
+def test_the_timeline_spreads_each_pools_cost_over_its_intervals(runner, tmp_path, conv_lengths):
+    """A pool's cost is computed once, from its provisioned spans (summary.json); the
+    timeline's cost column prices every interval from the same spans, so per pool the two
+    agree: on demand with per-minute billing (its rounding lands where a span ends), autoscaled,
+    next to an owned pool whose power follows its busy time."""
+    arrivals = np.concatenate([np.linspace(0, 50, 10), np.linspace(50, 170, 1500)])
+    trace = write_trace(tmp_path / "t.parquet", conv_lengths, arrivals)
+    scenario = """
+interval_s = 7.0
+[[pools]]
+name = "cloud"
+replicas = 1
+[pools.batcher]
+policy = "vllm"
+max_num_seqs = 16
+[pools.pricing]
+usd_per_gpu_hour = 3.6
+billing_granularity_s = 60.0
+[pools.autoscale]
+enabled = true
+max_replicas = 3
+target = 0.5
+provisioning_delay_s = 20.0
+cooldown_s = 30.0
+interval_s = 5.0
+[[pools]]
+name = "own"
+replicas = 2
+[pools.pricing]
+kind = "owned"
+"""
+    _, timeline, summary = outputs(run(runner, tmp_path, trace, scenario))
+    pools = {p["name"]: p for p in summary["pools"]}
+    assert pools["cloud"]["scale_ups"] >= 1 and pools["cloud"]["scale_downs"] >= 1
+    by_pool = timeline.group_by("pool").agg(pl.col("cost_usd").sum(), pl.col("busy_s").sum())
+    for name, cost, busy in by_pool.iter_rows():
+        assert busy > 0
+        assert cost == pytest.approx(pools[name]["cost_usd"], rel=1e-9)
+    # Per-minute billing rounds every closed span up: more than the provisioned seconds cost.
+    provisioned = timeline.filter(pl.col("pool") == "cloud")["provisioned_s"].sum()
+    assert pools["cloud"]["cost_usd"] > provisioned * 0.001
+
+
 def test_an_autoscaled_pool_with_a_deferred_tier_ends_when_the_work_does(
     runner, tmp_path, conv_lengths
 ):

@@ -18,6 +18,7 @@ from tokenfleet.replay.kvcache import KVCache
 from tokenfleet.replay.loop import EventQueue, simulate
 from tokenfleet.replay.records.timeline import ReplicaTimeline, Timeline
 from tokenfleet.replay.replica import Replica
+from tokenfleet.replay.request import RECORD_FIELDS
 from tokenfleet.replay.scenario import GatewayConfig
 from tokenfleet.replay.tiers import Tier
 
@@ -159,23 +160,8 @@ class _Rows:
 
 
 def record(seq) -> tuple:
-    """Everything requests.parquet holds about a request."""
-    return (
-        seq.row,
-        seq.replica,
-        seq.arrival_s,
-        seq.start_s,
-        seq.first_token_s,
-        seq.finish_s,
-        seq.prompt_tokens,
-        seq.output_tokens,
-        seq.preemptions,
-        seq.status,
-        seq.prefill_s,
-        seq.decode_s,
-        seq.attempts,
-        seq.tier,
-    )
+    """Everything requests.parquet is built from about a request, with its row."""
+    return (seq.row, *(getattr(seq, name) for name in RECORD_FIELDS))
 
 
 def p99(values: list[float]) -> float:

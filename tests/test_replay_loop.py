@@ -1,4 +1,4 @@
-"""The engine: hand-checked timings, preemption, and skip mode == step-by-step mode."""
+"""The event loop: hand-checked timings, preemption, and skip mode == step-by-step mode."""
 
 from __future__ import annotations
 
