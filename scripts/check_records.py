@@ -1,0 +1,133 @@
+"""Do two checkouts write the same records? (a script, not a test; prints hashes).
+
+A refactor of the simulator must not change what it writes. This replays two traces with the
+package of this checkout and of `--baseline DIR` (another checkout, e.g.
+`git worktree add /tmp/base HEAD~3`), each in the normal and the --step-by-step mode, and
+compares the sha256 of requests.parquet and timeline.parquet, and summary.json as data:
+
+- the Azure 2023 conversation trace (../shared/data) on the default fleet: the pass-through
+  gateway;
+- a synthetic trace of 150,000 requests (seed 5) with 5 tenants and 3 tiers through the
+  scenario `scripts/check_records.toml`: rate limits with client retries, a deferred tier that
+  partly expires, tier routing, priorities, gateway latency, and an autoscaled on-demand pool
+  billed per minute next to an owned one.
+
+    python scripts/check_records.py --baseline DIR [--ignore-summary-key pools.timeline_cost_usd]
+
+Exit code 1 if any file differs. `--ignore-summary-key` drops a (dotted) key from both
+summaries before comparing them, for a change that removes a figure on purpose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIO = ROOT / "scripts" / "check_records.toml"
+AZURE_CONV = ROOT.parent / "shared" / "data" / "traces" / "AzureLLMInferenceTrace_conv.csv"
+TENANTS = "acme=0.4,globex=0.25,initech=0.15,umbrella=0.12,hooli=0.08"
+TIERS = "fast=0.2,standard=0.6,batch=0.2"
+
+
+def tokenfleet(checkout: Path, *args: str) -> None:
+    """Run the CLI with `checkout`'s package first on the path."""
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    subprocess.run(
+        [sys.executable, "-m", "tokenfleet", *args, "--quiet"],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        cwd=tempfile.gettempdir(),
+    )
+
+
+def make_traces(tmp: Path) -> dict[str, tuple[Path, Path | None]]:
+    conv, synth = tmp / "conv.parquet", tmp / "tiers.parquet"
+    tokenfleet(ROOT, "traces", "convert", str(AZURE_CONV), str(conv))
+    tokenfleet(
+        ROOT, "traces", "synth", str(synth), "--requests", "150000", "--rate", "60",
+        "--seed", "5", "--tenants", TENANTS, "--tiers", TIERS,
+    )  # fmt: skip
+    return {"azure-conv": (conv, None), "tiers-150k": (synth, SCENARIO)}
+
+
+def replay(checkout: Path, trace: Path, scenario: Path | None, sbs: bool, out: Path) -> Path:
+    args = ["replay", str(trace), "--out", str(out)]
+    args += ["--scenario", str(scenario)] if scenario else []
+    args += ["--step-by-step"] if sbs else []
+    tokenfleet(checkout, *args)
+    return out
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def summary_of(out: Path, ignored: list[str]) -> dict:
+    summary = json.loads((out / "summary.json").read_text())
+    for dotted in ignored:
+        _drop(summary, dotted.split("."))
+    return summary
+
+
+def _drop(node, keys: list[str]) -> None:
+    """Remove the dotted key from a summary; lists apply it to every item."""
+    if isinstance(node, list):
+        for item in node:
+            _drop(item, keys)
+    elif isinstance(node, dict):
+        if len(keys) == 1:
+            node.pop(keys[0], None)
+        elif keys[0] in node:
+            _drop(node[keys[0]], keys[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", type=Path, required=True, help="the other checkout")
+    parser.add_argument("--ignore-summary-key", action="append", default=[], metavar="KEY")
+    args = parser.parse_args()
+    if not (args.baseline / "tokenfleet").is_dir():
+        sys.exit(f"error: {args.baseline} holds no tokenfleet package; give a checkout's root")
+    if not AZURE_CONV.exists():
+        sys.exit(f"error: {AZURE_CONV} not found; put ../shared beside the checkout")
+    same = True
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        cases = [
+            (name, trace, scenario, sbs)
+            for name, (trace, scenario) in make_traces(tmp).items()
+            for sbs in (False, True)
+        ]
+        jobs = {}
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for name, trace, scenario, sbs in cases:
+                for side, checkout in (("this", ROOT), ("baseline", args.baseline)):
+                    out = tmp / f"{name}-{sbs}-{side}"
+                    jobs[name, sbs, side] = pool.submit(replay, checkout, trace, scenario, sbs, out)
+        for name, _, _, sbs in cases:
+            mine, theirs = jobs[name, sbs, "this"].result(), jobs[name, sbs, "baseline"].result()
+            label = f"{name}{' --step-by-step' if sbs else ''}"
+            for file in ("requests.parquet", "timeline.parquet"):
+                a, b = digest(mine / file), digest(theirs / file)
+                same &= a == b
+                print(f"{label:<32} {file:<18} {a} {'==' if a == b else '!='} {b}")
+            equal = summary_of(mine, args.ignore_summary_key) == summary_of(
+                theirs, args.ignore_summary_key
+            )
+            same &= equal
+            print(f"{label:<32} {'summary.json':<18} {'same' if equal else 'DIFFERENT'}")
+    print("records identical" if same else "records DIFFER")
+    sys.exit(0 if same else 1)
+
+
+if __name__ == "__main__":
+    main()
