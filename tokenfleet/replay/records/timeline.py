@@ -68,18 +68,10 @@ class IntervalRow:
     )
 
     def __init__(self) -> None:
-        self.busy_s = 0.0
-        self.steps = 0
-        self.batch_sum = 0
-        self.batch_max = 0
-        self.prefill_tokens = 0
-        self.decode_tokens = 0
-        self.sampled_tokens = 0
-        self.kv_peak_blocks = 0
-        self.arrived = 0
-        self.finished = 0
-        self.in_system_s = 0.0
-        self.billed_extra_s = 0.0
+        self.busy_s = self.in_system_s = self.billed_extra_s = 0.0
+        self.steps = self.batch_sum = self.batch_max = self.kv_peak_blocks = 0
+        self.prefill_tokens = self.decode_tokens = self.sampled_tokens = 0
+        self.arrived = self.finished = 0
 
 
 class ReplicaTimeline:
