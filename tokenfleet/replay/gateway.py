@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from tokenfleet.replay.loop import EventQueue
 from tokenfleet.replay.ratelimit import RateLimit, RateLimiter, RetryPolicy
-from tokenfleet.replay.request import Seq, Status
+from tokenfleet.replay.request import DEFERRED, EXPIRED, RATE_LIMITED, WAITING, Seq
 from tokenfleet.replay.scenario import GatewayConfig
 from tokenfleet.replay.tiers import Tier
 
@@ -128,14 +128,14 @@ class Gateway:
                 seq.attempts += 1
                 self.events.push_timer(now + delay, self._retry, seq)
             else:
-                seq.status = Status.RATE_LIMITED
+                seq.status = RATE_LIMITED
                 self.ended.append(seq)
             return
         queue = self.deferred.get(seq.tier)
         if queue is None:
             self.dispatch(seq, now)
             return
-        seq.status = Status.DEFERRED
+        seq.status = DEFERRED
         self.pending += 1
         queue.append(seq)
         tier = self.tiers[seq.tier]
@@ -179,7 +179,7 @@ class Gateway:
         for tier, queue in self.deferred.items():
             while queue:
                 seq = queue[0]
-                if seq.status != Status.DEFERRED:  # forced out or expired already
+                if seq.status != DEFERRED:  # forced out or expired already
                     queue.popleft()
                     continue
                 if self.utilisation(tier) >= limit:
@@ -189,18 +189,18 @@ class Gateway:
 
     def _release(self, seq: Seq, now: float) -> None:
         self.pending -= 1
-        seq.status = Status.WAITING
+        seq.status = WAITING
         self.dispatch(seq, now)
 
     def _force(self, now: float, seq: Seq) -> None:
         """Its deadline is near: release whatever the load."""
-        if seq.status == Status.DEFERRED:
+        if seq.status == DEFERRED:
             self._release(seq, now)
 
     def _expire(self, now: float, seq: Seq) -> None:
-        if seq.status == Status.DEFERRED:
+        if seq.status == DEFERRED:
             self.pending -= 1
-            seq.status = Status.EXPIRED
+            seq.status = EXPIRED
             self.ended.append(seq)
 
     def _tick_later(self, now: float) -> None:

@@ -45,7 +45,8 @@ class KVCache:
         self.q_sum += q
         self.n_phased += 1
         # The last answer stays valid: at that step this sequence holds ceil((a + s) / B).
-        self.memo_blocks += self.blocks_for(offset + self.memo_step)
+        # (blocks_for, inlined: twice per request, 2% of a replay's time as a call.)
+        self.memo_blocks += -(-(offset + self.memo_step) // self.block_size)
 
     def remove_decoder(self, offset: int) -> None:
         """A decoding sequence leaves (finished or preempted): its blocks are freed."""
@@ -53,7 +54,7 @@ class KVCache:
         self.hist[p] -= 1
         self.q_sum -= q
         self.n_phased -= 1
-        self.memo_blocks -= self.blocks_for(offset + self.memo_step)
+        self.memo_blocks -= -(-(offset + self.memo_step) // self.block_size)
 
     def decoder_blocks(self, step_no: int) -> int:
         """Blocks held by decoding sequences at the start of step `step_no`.

@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from tokenfleet.replay.records.timeline import Timeline
 from tokenfleet.replay.replica import Replica
-from tokenfleet.replay.request import Seq, Status
+from tokenfleet.replay.request import TOO_LONG, Seq
 
 TRACE_COLUMNS = [
     "arrival_s",
@@ -40,6 +40,7 @@ TRACE_COLUMNS = [
 FLUSH_ROWS = 8_192
 TIMER, REPLICA = 0, 1  # the kinds of heap entry, in their order at equal times
 INF = float("inf")
+END_OF_TRACE = (INF, 0, 0, None, None, None, None)  # a last "arrival", after every event
 
 
 class EventQueue:
@@ -97,7 +98,7 @@ def _dispatcher(routers: dict, replicas: list[Replica], heap: list, ended: list[
         rep = replicas[r]
         if seq.prompt_tokens + seq.output_tokens > rep.max_request_tokens:
             seq.replica = r
-            seq.status = Status.TOO_LONG
+            seq.status = TOO_LONG
             ended.append(seq)
             return
         nt = rep.on_arrival(seq, now)
@@ -132,14 +133,19 @@ def simulate(
     arrive = gateway.arrive if eager else dispatch
     tier_named = gateway.tiers.get
     default_tier = gateway.default
-    arrivals = chain.from_iterable(zip(*_request_columns(b), strict=True) for b in batches)
-    nxt = next(arrivals, None)
-    at = INF if nxt is None else nxt[0]
+    # The trace's rows, then END_OF_TRACE: its arrival at inf drains every event left.
+    arrivals = chain(
+        chain.from_iterable(zip(*_request_columns(b), strict=True) for b in batches),
+        (END_OF_TRACE,),
+    )
     next_emit = timeline.interval_s
     row = 0
     last = 0.0
-    while True:
-        if heap and heap[0][0] < at:
+    draining = False
+    for now, prompt, output, rid, tenant, tier_name, session in arrivals:
+        if now == INF:
+            draining = gateway.trace_done = True
+        while heap and heap[0][0] < now:
             t, kind, i, version = heap[0]
             if kind == TIMER:
                 heappop(heap)
@@ -155,14 +161,12 @@ def simulate(
                 else:
                     heapreplace(heap, (nt, REPLICA, i, version))  # one sift instead of two
                 last = t
-                if (eager or nxt is None) and t >= next_emit:
+                if (eager or draining) and t >= next_emit:
                     next_emit = timeline.tick(t)
             if eager and len(ended) >= FLUSH_ROWS:
                 _flush(ended, write_requests, timeline)
-            continue
-        if nxt is None:
+        if draining:
             break
-        now, prompt, output, rid, tenant, tier_name, session = nxt
         if now >= next_emit:
             next_emit = timeline.tick(now)
         last = now
@@ -171,11 +175,5 @@ def simulate(
         row += 1
         if len(ended) >= FLUSH_ROWS:
             _flush(ended, write_requests, timeline)
-        nxt = next(arrivals, None)
-        if nxt is None:
-            at = INF
-            gateway.trace_done = True
-        else:
-            at = nxt[0]
     _flush(ended, write_requests, timeline)
     return timeline.emit(INF, last)
