@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from tokenfleet import __version__
 from tokenfleet.atomic import atomic_path
-from tokenfleet.calibrate.backends import DTYPE_BYTES, DeviceInfo
+from tokenfleet.calibrate.backends.base import DTYPE_BYTES, DeviceInfo
 from tokenfleet.calibrate.fit import (
     FitQuality,
     GemmFit,
