@@ -16,7 +16,8 @@ import pytest
 
 from tokenfleet.calibrate.backends import open_backend
 from tokenfleet.calibrate.backends.cupy_backend import CupyBackend
-from tokenfleet.calibrate.calibration import build_calibration, choose_datasheet
+from tokenfleet.calibrate.calibration import build_calibration
+from tokenfleet.calibrate.datasheet import choose_datasheet
 from tokenfleet.calibrate.microbench import GemmShape, plan_benchmarks, run_microbenchmarks
 from tokenfleet.cli.main import cli
 from tokenfleet.errors import UserError

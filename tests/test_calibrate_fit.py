@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokenfleet.calibrate.backends.base import DeviceInfo
-from tokenfleet.calibrate.calibration import build_calibration, choose_datasheet
+from tokenfleet.calibrate.calibration import build_calibration
+from tokenfleet.calibrate.datasheet import choose_datasheet
 from tokenfleet.calibrate.fit import fit_line, gemm_seconds, least_squares, quality
 from tokenfleet.calibrate.fit_steps import StepLog, fit_engine, predict_ms
 from tokenfleet.calibrate.microbench import (
