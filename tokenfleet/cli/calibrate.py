@@ -198,9 +198,9 @@ def fit_steps(steps, gpu, model, tp, dtype, engine, name, fmt, columns, out, as_
         default_engine_name,
         error_summary,
         fit_engine,
-        read_step_log,
         write_fit,
     )
+    from tokenfleet.calibrate.step_log import read_step_log
     from tokenfleet.hardware.profile import load_engine, load_profile
 
     _check_writable(out)
