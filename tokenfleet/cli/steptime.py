@@ -88,7 +88,8 @@ def steptime(
     from tokenfleet.hardware.profile import load_profile
     from tokenfleet.models import get_model
     from tokenfleet.perf.memory import plan_memory
-    from tokenfleet.perf.steptime import StepTime, steptime_sweep
+    from tokenfleet.perf.steptime import StepTime
+    from tokenfleet.perf.sweep import steptime_sweep
 
     model = get_model(model_name)
     gpu = load_profile(gpu_name)
