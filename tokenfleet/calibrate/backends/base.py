@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from abc import ABC, abstractmethod
@@ -14,6 +15,7 @@ from typing import Any
 from tokenfleet.errors import UserError
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4, "fp64": 8}
+Kernel = Callable[[], object]  # one call of the work being timed, queued on the device
 
 
 @dataclass(frozen=True)
@@ -86,20 +88,14 @@ class Backend(ABC):
 
     @abstractmethod
     def time(
-        self,
-        fn: Callable[[], object],
-        *,
-        warmup: int,
-        repeats: int,
-        inner: int = 1,
-        budget_s: float = float("inf"),
+        self, fn: Kernel, *, warmup: int, repeats: int, inner: int = 1, budget_s: float = math.inf
     ) -> Timing:
         """Time `fn` (per call): `warmup` untimed calls, then up to `repeats` samples of `inner`
         back-to-back calls each, stopping early (after at least 3 samples) once `budget_s` of
         measured time is spent."""
 
     @abstractmethod
-    def gemm(self, dtype: str, m: int, n: int, k: int) -> Callable[[], object]:
+    def gemm(self, dtype: str, m: int, n: int, k: int) -> Kernel:
         """Allocate operands for C[m,n] = A[m,k] @ B[k,n] in `dtype`; return the call to time.
         Successive calls cycle through `weight_copies` copies of B, so a weight matrix smaller
         than the cache is still read from memory, as a model's weights are in a real step."""
@@ -108,7 +104,7 @@ class Backend(ABC):
     def peak_memory_bytes(self) -> int:
         """Most memory this run has held on the device (GPU pool, or process peak RSS)."""
 
-    def allreduce(self, nbytes: int) -> Callable[[], object] | None:
+    def allreduce(self, nbytes: int) -> Kernel | None:
         """An all-reduce of `nbytes` across the visible devices, or None with a single device."""
         return None
 
@@ -116,9 +112,14 @@ class Backend(ABC):
     def release(self) -> None:
         """Free cached device memory between benchmarks."""
 
-    def time_allreduce(self, fn: Callable[[], object], *, warmup: int, repeats: int) -> Timing:
+    def time_allreduce(self, fn: Kernel, *, warmup: int, repeats: int) -> Timing:
         """Time a collective made by `allreduce`."""
         return self.time(fn, warmup=warmup, repeats=repeats)
+
+    def weight_copies(self, weight_bytes: int, limit: int = 64) -> int:
+        """Copies of a weight matrix that together cover twice this device's cache (at least
+        one), so cycling through them reads memory, not cache."""
+        return max(1, min(limit, -(-2 * self.info.cache_bytes // max(weight_bytes, 1))))
 
     def check_dtypes(self, dtypes: list[str]) -> list[str]:
         """Refuse a dtype this device cannot multiply in, naming the ones it can."""
@@ -132,13 +133,8 @@ class Backend(ABC):
         return dtypes
 
 
-def weight_copies(cache_bytes: int, weight_bytes: int, limit: int = 64) -> int:
-    """Copies of a weight matrix that together cover twice the cache (at least one)."""
-    return max(1, min(limit, -(-2 * cache_bytes // max(weight_bytes, 1))))
-
-
 def wall_time(
-    fn: Callable[[], object],
+    fn: Kernel,
     sync: Callable[[], None],
     *,
     warmup: int,

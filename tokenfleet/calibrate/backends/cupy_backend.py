@@ -4,19 +4,13 @@ GemmEx and all-reduced with NCCL; and the CUDA errors of opening one, explained 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+import math
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from tokenfleet.calibrate.backends.base import (
-    Backend,
-    DeviceInfo,
-    Timing,
-    wall_time,
-    weight_copies,
-)
+from tokenfleet.calibrate.backends.base import Backend, DeviceInfo, Kernel, Timing, wall_time
 from tokenfleet.errors import UserError
 
 GPU_INSTALL_HINT = (
@@ -71,13 +65,7 @@ class CupyBackend(Backend):
         self._device.synchronize()
 
     def time(
-        self,
-        fn: Callable[[], object],
-        *,
-        warmup: int,
-        repeats: int,
-        inner: int = 1,
-        budget_s: float = float("inf"),
+        self, fn: Kernel, *, warmup: int, repeats: int, inner: int = 1, budget_s: float = math.inf
     ) -> Timing:
         """CUDA events recorded on the current stream around each sample: device time, no host
         jitter. With `inner` > 1 the sample spans back-to-back launches (the launch-rate probe)."""
@@ -103,14 +91,14 @@ class CupyBackend(Backend):
         self._peak_bytes = max(self._peak_bytes, self._pool.total_bytes())
         return Timing.from_samples(samples)
 
-    def gemm(self, dtype: str, m: int, n: int, k: int) -> Callable[[], object]:
+    def gemm(self, dtype: str, m: int, n: int, k: int) -> Kernel:
         """cublasGemmEx with fp32 accumulation, row-major C = A @ B computed as the column-major
         C^T = B^T A^T (so cuBLAS sees m=n, n=m). bf16 operands are stored as uint16 bit patterns,
         since CuPy has no bfloat16 dtype."""
         cp = self._cupy
         cuda_type, itemsize, _ = _GPU_GEMM_DTYPES[self.check_dtypes([dtype])[0]]
         a = _random_operand(cp, (m, k), dtype)
-        copies = weight_copies(self.info.cache_bytes, k * n * itemsize)
+        copies = self.weight_copies(k * n * itemsize)
         weights = itertools.cycle([_random_operand(cp, (k, n), dtype) for _ in range(copies)])
         c = cp.empty((m, n), dtype=a.dtype)
         alpha = np.array(1.0, dtype=np.float32)
@@ -129,7 +117,7 @@ class CupyBackend(Backend):
 
         return run
 
-    def allreduce(self, nbytes: int) -> Callable[[], object] | None:
+    def allreduce(self, nbytes: int) -> Kernel | None:
         """NCCL all-reduce (fp16 sum) of `nbytes` across every visible GPU, one process."""
         if self.info.device_count < 2:
             return None
@@ -161,7 +149,7 @@ class CupyBackend(Backend):
 
         return run
 
-    def time_allreduce(self, fn: Callable[[], object], *, warmup: int, repeats: int) -> Timing:
+    def time_allreduce(self, fn: Kernel, *, warmup: int, repeats: int) -> Timing:
         """An all-reduce spans every GPU, so it is timed on the host clock after synchronising
         all of them (events on one device would miss the slowest rank)."""
 

@@ -4,10 +4,10 @@ the CPU and say so (`DeviceInfo.kind == "cpu"`); it is also the path the tests r
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import platform
 import resource
-from collections.abc import Callable
 
 import numpy as np
 
@@ -15,9 +15,9 @@ from tokenfleet.calibrate.backends.base import (
     DTYPE_BYTES,
     Backend,
     DeviceInfo,
+    Kernel,
     Timing,
     wall_time,
-    weight_copies,
 )
 
 _CPU_GEMM_DTYPES = {"fp32": np.float32, "fp64": np.float64}
@@ -43,23 +43,17 @@ class NumpyBackend(Backend):
         """NumPy calls return when their work is done."""
 
     def time(
-        self,
-        fn: Callable[[], object],
-        *,
-        warmup: int,
-        repeats: int,
-        inner: int = 1,
-        budget_s: float = float("inf"),
+        self, fn: Kernel, *, warmup: int, repeats: int, inner: int = 1, budget_s: float = math.inf
     ) -> Timing:
         return wall_time(
             fn, self.synchronize, warmup=warmup, repeats=repeats, inner=inner, budget_s=budget_s
         )
 
-    def gemm(self, dtype: str, m: int, n: int, k: int) -> Callable[[], object]:
+    def gemm(self, dtype: str, m: int, n: int, k: int) -> Kernel:
         np_dtype = _CPU_GEMM_DTYPES[self.check_dtypes([dtype])[0]]
         rng = np.random.default_rng(0)
         a = rng.standard_normal((m, k), dtype=np.float32).astype(np_dtype)
-        copies = weight_copies(self.info.cache_bytes, k * n * DTYPE_BYTES[dtype])
+        copies = self.weight_copies(k * n * DTYPE_BYTES[dtype])
         weights = itertools.cycle(
             [rng.standard_normal((k, n), dtype=np.float32).astype(np_dtype) for _ in range(copies)]
         )
