@@ -40,6 +40,8 @@ NOISY_SPREAD = 0.2  # repeats this far apart make a point suspect
 
 @dataclass
 class Calibration:
+    """A fitted profile and what goes with it: [meta], the printed summary, the raw rows."""
+
     profile: GpuProfile
     meta: dict[str, Any]
     summary: dict[str, Any]
@@ -252,10 +254,12 @@ def write_profile_with_table(
 
 
 def _default_name(info: DeviceInfo) -> str:
+    """A profile name from the device's name, when none is given."""
     return "measured-" + re.sub(r"[^a-z0-9]+", "-", info.name.lower()).strip("-")
 
 
 def _description(info: DeviceInfo, dtype: str) -> str:
+    """Says what was measured with what, a CPU plainly so."""
     if info.kind == "cpu":
         return (
             f"CPU measurement, not a GPU: {info.name.removeprefix('CPU: ')}, NumPy {dtype} GEMM "

@@ -187,14 +187,17 @@ def attention_efficiency(
 
 
 def _peak_label(hbm_tb_s: float | None) -> str:
+    """What bw_eff is relative to, for its source line."""
     return f"datasheet {hbm_tb_s * 1e3:.0f} GB/s" if hbm_tb_s else "the fitted rate (no datasheet)"
 
 
 def _tflops_label(datasheet: Datasheet) -> str:
+    """What gemm_eff_max is relative to, for its source line."""
     if datasheet.peak_tflops_bf16 is None:
         return "the fitted asymptote (no datasheet)"
     return f"{datasheet.peak_tflops_bf16:g} TFLOPS ({datasheet.source})"
 
 
 def _span(values: np.ndarray, unit: str) -> str:
+    """The range of measured sizes, for a source line."""
     return f"{values.min():.0f}-{values.max():.0f} {unit}"

@@ -97,6 +97,7 @@ def choose_datasheet(info: DeviceInfo, base: str | None) -> Datasheet:
 
 
 def _from_profile(profile: GpuProfile, source: str) -> Datasheet:
+    """A built-in or given profile's peaks as the datasheet, the profile kept as the base."""
     return Datasheet(
         source=source,
         peak_tflops_bf16=profile.peak_tflops_bf16,

@@ -53,6 +53,8 @@ PRIOR_WEIGHT = 1e-6  # holds directions the data cannot see at the base preset
 
 @dataclass(frozen=True)
 class EngineFit:
+    """An engine fitted to a step log, the base it started from, and each point's errors."""
+
     preset: EnginePreset
     base: EnginePreset
     fitted_keys: tuple[str, ...]
@@ -207,6 +209,7 @@ def _tidy(keys: list[str], values: np.ndarray) -> np.ndarray:
 
 
 def default_engine_name(steps: str | Path) -> str:
+    """The fitted engine's name from the steps file's, when none is given."""
     return "fit-" + re.sub(r"[^a-z0-9]+", "-", Path(steps).stem.lower()).strip("-")
 
 

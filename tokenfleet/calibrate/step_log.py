@@ -82,6 +82,7 @@ def read_step_log(
 
 
 def _read_frame(path: Path) -> pl.DataFrame:
+    """The file as a frame: a steps file is .csv or .parquet."""
     if not path.is_file():
         raise UserError(f"{path}: steps file not found")
     try:
@@ -95,6 +96,7 @@ def _read_frame(path: Path) -> pl.DataFrame:
 
 
 def _map_columns(path: Path, frame: pl.DataFrame, mapping: dict[str, str]) -> pl.DataFrame:
+    """Rename mapped columns to the step names, check none is missing, tag each step's phase."""
     known = STEP_COLUMNS + OPTIONAL_STEP_COLUMNS
     for out, src in mapping.items():
         if out not in known:
@@ -157,6 +159,7 @@ def _splitwise_to_steps(path: Path, frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def _select(path: Path, frame: pl.DataFrame, column: str, value: str | int | None) -> pl.DataFrame:
+    """Keep the rows for `value`, or supply the column where the file has none."""
     if value is None:
         if column not in frame.columns:
             if column == "tp":
@@ -181,6 +184,7 @@ def _select(path: Path, frame: pl.DataFrame, column: str, value: str | int | Non
 
 
 def _validate(path: Path, frame: pl.DataFrame) -> None:
+    """Refuse non-numeric or out-of-range values, naming the first bad row."""
     if frame.height == 0:
         raise UserError(f"{path}: no step rows")
     checks = [
@@ -256,6 +260,7 @@ def _fold(path: Path, frame: pl.DataFrame) -> StepLog:
 
 
 def _label(row: dict[str, Any]) -> str:
+    """A readable name for a point, as printed and as written to the points file."""
     parts = [f"{row['model']} tp{row['tp']}"]
     if row["prefill_tokens"]:
         seqs = int(row["prefill_seqs"] or 1)
@@ -270,6 +275,7 @@ def _label(row: dict[str, Any]) -> str:
 
 
 def _same_model(name: str, wanted: str) -> bool:
+    """Whether the file's model name spells the model asked for."""
     try:
         return resolve_model(name).name == wanted
     except UserError:  # a model of the file we do not know, and were not asked for

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import numpy.typing as npt
 
 from tokenfleet.errors import UserError
 from tokenfleet.hardware.profile import EnginePreset, GpuProfile, load_engine
@@ -194,10 +195,10 @@ class StepTime:
 
     def step_s_array(
         self,
-        prefill_tokens,
-        prefill_attn_pairs,
-        decode_seqs,
-        decode_context_tokens,
+        prefill_tokens: npt.ArrayLike,
+        prefill_attn_pairs: npt.ArrayLike,
+        decode_seqs: npt.ArrayLike,
+        decode_context_tokens: npt.ArrayLike,
     ) -> np.ndarray:
         """`step_s` over arrays (broadcast together); equal to it element by element: the same
         IEEE operations in the same order as `_gpu_s`, `_context_s` and `step_s` (a test checks

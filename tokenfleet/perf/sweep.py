@@ -18,7 +18,7 @@ def steptime_sweep(
     usd_per_s = None if usd_per_gpu_hour is None else st.tp * usd_per_gpu_hour / 3600.0
     rows = []
 
-    def row(phase: str, prompt: int, batch: int, context: int, seconds: float, tokens: int):
+    def row(phase: str, prompt: int, batch: int, context: int, seconds: float, tokens: int) -> None:
         tokens_per_s = tokens / seconds
         rows.append(
             {

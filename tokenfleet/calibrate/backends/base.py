@@ -30,6 +30,7 @@ class Timing:
 
     @classmethod
     def from_samples(cls, samples_s: list[float]) -> Timing:
+        """Median, extremes and interquartile range of per-call samples."""
         if not samples_s:
             raise ValueError("no timing samples")
         q = (
@@ -69,6 +70,7 @@ class DeviceInfo:
     threads_source: str
 
     def as_dict(self) -> dict[str, Any]:
+        """The device table of the profile's [meta]."""
         return asdict(self)
 
 

@@ -170,6 +170,7 @@ class CupyBackend(Backend):
 
 
 def _random_operand(cp: ModuleType, shape: tuple[int, int], dtype: str) -> Any:
+    """A random matrix in `dtype`'s storage type (bf16 as uint16 bit patterns)."""
     values = cp.random.standard_normal(shape, dtype=cp.float32)
     if dtype == "bf16":  # truncate fp32 to its top 16 bits: the bfloat16 bit pattern
         return (values.view(cp.uint32) >> 16).astype(cp.uint16)
@@ -177,6 +178,7 @@ def _random_operand(cp: ModuleType, shape: tuple[int, int], dtype: str) -> Any:
 
 
 def _gpu_info(cupy: ModuleType, device: int) -> DeviceInfo:
+    """The GPU as the CUDA runtime describes it: the provenance of a GPU profile."""
     runtime = cupy.cuda.runtime
     props = runtime.getDeviceProperties(device)
     name = props["name"]
@@ -226,6 +228,7 @@ def open_cupy(device: int) -> CupyBackend:
 
 
 def _import_cupy() -> ModuleType:
+    """CuPy (an optional extra), or a UserError saying how to install it."""
     try:
         import cupy
     except ImportError as err:
@@ -235,6 +238,7 @@ def _import_cupy() -> ModuleType:
 
 
 def _explain_cuda_error(err: Exception) -> str:
+    """One line saying what a CUDA error on opening the GPU means and how to fix it."""
     status = getattr(err, "status", None)
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
     if status == CUDA_ERROR_INSUFFICIENT_DRIVER or "cudaErrorInsufficientDriver" in text:

@@ -68,6 +68,7 @@ class NumpyBackend(Backend):
 
 
 def _cpu_info() -> DeviceInfo:
+    """The CPU as the OS and NumPy's BLAS describe it: the provenance of a CPU profile."""
     threads, source, blas = _blas_threads()
     return DeviceInfo(
         backend="numpy",
@@ -91,6 +92,7 @@ def _cpu_info() -> DeviceInfo:
 
 
 def _cpu_model() -> str:
+    """The CPU's model name, for the profile's description."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
