@@ -163,9 +163,7 @@ def test_cpu_profile_drives_a_replay(calibrated, runner, tmp_path) -> None:
 
 
 def test_unwritable_out_directory_is_refused_before_measuring(runner, tmp_path, monkeypatch):
-    import tokenfleet.calibrate.calibration as calibration
-
-    monkeypatch.setattr(calibration.os, "access", lambda path, mode: False)  # root ignores chmod
+    monkeypatch.setattr("os.access", lambda path, mode: False)  # root ignores chmod
     started = []
     monkeypatch.setattr("tokenfleet.calibrate.backends.open_backend", started.append)
     out = tmp_path / "p.toml"

@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tokenfleet.calibrate.backends import CupyBackend, open_backend
-from tokenfleet.calibrate.calibration import build_calibration, choose_datasheet
+from tokenfleet.calibrate.backends import open_backend
+from tokenfleet.calibrate.backends.cupy_backend import CupyBackend
+from tokenfleet.calibrate.calibration import build_calibration
+from tokenfleet.calibrate.datasheet import choose_datasheet
 from tokenfleet.calibrate.microbench import GemmShape, plan_benchmarks, run_microbenchmarks
 from tokenfleet.cli.main import cli
 from tokenfleet.errors import UserError
@@ -302,7 +304,7 @@ def test_dtypes_the_device_cannot_run_are_refused(fake_gpu) -> None:
         ({"count_error": 100}, 0, "no CUDA-capable GPU is visible"),
         ({"count_error": 999}, 0, "cudaErrorUnknown"),
         ({"devices": 0}, 0, "CuPy sees no CUDA device"),
-        ({"devices": 2}, 3, "--device 3: 2 GPU"),
+        ({"devices": 2}, 3, "device = 3: 2 GPU"),
     ],
 )
 def test_gpu_errors_are_one_line_naming_the_fix(fake_gpu, settings, device, message) -> None:
@@ -311,7 +313,7 @@ def test_gpu_errors_are_one_line_naming_the_fix(fake_gpu, settings, device, mess
         open_backend("cupy", device=device)
     assert "\n" not in str(err.value)
     if device == 0:
-        assert "--backend numpy" in str(err.value)
+        assert "the numpy backend" in str(err.value)
 
 
 def test_missing_cupy_names_the_extra_and_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -319,7 +321,7 @@ def test_missing_cupy_names_the_extra_and_the_cpu(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(UserError, match="CuPy is not installed") as err:
         open_backend("cupy")
     assert "pip install 'tokenfleet[gpu]'" in str(err.value)
-    assert "--backend numpy" in str(err.value)
+    assert "the numpy backend" in str(err.value)
 
 
 def test_auto_falls_back_to_the_cpu_only_with_a_note(fake_gpu) -> None:

@@ -11,16 +11,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokenfleet.calibrate.backends import DeviceInfo
-from tokenfleet.calibrate.calibration import build_calibration, choose_datasheet
+from tokenfleet.calibrate.backends.base import DeviceInfo
+from tokenfleet.calibrate.calibration import build_calibration
+from tokenfleet.calibrate.datasheet import choose_datasheet
 from tokenfleet.calibrate.fit import fit_line, gemm_seconds, least_squares, quality
-from tokenfleet.calibrate.fit_steps import StepLog, fit_engine, predict_ms
+from tokenfleet.calibrate.fit_steps import fit_engine, predict_ms
 from tokenfleet.calibrate.microbench import (
     ALLREDUCE_BYTES_FULL,
     M_FULL,
     READ_FRACTIONS,
     BenchResult,
 )
+from tokenfleet.calibrate.step_log import StepLog
 from tokenfleet.hardware.profile import load_engine, load_profile
 from tokenfleet.models import get_model
 from tokenfleet.perf.steptime import StepTime

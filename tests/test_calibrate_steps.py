@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import MEASURED
 
-from tokenfleet.calibrate.fit_steps import fit_engine, read_step_log
+from tokenfleet.calibrate.fit_steps import fit_engine
+from tokenfleet.calibrate.step_log import read_step_log
 from tokenfleet.cli.main import cli
 from tokenfleet.hardware.profile import COEFFICIENT_KEYS, DATASHEET_KEYS, load_engine, load_profile
 from tokenfleet.models import get_model
@@ -144,7 +145,7 @@ def test_generic_step_log_with_column_mapping(runner, tmp_path) -> None:
         ("prefill_tokens,decode_seqs,decode_context_tokens,step_ms\n0,4,400,9\n",
          ["--columns", "step_ms=nope"], "no column 'nope'"),
         ("model,prefill_tokens,decode_seqs,decode_context_tokens,step_ms\nllama-3.1-8b,0,4,400,9\n",
-         ["--model", "qwen3-32b"], "no rows for --model qwen3-32b"),
+         ["--model", "qwen3-32b"], "no rows for model = qwen3-32b"),
         (None, [], "steps file not found"),
     ],
 )  # fmt: skip
@@ -172,7 +173,7 @@ def test_steps_file_without_a_model_needs_one(runner, tmp_path) -> None:
     result = runner.invoke(
         cli, ["calibrate", "fit-steps", str(steps), "--gpu", "a100-80gb", "--out", "x.toml"]
     )
-    assert result.exit_code == 2 and "no 'model' column; give --model" in result.output
+    assert result.exit_code == 2 and "no 'model' column; give the model setting" in result.output
 
 
 def test_fit_steps_is_deterministic(runner, tmp_path, shared_data) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from tokenfleet.calibrate.backends import DTYPE_BYTES, Backend, Timing
+from tokenfleet.calibrate.backends.base import DTYPE_BYTES, Backend, Timing
 from tokenfleet.errors import UserError
 
 if TYPE_CHECKING:  # calibrate reads a model's shapes; it does not depend on the catalog
@@ -131,8 +131,9 @@ def plan_benchmarks(
     dtypes = tuple(backend.check_dtypes(list(dtypes or backend.default_gemm_dtypes)))
     if gpu and dtypes[0] not in ("bf16", "fp16"):
         raise UserError(
-            f"--dtype {dtypes[0]} first: the profile's GEMM curve is relative to the bf16 tensor "
-            "peak, so list bf16 or fp16 first (other dtypes are measured and reported too)"
+            f"dtypes = {','.join(dtypes)}: the profile's GEMM curve is the first dtype's and is "
+            "relative to the bf16 tensor peak, so list bf16 or fp16 first (other dtypes are "
+            "measured and reported too)"
         )
     if shapes is None:
         sides = (4096, 8192) if gpu else ((1024,) if quick else (1024, 2048))

@@ -4,11 +4,13 @@ fit-steps`: fit an engine's overheads to its measured step times. Parse, call, p
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
 
 from tokenfleet.cli.options import progress_enabled, quiet_option
+from tokenfleet.errors import UserError
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 
@@ -66,19 +68,15 @@ def calibrate(ctx, backend, device, model, tp, dtypes, base, name, quick, out, a
     if tp is not None and model is None:
         raise click.UsageError("--tp shards --model's layer shapes; give --model too")
     from tokenfleet.calibrate.backends import open_backend
-    from tokenfleet.calibrate.calibration import (
-        build_calibration,
-        check_writable,
-        choose_datasheet,
-        write_calibration,
-    )
+    from tokenfleet.calibrate.calibration import build_calibration, write_calibration
+    from tokenfleet.calibrate.datasheet import choose_datasheet
     from tokenfleet.calibrate.microbench import (
         model_gemm_shapes,
         plan_benchmarks,
         run_microbenchmarks,
     )
 
-    check_writable(out)
+    _check_writable(out)
     shapes = None
     if model is not None:
         from tokenfleet.models import get_model
@@ -115,6 +113,20 @@ def calibrate(ctx, backend, device, model, tp, dtypes, base, name, quick, out, a
         click.echo(json.dumps(summary, indent=2))
         return
     _print_calibration(summary)
+
+
+def _check_writable(out: str | Path) -> None:
+    """Refuse an output path before minutes of benchmarking, not after."""
+    out = Path(out)
+    if out.suffix != ".toml":
+        raise UserError(f"--out {out}: a profile is TOML, name it something.toml")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"--out {out}: directory {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"--out {out}: directory {parent} is not writable; choose another path")
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a directory; give a file name ending in .toml")
 
 
 def _print_calibration(s: dict) -> None:
@@ -182,17 +194,16 @@ def _print_calibration(s: dict) -> None:
 def fit_steps(steps, gpu, model, tp, dtype, engine, name, fmt, columns, out, as_json) -> None:
     """Fit an engine's overheads to measured step times in STEPS (.csv or .parquet); the GPU's
     peaks and efficiencies stay the base profile's."""
-    from tokenfleet.calibrate.calibration import check_writable
     from tokenfleet.calibrate.fit_steps import (
         default_engine_name,
         error_summary,
         fit_engine,
-        read_step_log,
         write_fit,
     )
+    from tokenfleet.calibrate.step_log import read_step_log
     from tokenfleet.hardware.profile import load_engine, load_profile
 
-    check_writable(out)
+    _check_writable(out)
     profile = load_profile(gpu)
     base = load_engine(engine or profile.default_engine, profile)
     log = read_step_log(steps, fmt=fmt, columns=columns, model=model, tp=tp)

@@ -6,15 +6,14 @@ import json
 
 import click
 
-STEPTIME_COLUMNS = (
-    "phase",
-    "prompt_tokens",
-    "batch",
-    "context_tokens",
-    "step_ms",
-    "tokens_per_s",
-    "usd_per_mtoken",
-    "fits_kv",
+# The two tables the command prints: phase, title, and the columns that lead each row.
+_TABLES = (
+    ("prefill", "prefill: one prompt, empty cache", (("prompt_tokens", 13),)),
+    (
+        "decode",
+        "decode: one step of `batch` sequences, each with context_tokens of KV cache",
+        (("context_tokens", 14), ("batch", 6)),
+    ),
 )
 
 
@@ -88,7 +87,8 @@ def steptime(
     from tokenfleet.hardware.profile import load_profile
     from tokenfleet.models import get_model
     from tokenfleet.perf.memory import plan_memory
-    from tokenfleet.perf.steptime import StepTime, steptime_sweep
+    from tokenfleet.perf.steptime import StepTime
+    from tokenfleet.perf.sweep import steptime_sweep
 
     model = get_model(model_name)
     gpu = load_profile(gpu_name)
@@ -144,27 +144,23 @@ def _print(doc: dict, with_cost: bool) -> None:
         if bound
         else "decode stays bound by reading weights at every batch size"
     )
+    for phase, title, leading in _TABLES:
+        _print_table(doc["rows"], phase, title, leading, with_cost)
+
+
+def _print_table(
+    rows: list[dict], phase: str, title: str, leading: tuple[tuple[str, int], ...], with_cost: bool
+) -> None:
+    """One phase's rows: its leading columns, then step time, tokens/s and (priced) $/Mtoken."""
+    echo = click.echo
     cost = f" {'usd_per_mtoken':>14}" if with_cost else ""
-
-    def money(r: dict) -> str:
-        return f" {r['usd_per_mtoken']:>14.3f}" if with_cost else ""
-
-    def fits(r: dict) -> str:
-        return "" if r["fits_kv"] else "  exceeds KV cache"
-
-    echo("\nprefill: one prompt, empty cache")
-    echo(f"{'prompt_tokens':>13} {'step_ms':>10} {'tokens_per_s':>12}{cost}")
-    for r in doc["rows"]:
-        if r["phase"] == "prefill":
-            echo(
-                f"{r['prompt_tokens']:>13,} {r['step_ms']:>10.2f} {r['tokens_per_s']:>12,.0f}"
-                f"{money(r)}{fits(r)}"
-            )
-    echo("\ndecode: one step of `batch` sequences, each with context_tokens of KV cache")
-    echo(f"{'context_tokens':>14} {'batch':>6} {'step_ms':>10} {'tokens_per_s':>12}{cost}")
-    for r in doc["rows"]:
-        if r["phase"] == "decode":
-            echo(
-                f"{r['context_tokens']:>14,} {r['batch']:>6,} {r['step_ms']:>10.2f} "
-                f"{r['tokens_per_s']:>12,.0f}{money(r)}{fits(r)}"
-            )
+    echo(f"\n{title}")
+    head = " ".join(f"{key:>{width}}" for key, width in leading)
+    echo(f"{head} {'step_ms':>10} {'tokens_per_s':>12}{cost}")
+    for r in rows:
+        if r["phase"] != phase:
+            continue
+        lead = " ".join(f"{r[key]:>{width},}" for key, width in leading)
+        money = f" {r['usd_per_mtoken']:>14.3f}" if with_cost else ""
+        fits = "" if r["fits_kv"] else "  exceeds KV cache"
+        echo(f"{lead} {r['step_ms']:>10.2f} {r['tokens_per_s']:>12,.0f}{money}{fits}")

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import numpy.typing as npt
 
 from tokenfleet.errors import UserError
 from tokenfleet.hardware.profile import EnginePreset, GpuProfile, load_engine
@@ -55,13 +56,7 @@ class StepTime:
         kv_dtype: str | None = None,
         engine: str | EnginePreset | None = None,
     ) -> None:
-        if tp < 1:
-            raise UserError(f"--tp must be >= 1, got {tp}")
-        if model.n_heads % tp:
-            raise UserError(
-                f"--tp {tp} does not divide {model.name}'s {model.n_heads} attention heads; "
-                "use a power of two that divides it"
-            )
+        _check_tp(model, tp)
         self.model, self.gpu, self.tp, self.dtype = model, gpu, tp, dtype
         self.kv_dtype = kv_dtype or ("fp16" if dtype == "fp16" else "bf16")
         if isinstance(engine, EnginePreset):
@@ -113,12 +108,16 @@ class StepTime:
         self._act_s = (
             self.engine.act_passes * model.n_layers * model.hidden_size * ACTIVATION_BYTES / bw
         )
-        # Engine overheads.
+        self._set_engine_overheads(model.n_layers)
+
+    def _set_engine_overheads(self, n_layers: int) -> None:
+        """The engine's CPU-side costs, and the per-batch caches of decode-only steps that
+        build on them (after the hardware terms, which `_lean` compares)."""
         self._step_s = self.engine.step_overhead_ms * 1e-3
         self._seq_s = self.engine.seq_overhead_us * 1e-6
-        self._launch_s = model.n_layers * self.engine.layer_launch_us * 1e-6
+        self._launch_s = n_layers * self.engine.layer_launch_us * 1e-6
         self._graph_s = (
-            model.n_layers * self.engine.layer_graph_us * 1e-6 if self.engine.cuda_graphs else -1.0
+            n_layers * self.engine.layer_graph_us * 1e-6 if self.engine.cuda_graphs else -1.0
         )
         # Decode-only steps, per batch size d: the constant part of their duration (CUDA graphs:
         # everything but the context term; eager: the CPU-side overheads) and the GPU time
@@ -196,10 +195,10 @@ class StepTime:
 
     def step_s_array(
         self,
-        prefill_tokens,
-        prefill_attn_pairs,
-        decode_seqs,
-        decode_context_tokens,
+        prefill_tokens: npt.ArrayLike,
+        prefill_attn_pairs: npt.ArrayLike,
+        decode_seqs: npt.ArrayLike,
+        decode_context_tokens: npt.ArrayLike,
     ) -> np.ndarray:
         """`step_s` over arrays (broadcast together); equal to it element by element: the same
         IEEE operations in the same order as `_gpu_s`, `_context_s` and `step_s` (a test checks
@@ -314,37 +313,12 @@ class StepTime:
         return high
 
 
-PREFILL_SWEEP_TOKENS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
-DECODE_SWEEP_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-DECODE_SWEEP_CONTEXTS = (1024, 4096, 16384)
-
-
-def steptime_sweep(
-    st: StepTime, kv_capacity_tokens: int, usd_per_gpu_hour: float | None = None
-) -> list[dict]:
-    """The batch-size economics of one replica as rows: one prompt of each length prefilled
-    from an empty cache, then decode steps of each batch at a few per-sequence contexts."""
-    usd_per_s = None if usd_per_gpu_hour is None else st.tp * usd_per_gpu_hour / 3600.0
-    rows = []
-
-    def row(phase: str, prompt: int, batch: int, context: int, seconds: float, tokens: int):
-        tokens_per_s = tokens / seconds
-        rows.append(
-            {
-                "phase": phase,
-                "prompt_tokens": prompt,
-                "batch": batch,
-                "context_tokens": context,
-                "step_ms": seconds * 1e3,
-                "tokens_per_s": tokens_per_s,
-                "usd_per_mtoken": None if usd_per_s is None else usd_per_s / tokens_per_s * 1e6,
-                "fits_kv": batch * (prompt or context) <= kv_capacity_tokens,
-            }
+def _check_tp(model: ModelSpec, tp: int) -> None:
+    """Refuse a tensor-parallel degree that cannot shard the model's attention heads."""
+    if tp < 1:
+        raise UserError(f"tp must be >= 1, got {tp}")
+    if model.n_heads % tp:
+        raise UserError(
+            f"tp = {tp} does not divide {model.name}'s {model.n_heads} attention heads; "
+            "use a power of two that divides it"
         )
-
-    for p in PREFILL_SWEEP_TOKENS:
-        row("prefill", p, 1, 0, st.step_s(p, p * (p + 1) / 2, 0, 0), p)
-    for context in DECODE_SWEEP_CONTEXTS:
-        for d in DECODE_SWEEP_BATCHES:
-            row("decode", 0, d, context, st.step_s(0, 0.0, d, d * context), d)
-    return rows

@@ -286,4 +286,4 @@ def test_a_model_that_does_not_fit_is_refused_and_writes_nothing(tmp_path: Path,
     result = runner.invoke(
         cli, ["steptime", "--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--tp", "3"]
     )
-    assert result.exit_code == 2 and "--tp 3" in result.output
+    assert result.exit_code == 2 and "tp = 3 does not divide" in result.output
