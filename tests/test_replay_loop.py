@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_replay_support import LinearStepTime, real_step_time, record, run_rows
 
@@ -226,6 +226,15 @@ TIERS = (
     retries=st.integers(0, 2),
     margin=st.sampled_from([0.0, 0.5]),
 )
+@example(  # orca with a tiny cache: a finish and a preemption in the same step
+    reqs=[(0.0, 63, 74, "fast", "a"), (0.0, 1, 100, "fast", "a"), (0.3, 193, 0, "fast", "a"),
+          (0.0, 21, 300, "fast", "a"), (0.0, 1, 33, "fast", "a"), (0.0, 1, 0, "fast", "a"),
+          (0.0, 1, 0, "fast", "a"), (0.0, 1, 0, "fast", "a"), (0.0, 1, 0, "fast", "a"),
+          (0.0, 122, 26, "fast", "a"), (0.0, 146, 16, "batch", "a"), (0.3, 1, 0, "fast", "a"),
+          (0.0, 1, 0, "fast", "a")],
+    batcher="orca", replicas=2, kv_blocks=20, max_seqs=4,
+    latency_s=0.0, rpm=0.0, retries=0, margin=0.0,
+)  # fmt: skip
 def test_gateway_runs_give_the_same_records_as_step_by_step(
     reqs, batcher, replicas, kv_blocks, max_seqs, latency_s, rpm, retries, margin
 ):

@@ -280,7 +280,6 @@ class Replica(ReplicaViews):
         """Choose the step starting at `now`; return when the replica next needs the engine.
         (`chunks` is empty here: `_end_step` consumed the last step's.)"""
         self.replan = False
-        d = self.n_dec
         s = self.step_no
         kv = self.kv
         # The batcher is asked only when there is something to decide: a request waiting, a
@@ -294,6 +293,7 @@ class Replica(ReplicaViews):
             wake = self.batcher.schedule(self, now)
         else:
             wake = None
+        d = self.n_dec  # after the batcher: it may have preempted decoders
         chunks = self.chunks
         if not chunks:
             if d == 0:
