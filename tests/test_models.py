@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 
 from tokenfleet.cli.main import cli
 from tokenfleet.errors import UserError
+from tokenfleet.hardware.profile import load_profile
 from tokenfleet.models import get_model, list_models
+from tokenfleet.perf.steptime import StepTime
 
 # (model, published total, published active) from the model cards / papers. Publishers differ
 # on whether "active" counts the embedding table: Mistral does, OpenAI and DeepSeek do not.
@@ -77,21 +79,30 @@ def test_flops_per_token_are_twice_the_active_matrices() -> None:
     assert moe.flops_per_token_dense == pytest.approx(2 * moe.params_active, rel=0.01)
 
 
+def attn_flops(spec, context: int) -> float:
+    """Attention FLOPs of one new token over `context` earlier ones, as StepTime builds them."""
+    return spec.attn_flops_per_pair() * spec.effective_pairs_fraction(context) * context
+
+
 @given(st.integers(1, 200_000))
 def test_attention_flops_grow_with_context_and_sliding_windows_cap_them(context: int) -> None:
     dense = get_model("llama-3.1-8b")
-    assert dense.attn_flops(context + 1) > dense.attn_flops(context)
+    assert attn_flops(dense, context + 1) > attn_flops(dense, context)
     oss = get_model("gpt-oss-120b")  # half its layers see only the last 128 tokens
     full_only = oss.attn_flops_per_pair() * context / 2
-    assert full_only <= oss.attn_flops(context) <= oss.attn_flops_per_pair() * context
+    assert full_only <= attn_flops(oss, context) <= oss.attn_flops_per_pair() * context
+
+
+MOE_STEP = StepTime(get_model("deepseek-v3"), load_profile("h200"), tp=8, dtype="fp8")
 
 
 @given(st.integers(1, 100_000))
-def test_experts_touched_is_between_k_and_all_and_grows_with_tokens(tokens: int) -> None:
-    spec = get_model("deepseek-v3")
-    touched = spec.expected_experts_touched(tokens)
-    assert spec.experts_per_token - 1e-9 <= touched <= spec.n_experts
-    assert spec.expected_experts_touched(tokens + 1) >= touched
+def test_a_moe_step_reads_more_experts_with_more_tokens_up_to_all(tokens: int) -> None:
+    """Expected experts touched, E (1 - (1 - k/E)^N): a larger batch reads no fewer expert
+    weights, and never more than all of them."""
+    read = MOE_STEP.decode_gemm_s(tokens)[1]
+    assert MOE_STEP.decode_gemm_s(1)[1] <= read <= MOE_STEP.decode_gemm_s(tokens + 1)[1]
+    assert read <= MOE_STEP.decode_gemm_s(10**9)[1]
 
 
 LLAMA_31_8B_CONFIG = {

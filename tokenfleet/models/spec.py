@@ -7,7 +7,6 @@ active parameters and the experts a batch touches.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -276,25 +275,9 @@ class ModelSpec:
             qk = v = self.head_dim
         return 2.0 * self.n_heads * (qk + v) * self.n_layers
 
-    def attn_flops(self, context_tokens: float, decode: bool = False) -> float:
-        """Attention FLOPs for one new token attending to `context_tokens` earlier tokens."""
-        return (
-            self.attn_flops_per_pair(decode)
-            * self.effective_pairs_fraction(context_tokens)
-            * context_tokens
-        )
-
     def effective_pairs_fraction(self, context_tokens: float) -> float:
         """Fraction of layer-pairs actually computed: sliding layers stop at their window."""
         if not self.sliding_layers or context_tokens <= self.sliding_window:
             return 1.0
         full = self.n_layers - self.sliding_layers
         return (full + self.sliding_layers * self.sliding_window / context_tokens) / self.n_layers
-
-    def expected_experts_touched(self, tokens: float) -> float:
-        """Routed experts per MoE layer that `tokens` tokens touch in expectation (uniform
-        routing: each expert is missed by one token with probability 1 - k/E)."""
-        if not self.is_moe:
-            return 0.0
-        miss = 1.0 - self.experts_per_token / self.n_experts
-        return self.n_experts * (1.0 - math.pow(miss, tokens))

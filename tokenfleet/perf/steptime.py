@@ -281,10 +281,6 @@ class StepTime:
             return fixed + launch, 0.0, 0, max(end, k + 1)
         return fixed + (gpu + a), b, 0, max(end, k + 1)
 
-    def weight_read_s(self) -> float:
-        """Seconds to read the weights once at the achievable bandwidth (dense part)."""
-        return self._weights_s
-
     def decode_gemm_s(self, decode_seqs: int) -> tuple[float, float]:
         """(compute, weight read) seconds of the GEMMs of a decode step of `decode_seqs`."""
         n = float(decode_seqs)
