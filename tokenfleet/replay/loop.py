@@ -89,12 +89,16 @@ def _flush(ended: list[Seq], write_requests: Callable, timeline: Timeline) -> No
     timeline.fold_counts()
 
 
-def _dispatcher(routers: dict, replicas: list[Replica], heap: list, ended: list[Seq]):
+def _dispatcher(gateway, replicas: list[Replica], heap: list, ended: list[Seq]):
     """`dispatch(seq, now)`: send an admitted request to a replica of its tier's pools (or end
     it as too long for that replica's KV cache)."""
+    routers = gateway.routers
+    # A pass-through gateway has one router for every tier, never rebuilt: no lookup per request.
+    only = next(iter(routers.values())) if gateway.passthrough else None
 
     def dispatch(seq: Seq, now: float) -> None:
-        r = routers[seq.tier].pick(seq, now)
+        pick = (only or routers[seq.tier]).pick  # an attribute read, then a call (not a method)
+        r = pick(seq, now)
         rep = replicas[r]
         if seq.prompt_tokens + seq.output_tokens > rep.max_request_tokens:
             seq.replica = r
@@ -128,7 +132,7 @@ def simulate(
     arrivals (and the timeline through the drain)."""
     heap = events.heap
     eager = not gateway.passthrough  # timers, too, exist only then
-    dispatch = _dispatcher(gateway.routers, replicas, heap, ended)
+    dispatch = _dispatcher(gateway, replicas, heap, ended)
     gateway.dispatch = dispatch
     arrive = gateway.arrive if eager else dispatch
     tier_named = gateway.tiers.get

@@ -153,7 +153,7 @@ class Replica(ReplicaViews):
         self.outstanding[index] += 1
         for view, i in self.views:
             view[i] += 1
-        self.timeline.arrived(now)
+        self.timeline.arrivals.append(now)
         self.tokens_left += seq.prompt_tokens + seq.output_tokens
         self.batcher.enqueue(self.waiting, seq)
         state = self.state
@@ -424,7 +424,7 @@ class Replica(ReplicaViews):
         self.outstanding[self.index] -= 1  # one fewer, as the balancers count (see on_arrival)
         for view, i in self.views:
             view[i] -= 1
-        self.timeline.finished(now)
+        self.timeline.finishes.append(now)
         seq.status = EXPIRED if now > seq.deadline_at else FINISHED
         self.ended.append(seq)
 

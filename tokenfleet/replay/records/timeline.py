@@ -1,12 +1,12 @@
 """The timeline: one row per replica per interval, from accounting to timeline.parquet.
 
 Each replica owns a `ReplicaTimeline`, the narrow recorder it reports to: its steps and runs
-(`step`, `run`), the requests arriving and finishing (`arrived`, `finished`), and, for an
-autoscaled pool, when it is provisioned and released. The recorder keeps one `IntervalRow` per
-interval it has touched. `Timeline` writes the rows out once every replica has moved past
-their interval, adds the in-system integral and the provisioned time, and prices each row
-(cost.py's rates); records/pools.py prices each pool once, from the same provisioned spans.
-Nothing outside this module writes the recorders' state.
+(`step`, `run`), the times requests arrive and finish (appended to `arrivals`, `finishes`),
+and, for an autoscaled pool, when it is provisioned and released. The recorder keeps one
+`IntervalRow` per interval it has touched. `Timeline` writes the rows out once every replica
+has moved past their interval, adds the in-system integral and the provisioned time, and
+prices each row (cost.py's rates); records/pools.py prices each pool once, from the same
+provisioned spans. Nothing outside this module writes the recorders' state but those appends.
 """
 
 from __future__ import annotations
@@ -77,18 +77,16 @@ class IntervalRow:
 class ReplicaTimeline:
     """The recorder of one replica: interval rows, arrival and finish times, provisioned spans.
 
-    `arrived(t)` and `finished(t)` are list appends (no Python frame on the hot path); the
-    times are folded into their rows in bulk (`fold_counts`)."""
+    The replica appends arrival and finish times to `arrivals` and `finishes` (a list append:
+    no Python frame on the hot path); they are folded into their rows in bulk (`fold_counts`)."""
 
     __slots__ = (
         "interval_s",
         "rows",
         "cur_iv",
         "cur_row",
-        "arrived_at",
-        "finished_at",
-        "arrived",
-        "finished",
+        "arrivals",
+        "finishes",
         "in_system",
         "spans",
     )
@@ -99,10 +97,8 @@ class ReplicaTimeline:
         self.cur_iv = -1  # the interval whose row was used last, and that row
         self.cur_row: IntervalRow | None = None
         # Arrival and finish times, in order, not yet folded into their intervals' rows.
-        self.arrived_at: list[float] = []
-        self.finished_at: list[float] = []
-        self.arrived = self.arrived_at.append
-        self.finished = self.finished_at.append
+        self.arrivals: list[float] = []
+        self.finishes: list[float] = []
         self.in_system = 0  # requests here at the start of the next interval written
         # Provisioned spans [start, end] (end inf while provisioned); a fixed pool's: always.
         self.spans: list[list[float]] = [[0.0, INF]] if provisioned else []
@@ -205,7 +201,7 @@ class ReplicaTimeline:
         interval's end, each finish takes it back; `take` adds the requests present at the
         interval's start). Called per batch of finished requests, not per request."""
         size = self.interval_s
-        for times, arriving in ((self.arrived_at, True), (self.finished_at, False)):
+        for times, arriving in ((self.arrivals, True), (self.finishes, False)):
             n = bisect_left(times, before)
             i = 0
             while i < n:
