@@ -70,7 +70,9 @@ class DecodePiece:
             # m a + b (m c1 + d m (m - 1) / 2) >= x, i.e. q m^2 + r m >= x:
             q = 0.5 * b * d
             r = a + b * c1 - q
-            m = max(1, int(2.0 * x / (r + sqrt(r * r + 4.0 * q * x))))
+            m = int(2.0 * x / (r + sqrt(r * r + 4.0 * q * x)))
+            if m < 1:  # (not max(): its keyword parsing costs more than the root)
+                m = 1
         # From the estimate, down while the step before also ends at or after t, else up to
         # the first that does. (The end of step m is end_of's formula, inlined: a balancer or an
         # arrival asks once per request, and a call per end cost 2% of a replay.)
