@@ -269,6 +269,7 @@ def test_gateway_runs_give_the_same_records_as_step_by_step(
     assert [record(s) for s in fast] == [record(s) for s in slow]
     assert [s.row for s in fast] == list(range(len(rows)))  # each request ends exactly once
     for s in fast:
+        assert s.status in ("finished", "too_long", "rate_limited", "expired")  # an end status
         assert s.tier in ("fast", "standard", "batch")  # unknown tiers served as the default
         if s.status in ("finished", "expired") and s.start_s is not None:
             assert s.arrival_s + latency_s <= s.start_s <= s.first_token_s <= s.finish_s

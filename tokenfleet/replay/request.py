@@ -30,7 +30,6 @@ class Status(StrEnum):
 # The members as module names too, for the hot paths: in Python 3.11 `Status.FINISHED` is a
 # slow class-attribute lookup (1 us, 12x a global's; a replay sets 3 statuses per request).
 WAITING, DEFERRED, RUNNING, FINISHED, TOO_LONG, RATE_LIMITED, EXPIRED = Status
-ENDED = (FINISHED, TOO_LONG, RATE_LIMITED, EXPIRED)
 
 # The Seq attributes a request record is built from, in the order the writer reads them.
 RECORD_FIELDS = (
