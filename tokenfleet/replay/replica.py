@@ -430,4 +430,4 @@ class Replica(ReplicaViews):
 
     def busy_since(self) -> float:
         """Start of the step or run in flight (inf when idle): accounting is final before it."""
-        return self.t_start if self.state != IDLE else float("inf")
+        return self.t_start if self.state != IDLE else INF
