@@ -11,7 +11,9 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from tokenfleet.errors import UserError
+from tokenfleet.errors import UserError, notify
+
+PathLike = str | os.PathLike[str]
 
 
 @contextlib.contextmanager
@@ -75,4 +77,48 @@ def atomic_dir(dst: str | os.PathLike[str], marker: str, inputs: tuple = ()) -> 
         tmp.mkdir()
         yield tmp
         if dst.exists():
+            if any(dst.iterdir()):
+                notify(f"replaced the earlier output in {dst}/ (it held {marker})")
             shutil.rmtree(dst)
+
+
+def refuse_clobber(
+    outputs: dict[str, PathLike | None],
+    inputs: dict[str, PathLike | None] | None = None,
+    read_dirs: dict[str, PathLike | None] | None = None,
+) -> None:
+    """Refuse, in one line, an output that would destroy what the command reads or writes.
+
+    Every command that writes a file calls this before doing any work: an output (named by its
+    flag, e.g. `--parquet`) may not resolve to an input, to another output of the same call, or
+    into a run directory the command reads. Without it the final rename replaces the user's
+    own file. `-` (stdout) and None (not given) are skipped, and so are inputs that are not
+    files (a built-in name such as `llama-3.1-8b` is not a path).
+    """
+    given = {name: Path(p) for name, p in outputs.items() if p is not None and str(p) != "-"}
+    sources = {name: Path(p) for name, p in (inputs or {}).items() if p and Path(p).is_file()}
+    dirs = {name: Path(p) for name, p in (read_dirs or {}).items() if p and Path(p).is_dir()}
+    seen: dict[str, Path] = {}
+    for name, out in given.items():
+        for other, src in {**sources, **seen}.items():
+            if _same_file(out, src):
+                raise UserError(
+                    f"{name} {out}: is the same file as {other} {src}; choose another output path"
+                )
+        for other, folder in dirs.items():
+            if folder.resolve() == out.resolve() or folder.resolve() in out.resolve().parents:
+                raise UserError(
+                    f"{name} {out}: lies inside {other} {folder}, which this command reads; "
+                    "choose a path outside it"
+                )
+        seen[name] = out
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Same path once resolved, or the same file by another name (a hard link)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False

@@ -1,6 +1,7 @@
 """Errors a user can cause. The CLI turns them into one line on stderr and exit code 2."""
 
 import math
+import warnings
 
 
 class UserError(Exception):
@@ -24,3 +25,14 @@ def require_non_negative(owner: str, **values: float) -> None:
     for key, value in values.items():
         if not (value >= 0 and math.isfinite(value)):
             raise UserError(f"{owner}: {key} = {value} must be a finite number >= 0")
+
+
+class Notice(UserWarning):
+    """Something the user should read but that does not stop the command (an earlier output
+    replaced, an estimate dominated by a few requests, a CPU profile used as a GPU). The CLI
+    prints each as one `warning:` line on stderr; library callers may filter or record them."""
+
+
+def notify(message: str) -> None:
+    """Issue a Notice from library code (the CLI shows it as one line)."""
+    warnings.warn(message, Notice, stacklevel=2)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import importlib
 import signal
 import sys
+import warnings
 
 import click
 
 from tokenfleet import __version__
-from tokenfleet.errors import SettingError, UserError
+from tokenfleet.errors import Notice, SettingError, UserError
 
 # name -> "module:attribute" of the click command; imported only when used.
 COMMANDS: dict[str, str] = {
@@ -48,6 +49,8 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context):
         # SIGTERM (a killed job) unwinds like Ctrl-C, so atomic writers remove their temp files.
         signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGHUP, _interrupt)  # a closed terminal too
+        warnings.showwarning = _show_notice
         try:
             return super().invoke(ctx)
         except UserError as err:
@@ -56,9 +59,23 @@ class LazyGroup(click.Group):
                 f"error: {err}" + (f" ({flag} on the command line)" if flag else ""), err=True
             )
             sys.exit(2)
+        except (
+            click.UsageError
+        ) as err:  # a bad flag or value: one line too, not click's usage block
+            where = f" (see '{err.ctx.command_path} --help')" if err.ctx else ""
+            click.echo(f"error: {err.format_message()}{where}", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("error: interrupted; no output was written", err=True)
             sys.exit(130)
+
+
+def _show_notice(message, category, filename, lineno, file=None, line=None) -> None:
+    """Notices are one `warning:` line; any other warning keeps Python's own format."""
+    if issubclass(category, Notice):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def _interrupt(signum: int, frame: object) -> None:

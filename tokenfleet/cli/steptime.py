@@ -83,13 +83,17 @@ def steptime(
     Shows where decoding turns compute-bound (cost per token stops falling with batch size),
     the replica's KV-cache capacity, and with --usd-per-gpu-hour the cost per million tokens.
     """
-    from tokenfleet.atomic import atomic_path
+    from tokenfleet.atomic import atomic_path, refuse_clobber
     from tokenfleet.hardware.profile import load_profile
     from tokenfleet.models import get_model
     from tokenfleet.perf.memory import plan_memory
     from tokenfleet.perf.steptime import StepTime
     from tokenfleet.perf.sweep import steptime_sweep
 
+    refuse_clobber(
+        {"--parquet": parquet_path, "--json": json_path},
+        {"--model": model_name, "--gpu": gpu_name, "--engine": engine},
+    )
     model = get_model(model_name)
     gpu = load_profile(gpu_name)
     st = StepTime(model, gpu, tp=tp, dtype=dtype, kv_dtype=kv_dtype, engine=engine)
