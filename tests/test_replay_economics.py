@@ -8,6 +8,7 @@ so each figure can be computed on paper.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import pytest
 from conftest import TRACES
 from test_replay_cli import assert_refused, replay
 
+from tokenfleet.cli.main import cli
 from tokenfleet.replay.cost import OwnedPricing
 
 
@@ -67,9 +69,10 @@ def outputs(out: Path) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
 # --- cost of the fleet --------------------------------------------------------------------
 
 
-def test_two_rented_gpus_at_two_dollars_for_an_hour_cost_four(runner, tmp_path, conv_lengths):
-    # 200 requests spread over the first 50 minutes; they are done well before the hour ends,
-    # and the run is billed in whole 10-minute intervals: one hour.
+def test_two_rented_gpus_are_billed_to_the_end_of_the_run(runner, tmp_path, conv_lengths):
+    # 200 requests spread over the first 50 minutes: the run ends at the last finish, a little
+    # after 3,000 s, and both replicas are billed until then (whole seconds, on demand), not
+    # to the end of the 10-minute interval it falls in.
     trace = write_trace(tmp_path / "t.parquet", conv_lengths, np.linspace(0, 3000, 200))
     scenario = """
 interval_s = 600.0
@@ -81,22 +84,60 @@ usd_per_gpu_hour = 2.0
 """
     requests, timeline, summary = outputs(run(runner, tmp_path, trace, scenario))
     (pool,) = summary["pools"]
-    assert summary["economics"]["fleet"]["run_s"] == 3600.0
-    assert pool["cost_usd"] == pytest.approx(4.0)
-    assert summary["economics"]["fleet"]["cost_usd"] == pytest.approx(4.0)
-    # The timeline: 6 intervals x 2 replicas, each provisioned and charged 600 s x $2/h.
+    run_s = summary["economics"]["fleet"]["run_s"]
+    assert run_s == requests["finish_s"].max()
+    billed = 2 * math.ceil(run_s) * 2.0 / 3600
+    assert pool["cost_usd"] == pytest.approx(billed)
+    assert summary["economics"]["fleet"]["cost_usd"] == pytest.approx(billed)
+    # The timeline: 6 intervals x 2 replicas; the last one only as long as the run lasted.
     assert timeline.height == 12
-    assert (timeline["provisioned_s"] == 600.0).all()
-    assert timeline["cost_usd"].to_numpy() == pytest.approx(np.full(12, 2.0 * 600 / 3600))
+    assert timeline["interval_s"].to_list() == [600.0] * 10 + [run_s - 3000.0] * 2
+    assert (timeline["provisioned_s"] == timeline["interval_s"]).all()
+    assert timeline["cost_usd"].sum() == pytest.approx(billed)
     # Every dollar lands on a request, idle time included, in proportion to its GPU time.
-    assert requests["cost_usd"].sum() == pytest.approx(4.0)
+    assert requests["cost_usd"].sum() == pytest.approx(billed)
     ratio = (requests["cost_usd"] / requests["gpu_s"]).to_numpy()
-    assert ratio == pytest.approx(np.full(200, 4.0 / requests["gpu_s"].sum()))
-    assert pool["utilisation"] == pytest.approx(timeline["busy_s"].sum() / 7200)
-    # A fixed fleet: 2 GPU-hours provisioned over the hour, 2 GPUs on average, as at the start.
-    assert summary["gpu_hours_provisioned"] == 2.0 and summary["gpus_mean"] == summary["gpus"] == 2
+    assert ratio == pytest.approx(np.full(200, billed / requests["gpu_s"].sum()))
+    assert pool["utilisation"] == pytest.approx(timeline["busy_s"].sum() / (2 * run_s))
+    # A fixed fleet: 2 GPUs provisioned for the whole run, 2 GPUs on average, as at the start.
+    assert summary["gpu_hours_provisioned"] == pytest.approx(2 * run_s / 3600)
+    assert summary["gpus_mean"] == pytest.approx(2) and summary["gpus"] == 2
     throughput = summary["throughput"]
-    assert throughput["output_tokens_per_s_per_gpu"] == throughput["output_tokens_per_s"] / 2
+    assert throughput["output_tokens_per_s_per_gpu"] == pytest.approx(
+        throughput["output_tokens_per_s"] / 2
+    )
+
+
+def test_the_interval_changes_no_summary_figure(runner, tmp_path, conv_lengths):
+    """Issue 11 item 1: interval 1 s and 1 h used to bill $0.093 and $0.917 per Mtoken."""
+    trace = write_trace(tmp_path / "t.parquet", conv_lengths, np.linspace(0, 360, 2000))
+    summaries = []
+    for interval in (1, 10, 60, 3600):
+        out = tmp_path / f"out-{interval}"
+        args = ["replay", str(trace), "--out", str(out), "--interval", str(interval), "-q"]
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        summaries.append(json.loads((out / "summary.json").read_text()))
+    first = _numbers(summaries[0])
+    assert first["economics.fleet.cost_usd"] > 0 and first["load.default.mean_batch"] > 1
+    for other in summaries[1:]:
+        figures = _numbers(other)
+        assert figures.keys() == first.keys()
+        for key, value in first.items():
+            assert figures[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+
+
+def _numbers(doc, prefix: str = "") -> dict[str, float]:
+    """Every number in a summary by its dotted path (lists by index)."""
+    items = doc.items() if isinstance(doc, dict) else enumerate(doc)
+    out: dict[str, float] = {}
+    for key, value in items:
+        path = f"{prefix}{key}"
+        if isinstance(value, dict | list):
+            out |= _numbers(value, path + ".")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[path] = value
+    return out
 
 
 def test_an_owned_pool_costs_its_formula(runner, tmp_path, conv_lengths):
@@ -119,15 +160,17 @@ usd_per_kwh = 0.10
 """
     requests, timeline, summary = outputs(run(runner, tmp_path, trace, scenario))
     busy_gpu_h = timeline["busy_s"].sum() * 2 / 3600
-    # 2 GPUs x 1 h x $1.50 fixed; (300 W x 2 GPU-h + 600 W x busy GPU-h) x PUE 1.5 x $0.10.
-    expected = 2 * 1.5 + (0.3 * 2 + 0.6 * busy_gpu_h) * 1.5 * 0.10
+    # 2 GPUs over the run (to its last finish) x $1.50 fixed; (300 W x the GPU-h + 600 W x
+    # busy GPU-h) x PUE 1.5 x $0.10.
+    hours = summary["economics"]["fleet"]["run_s"] / 3600
+    expected = 2 * hours * 1.5 + (0.3 * 2 * hours + 0.6 * busy_gpu_h) * 1.5 * 0.10
     (pool,) = summary["pools"]
     assert 0 < busy_gpu_h < 2
     assert pool["cost_usd"] == pytest.approx(expected)
     assert timeline["cost_usd"].sum() == pytest.approx(expected)
     assert requests["cost_usd"].sum() == pytest.approx(expected)
     pricing = OwnedPricing(43800.0, 5.0, 0.10, 700.0, 100.0, 200.0, 1.5, 0.10)
-    assert pool["cost_usd"] == pytest.approx(pricing.cost_usd(2, 3600.0, busy_gpu_h * 3600))
+    assert pool["cost_usd"] == pytest.approx(pricing.cost_usd(2, hours * 3600, busy_gpu_h * 3600))
 
 
 TWO_POOLS = """
@@ -245,7 +288,9 @@ requests_per_minute = 10
     assert retried.height == 20
     assert summary["gateway"]["retries"] == (requests["attempts"] - 1).sum()
     ok = retried.filter(pl.col("status") == "finished")
-    assert ok.height > 0 and (ok["queue_s"] > 0).all()  # they waited out their back-off
+    # They waited out their back-off at the gateway, not in a replica's queue.
+    assert ok.height > 0 and (ok["gateway_wait_s"] > 0).all()
+    assert (ok["gateway_wait_s"] + ok["queue_s"] == ok["start_s"] - ok["arrival_s"]).all()
     assert (retried.filter(pl.col("status") == "rate_limited")["attempts"] == 4).all()
 
 
@@ -410,14 +455,18 @@ interval_s = 5.0
     assert on_new["start_s"].min() >= asked_s + 60.0  # served only once provisioned
     early = timeline.filter((pl.col("replica") > 0) & (pl.col("interval_start_s") < asked_s + 55))
     assert early["busy_s"].sum() == 0 and early["provisioned_s"].sum() > 0  # paid, idle
-    # On demand at $3.6/h = $0.001/s: the pool costs its provisioned seconds.
-    assert pool["cost_usd"] == pytest.approx(timeline["provisioned_s"].sum() * 0.001)
+    # On demand at $3.6/h = $0.001/s: the pool costs its provisioned seconds, each span
+    # rounded up to a whole second (the spans still open end with the run, mid-second).
+    spans = pool["scale_ups"] + 1
+    extra = pool["cost_usd"] - timeline["provisioned_s"].sum() * 0.001
+    assert -1e-9 <= extra < spans * 0.001
+    assert timeline["cost_usd"].sum() == pytest.approx(pool["cost_usd"])
     assert requests["cost_usd"].sum() == pytest.approx(pool["cost_usd"])
     assert pool["scale_downs"] >= 1  # and scaled back once the burst was over
     # Per-GPU figures divide by the GPUs provisioned on average (those being provisioned too:
     # the GPU time paid for), not by the one replica the pool started with.
     assert summary["gpus"] == 1
-    assert summary["gpu_hours_provisioned"] * 3.6 == pytest.approx(pool["cost_usd"])
+    assert summary["gpu_hours_provisioned"] * 3.6 == pytest.approx(pool["cost_usd"] - extra)
     run_s = summary["economics"]["fleet"]["run_s"]
     assert summary["gpus_mean"] == pytest.approx(timeline["provisioned_s"].sum() / run_s)
     assert 1.5 < summary["gpus_mean"] < 3
@@ -497,9 +546,9 @@ deadline_s = 600.0
 """
     requests, timeline, summary = outputs(run(runner, tmp_path, trace, scenario))
     assert (requests["status"] == "finished").all() and requests.height == 60
-    # The run ends with the interval of the last finish, not at some far-off tick.
+    # The run ends at the last finish, not at some far-off tick.
     run_s = summary["economics"]["fleet"]["run_s"]
-    assert run_s == (requests["finish_s"].max() // 5.0 + 1) * 5.0
+    assert run_s == requests["finish_s"].max()
 
 
 # --- bad input: one line, exit 2, nothing written ---------------------------------------------

@@ -71,7 +71,7 @@ def test_economics_sections_default_and_read_back():
     }
     t = validate(scenario_from_dict(doc))
     assert t.tiers[1].pools == ("b",) and t.tiers[1].priority == 3
-    assert t.pools[1].pricing.build("b").pue == 1.4
+    assert t.pools[1].pricing.for_gpu(2.0, 700.0).build("b").pue == 1.4
     assert scenario_from_dict(scenario_to_dict(t)) == t
 
 

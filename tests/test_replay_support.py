@@ -155,7 +155,7 @@ class _Rows:
     def __init__(self) -> None:
         self.rows: list = []
 
-    def write(self, rows: list) -> None:
+    def write(self, rows: list, run_end: float) -> None:
         self.rows.extend(rows)
 
 

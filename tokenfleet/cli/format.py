@@ -1,25 +1,53 @@
-"""Terminal formatting of a replay's summary: every figure shown is also in summary.json."""
+"""Terminal formatting of a replay's summary: every figure shown is also in summary.json.
+
+Figures the user did not set (a GPU's default rent, a tier's default prices) are labelled as
+defaults where they are shown; latencies take the unit that keeps them short.
+"""
 
 from __future__ import annotations
+
+# Refusals, in the order they are listed, and what each means.
+REFUSALS = {
+    "too_long": "too long for the context or KV cache",
+    "rate_limited": "rate-limited",
+    "expired": "expired at the gateway",
+}
+
+
+def duration(seconds: float | None) -> str:
+    """A latency in the unit that keeps it readable: ms below 10 s, then s, min, h."""
+    if seconds is None:
+        return "-"
+    if seconds < 10:
+        return f"{seconds * 1e3:,.1f} ms"
+    if seconds < 600:
+        return f"{seconds:,.1f} s"
+    if seconds < 3 * 3600:
+        return f"{seconds / 60:,.1f} min"
+    return f"{seconds / 3600:,.1f} h"
+
+
+def usd(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"-${-x:,.2f}" if x < 0 else f"${x:,.2f}"
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
 
 
 def format_summary(summary: dict) -> str:
     """The terminal table: every figure here is also in summary.json."""
-
-    def ms(x: float | None) -> str:
-        return "-" if x is None else f"{x * 1e3:,.1f}"
-
     tp = summary["throughput"]
-    pools = ", ".join(
-        f"{p['name']}: {p['replicas']}"
-        + (f" (autoscaled to {p['max_replicas']})" if p.get("autoscaled") else "")
-        + f" x {p['gpu']} tp{p['tp']} {p['batcher']}"
-        for p in summary["pools"]
-    )
+    run = summary.get("run", {})
     lines = [
-        f"fleet        {pools}",
+        f"simulated    {run.get('model', '?')} ({run.get('dtype', '?')} weights, "
+        f"{run.get('kv_dtype', '?')} KV, context {_context(run)}) on trace "
+        f"{run.get('trace', '?')}, seed {summary['seed']}; tokenfleet {run.get('version', '?')}",
+        *(f"pool         {_pool(p)}" for p in summary["pools"]),
         f"requests     {summary['finished']:,} finished of {summary['requests']:,} "
-        f"in {summary['duration_s']:,.1f} s simulated",
+        f"in {summary['duration_s']:,.1f} s simulated{_refusals(summary['status_counts'])}",
         f"throughput   {tp['requests_per_s']:,.2f} req/s, "
         f"{tp['input_tokens_per_s']:,.0f} input tok/s, "
         f"{tp['output_tokens_per_s']:,.0f} output tok/s "
@@ -30,73 +58,125 @@ def format_summary(summary: dict) -> str:
             else ")"
         ),
         "",
-        f"{'latency (ms)':<14}{'mean':>10} {'p50':>10} {'p90':>10} {'p99':>10}",
+        f"{'latency':<12}{'mean':>13}{'p50':>13}{'p90':>13}{'p99':>13}",
     ]
-    names = {"ttft": "TTFT", "tpot": "TPOT", "e2e": "E2E", "queue": "queueing"}
+    names = {
+        "ttft": "TTFT",
+        "tpot": "TPOT",
+        "e2e": "E2E",
+        "queue": "queueing",
+        "gateway_wait": "gateway",
+    }
     for key, label in names.items():
         lat = summary["latency_s"][key]
-        lines.append(
-            f"{label:<14}{ms(lat['mean']):>10} {ms(lat['p50']):>10} "
-            f"{ms(lat['p90']):>10} {ms(lat['p99']):>10}"
-        )
-    kv_mean = summary["kv_peak_frac_mean"]
-    money = summary.get("economics")
-    lines += [
-        "",
-        f"preemptions  {summary['preemptions']:,}",
-        f"GPU busy     {summary['gpu_busy_frac']:.1%}",
-        "KV peak      "
-        + ("-" if kv_mean is None else f"{kv_mean:.1%} mean, {summary['kv_peak_frac_max']:.1%} max")
-        + " (per replica per interval)",
-    ]
-    if money is not None:
+        cells = "".join(f"{duration(lat[k]):>13}" for k in ("mean", "p50", "p90", "p99"))
+        lines.append(f"{label:<12}{cells}")
+    lines += ["", *_format_load(summary)]
+    if summary.get("economics") is not None:
         lines += ["", *_format_money(summary)]
     return "\n".join(lines)
+
+
+def _context(run: dict) -> str:
+    limit = run.get("max_model_len")
+    return f"{int(limit):,} tokens" if limit else "the KV cache's"
+
+
+def _pool(p: dict) -> str:
+    count = f"{p['replicas']}" + (
+        f" (autoscaled to {p['max_replicas']})" if p["autoscaled"] else ""
+    )
+    price = p.get("usd_per_gpu_hour")
+    if price is None:
+        paid = "owned"
+    else:
+        default = " (default price)" if "usd_per_gpu_hour" in p.get("default_prices", ()) else ""
+        paid = f"${price:,.2f}/GPU-h{default}"
+    sizing = p.get("sizing")
+    sized = f", sized to {pct(sizing['estimated_load'])} estimated load" if sizing else ""
+    return (
+        f"{p['name']}: {count} x {p['gpu']} tp{p['tp']}, engine {p['engine']}, "
+        f"batcher {p['batcher']}, {paid}{sized}"
+    )
+
+
+def _refusals(counts: dict[str, int]) -> str:
+    parts = [f"{counts[k]:,} {why}" for k, why in REFUSALS.items() if counts.get(k)]
+    return f"; refused: {', '.join(parts)}" if parts else ""
+
+
+def _format_load(summary: dict) -> list[str]:
+    """How loaded each pool ran (the figures a planner reads as headroom), then busy time."""
+    lines = []
+    for p in summary["pools"]:
+        load = summary["load"][p["name"]]
+        if load["mean_batch"] is None:
+            lines.append(f"load         {p['name']}: no steps")
+            continue
+        budget = p.get("max_num_batched_tokens")
+        tokens = f"{load['tokens_per_step_mean']:,.0f} tokens/step" + (
+            f" of {budget:,} ({pct(load['token_budget_frac_mean'])})" if budget else ""
+        )
+        lines.append(
+            f"load         {p['name']}: batch {load['mean_batch']:,.1f} mean, "
+            f"{load['peak_batch']:,} peak of max_num_seqs {p['max_num_seqs']:,} "
+            f"({pct(load['batch_frac_mean'])}); {tokens}; KV peak {pct(load['kv_peak_frac'])}"
+        )
+    lines += [
+        f"queueing     {pct(summary['queue_share'])} of finished requests' time was spent "
+        "waiting in a replica queue",
+        f"step busy    {pct(summary['step_busy_frac'])} of provisioned replica time runs a "
+        "step (not headroom: near 100% at any steady load)",
+        f"preemptions  {summary['preemptions']:,}",
+    ]
+    return lines
 
 
 def _format_money(summary: dict) -> list[str]:
     """Cost, revenue and goodput lines, fleet and per tier; all from summary.json."""
 
-    def usd(x: float | None) -> str:
-        if x is None:
-            return "-"
-        return f"-${-x:,.2f}" if x < 0 else f"${x:,.2f}"
-
     def mtok(x: float | None) -> str:
         return "-" if x is None else f"${x:,.3f}"
 
-    def pct(x: float | None) -> str:
-        return "-" if x is None else f"{x:.1%}"
-
-    def secs(x: float | None) -> str:
-        return "-" if x is None else f"{x:,.2f}s"
-
     fleet = summary["economics"]["fleet"]
     per = fleet["usd_per_mtoken"]
-    pools = ", ".join(
-        f"{p['name']}: {usd(p['cost_usd'])} ({p['pricing']}, {p['charged_gpu_s'] / 3600:,.2f} "
-        f"GPU-h, {pct(p['utilisation'])} busy, peak {p['peak_replicas']})"
-        for p in summary["pools"]
-    )
     lines = [
-        f"cost         {usd(fleet['cost_usd'])}: {pools}",
+        f"cost         {usd(fleet['cost_usd'])}",
+        *(
+            f"  {p['name']:<10} {usd(p['cost_usd'])} ({p['pricing']}): "
+            f"{p['charged_gpu_s'] / 3600:,.2f} GPU-h charged, "
+            f"{p['busy_gpu_s'] / 3600:,.2f} GPU-h running steps ({pct(p['utilisation'])}), "
+            f"peak {p['peak_replicas']} replicas"
+            for p in summary["pools"]
+        ),
         f"per Mtoken   {mtok(per['blended'])} blended, {mtok(per['input'])} input, "
         f"{mtok(per['output'])} output",
         f"revenue      {usd(fleet['revenue_usd'])}, margin {usd(fleet['margin_usd'])} "
-        f"({pct(fleet['margin_frac'])})",
+        f"({pct(fleet['margin_frac'])})"
+        + (
+            "; from default tier prices (set them under [[tiers]])"
+            if _default_prices(summary)
+            else ""
+        ),
         "",
-        f"{'tier':<12}{'requests':>10}{'goodput':>9} {'TTFT p99':>10}{'limited':>9}{'expired':>9}"
-        f"{'GPU-h':>9}{'$/Mtok':>9}{'cost':>12}{'revenue':>12}{'margin':>12}",
+        f"{'tier':<12}{'requests':>11}{'goodput':>10}{'TTFT p99':>12}{'limited':>10}"
+        f"{'expired':>10}{'GPU-h':>11}{'$/Mtok':>10}{'cost':>14}{'revenue':>14}{'margin':>14}",
     ]
     for name, t in summary["economics"]["tiers"].items():
+        goodput = pct(t["goodput_frac"]) if t.get("has_slo", True) else "no SLO"
         lines.append(
-            f"{name:<12}{t['requests']:>10,}{pct(t['goodput_frac']):>9}"
-            f" {secs(t['ttft_s']['p99']):>10}{t['rate_limited']:>9,}"
-            f"{t['expired']:>9,}{t['gpu_hours']:>9,.2f}{mtok(t['usd_per_mtoken']['blended']):>9}"
-            f"{usd(t['cost_usd']):>12}{usd(t['revenue_usd']):>12}{usd(t['margin_usd']):>12}"
+            f"{name:<12}{t['requests']:>11,}{goodput:>10}{duration(t['ttft_s']['p99']):>12}"
+            f"{t['rate_limited']:>10,}{t['expired']:>10,}{t['gpu_hours']:>11,.2f}"
+            f"{mtok(t['usd_per_mtoken']['blended']):>10}{usd(t['cost_usd']):>14}"
+            f"{usd(t['revenue_usd']):>14}{usd(t['margin_usd']):>14}"
         )
     unknown = summary["gateway"]["unknown_tiers"]
     if unknown:
         listed = ", ".join(f"{k} ({v:,})" for k, v in unknown.items())
         lines.append(f"unknown tiers served as {summary['gateway']['default_tier']}: {listed}")
     return lines
+
+
+def _default_prices(summary: dict) -> bool:
+    """Whether some tier's revenue comes from prices the scenario did not set."""
+    return any(t.get("default_prices") for t in summary["economics"]["tiers"].values())

@@ -30,6 +30,7 @@ FLAGS: dict[str, str] = {
     "unknown_tier": "--unknown-tier",
     "max_num_seqs": "--max-num-seqs",
     "max_num_batched_tokens": "--max-batched-tokens",
+    "max_model_len": "--max-model-len",
 }
 
 

@@ -14,6 +14,12 @@ from tokenfleet.cli.options import out_option, progress_enabled, quiet_option, s
 @click.option("--model", help="Model name (e.g. llama-3.1-8b) or a TOML / HF config.json path.")
 @click.option("--gpu", help="GPU profile name (e.g. h100-sxm) or a profile .toml path.")
 @click.option("--tp", type=int, help="Tensor-parallel GPUs per replica.")
+@click.option("--engine", help="Engine overhead preset (e.g. vllm-v1) or a preset .toml path.")
+@click.option(
+    "--max-model-len",
+    type=int,
+    help="Longest prompt + output served (vLLM's flag; default: the model's context).",
+)
 @click.option("--replicas", type=int, help="Replicas per pool (default: sized to the trace).")
 @click.option("--batcher", help="vllm, sarathi, orca, static, or a plugin's name.")
 @click.option(
@@ -43,6 +49,8 @@ def replay(
     model,
     gpu,
     tp,
+    engine,
+    max_model_len,
     replicas,
     batcher,
     balancer,
@@ -71,6 +79,8 @@ def replay(
         model=model,
         gpu=gpu,
         tp=tp,
+        engine=engine,
+        max_model_len=max_model_len,
         replicas=replicas,
         batcher=batcher,
         balancer=balancer,

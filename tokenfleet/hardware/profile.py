@@ -158,6 +158,9 @@ class GpuProfile:
     boost_window_s: float = 0.0
     description: str = ""
     default_engine: str = "vllm-v1"
+    # A typical on-demand rent per GPU-hour (its source beside it in the profile); 0: none
+    # known, and a replay falls back to cost.GENERIC_USD_PER_GPU_HOUR.
+    rent_usd_per_gpu_hour: float = 0.0
     engine: EnginePreset | None = None  # a custom preset carried by the file, if any
     meta: dict[str, Any] | None = None
 
@@ -227,7 +230,7 @@ def _engine_from_table(table: dict, where: str) -> EnginePreset:
 
 def _profile_from_table(doc: dict, where: str) -> GpuProfile:
     top = ("format", "name", "description", "default_engine", "datasheet", "coefficients")
-    _check_keys(doc, (*top, "engine", "meta"), top[:2] + top[4:], where)
+    _check_keys(doc, (*top, "rent_usd_per_gpu_hour", "engine", "meta"), top[:2] + top[4:], where)
     if doc["format"] != PROFILE_FORMAT:
         raise UserError(f"{where}: key 'format' must be {PROFILE_FORMAT!r}, got {doc['format']!r}")
     values: dict[str, float] = {}
@@ -257,8 +260,10 @@ def _profile_from_table(doc: dict, where: str) -> GpuProfile:
     if meta is not None and not isinstance(meta, dict):
         raise UserError(f"{where}: key 'meta' must be a table [meta]")
     default_engine = engine.name if engine else _string(doc, "default_engine", where, "vllm-v1")
+    rent = _number(doc, "rent_usd_per_gpu_hour", where) if "rent_usd_per_gpu_hour" in doc else 0.0
     return GpuProfile(
         name=_string(doc, "name", where),
+        rent_usd_per_gpu_hour=rent,
         description=_string(doc, "description", where),
         default_engine=default_engine,
         engine=engine,
@@ -334,6 +339,11 @@ def profile_to_table(profile: GpuProfile, meta: dict[str, Any] | None = None) ->
         "name": profile.name,
         "description": profile.description,
         "default_engine": profile.engine.name if profile.engine else profile.default_engine,
+        **(
+            {"rent_usd_per_gpu_hour": profile.rent_usd_per_gpu_hour}
+            if profile.rent_usd_per_gpu_hour
+            else {}
+        ),
         "datasheet": {k: getattr(profile, k) for k in DATASHEET_KEYS},
         "coefficients": {
             k: getattr(profile, k) for k in (*COEFFICIENT_KEYS, *OPTIONAL_COEFFICIENTS)

@@ -125,6 +125,9 @@ def spec_from_hf_config(doc: dict[str, Any], where: Path) -> ModelSpec:
         "qkv_bias": bool(doc.get("attention_bias", False) or model_type == "qwen2" or is_bloom),
         "out_bias": bool(doc.get("attention_bias", False) or is_bloom),
         "qk_norm": model_type in ("qwen3", "qwen3_moe"),
+        "max_position_embeddings": _hf(
+            doc, where, "max_position_embeddings", "n_positions", "seq_length", default=0
+        ),
     }
     if is_bloom:
         values.update(gated_ffn=False, ffn_bias=True, norm_bias=True, embed_norm=True)

@@ -82,6 +82,9 @@ class ModelSpec:
     # Sliding-window attention on `sliding_layers` of the layers (gpt-oss alternates).
     sliding_window: int = 0
     sliding_layers: int = 0
+    # The longest context (prompt + output) the model takes: config.json's
+    # max_position_embeddings; 0 when unknown (no limit but the KV cache's).
+    max_position_embeddings: int = 0
     description: str = ""
 
     def __post_init__(self) -> None:

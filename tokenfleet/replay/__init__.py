@@ -30,6 +30,6 @@ Time words, from short to long:
   GPU time is charged at once (it may span several runs and pieces).
 - *interval*: a fixed slice of simulated time (`interval_s`), one timeline row per replica.
 - *span*: a replica's provisioned time, from when it is asked for to when it is released.
-- *the end of the run* (`end_s`): the end of the last interval written, over which the
-  fleet is charged.
+- *the end of the run* (`end_s`): its last event (the last finish, or the last arrival if
+  later); the fleet is charged up to it, and the last interval ends there.
 """

@@ -14,6 +14,8 @@ from typing import Literal
 
 from tokenfleet.errors import UserError, require_non_negative
 
+# The rent of a GPU whose profile names none (a user's profile): the H100 median of 2026.
+GENERIC_USD_PER_GPU_HOUR = 2.50
 SECONDS_PER_HOUR = 3600.0
 HOURS_PER_YEAR = 8760.0
 JOULES_PER_KWH = 3.6e6
@@ -24,7 +26,7 @@ class RentedPricing:
     """Cloud GPUs. On demand bills provisioned time in whole `billing_granularity_s` units;
     reserved bills every reserved GPU for the whole run, used or not."""
 
-    usd_per_gpu_hour: float = 2.50
+    usd_per_gpu_hour: float = GENERIC_USD_PER_GPU_HOUR
     commitment: Literal["on_demand", "reserved"] = "on_demand"
     billing_granularity_s: float = 1.0
 

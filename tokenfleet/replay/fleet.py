@@ -16,6 +16,9 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from tokenfleet.errors import SettingError, notify
 from tokenfleet.hardware.profile import load_profile
 from tokenfleet.models import ModelSpec, get_model
 from tokenfleet.perf.memory import plan_memory
@@ -29,10 +32,25 @@ from tokenfleet.replay.kvcache import KVCache
 from tokenfleet.replay.loop import EventQueue
 from tokenfleet.replay.records.timeline import ReplicaTimeline
 from tokenfleet.replay.replica import Replica
-from tokenfleet.replay.scenario import AUTO, PoolConfig, Scenario
+from tokenfleet.replay.scenario import AUTO, PoolConfig, PricingConfig, Scenario
 
 TARGET_UTILISATION = 0.7
 SIZING_BATCH = 32  # decode batch assumed when estimating a replica's capacity
+# Sizing clips each request's lengths at this percentile, so that a handful of huge requests
+# cannot size the fleet (one 10^9-token output asked for 44,551 replicas); it warns when the
+# clipped tokens are more than DOMINANT_SHARE of the trace's.
+CLIP_PERCENTILE = 99.9
+DOMINANT_SHARE = 0.05
+
+
+@dataclass(frozen=True)
+class TraceLengths:
+    """What the trace holds for sizing: its request count, span and every request's lengths."""
+
+    requests: int
+    span_s: float
+    prompt_tokens: np.ndarray
+    output_tokens: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -63,6 +81,7 @@ class Fleet:
     events: EventQueue = field(default_factory=EventQueue)
     gateway: Gateway | None = None
     autoscalers: dict = field(default_factory=dict)  # pool name -> Autoscaler
+    max_model_len: int | None = None  # longest prompt + output served (None: the KV's)
 
     @property
     def gpus(self) -> int:
@@ -79,6 +98,38 @@ class Fleet:
         return [r.kv.capacity_blocks for r in self.replicas]
 
 
+def sizing_stats(lengths: TraceLengths, max_request_tokens: int, pool: str) -> TraceStats:
+    """The rate and mean lengths a pool is sized by: requests it cannot serve (prompt + output
+    over its context or KV cache: they end as too_long) left out, and each length clipped at
+    the CLIP_PERCENTILE-th percentile, so that one absurd request moves the count by at most
+    one replica. Says so (a Notice) when either changes the estimate much."""
+    prompt, output = lengths.prompt_tokens, lengths.output_tokens
+    fits = prompt.astype(np.int64) + output <= max_request_tokens
+    refused = int(prompt.size - fits.sum())
+    if refused:
+        notify(
+            f"pool {pool!r}: {refused:,} requests longer than {max_request_tokens:,} tokens "
+            "(prompt + output) are left out of its sizing; they will end as too_long"
+        )
+    prompt, output = prompt[fits], output[fits]
+    if prompt.size == 0:
+        return TraceStats(0, lengths.span_s, 0.0, 0.0)
+    clipped = [
+        np.minimum(x, np.percentile(x, CLIP_PERCENTILE, method="lower")) for x in (prompt, output)
+    ]
+    total = float(prompt.sum(dtype=np.int64) + output.sum(dtype=np.int64))
+    kept = float(sum(c.sum(dtype=np.float64) for c in clipped))
+    if total > 0 and 1 - kept / total > DOMINANT_SHARE:
+        notify(
+            f"pool {pool!r}: the longest {100 - CLIP_PERCENTILE:g}% of requests hold "
+            f"{1 - kept / total:.0%} of the trace's tokens; its size counts them at the "
+            f"{CLIP_PERCENTILE:g}th-percentile length (set replicas to a count to choose)"
+        )
+    return TraceStats(
+        int(prompt.size), lengths.span_s, float(clipped[0].mean()), float(clipped[1].mean())
+    )
+
+
 def replica_seconds_per_request(step_time: StepTime, stats: TraceStats, max_seqs: int) -> float:
     """Estimated GPU time one mean request takes on one replica."""
     p = max(stats.mean_prompt_tokens, 1.0)
@@ -89,8 +140,25 @@ def replica_seconds_per_request(step_time: StepTime, stats: TraceStats, max_seqs
     return prefill + o * decode
 
 
+def context_limit(model: ModelSpec, max_model_len: int) -> int | None:
+    """The longest prompt + output served: `max_model_len` if set, else the model's context
+    (None when unknown). As vLLM (vllm/config.py, `_get_and_verify_max_len`), a length above
+    the model's is refused; vLLM then refuses any request whose prompt plus max_tokens exceeds
+    it, which is the too_long status here."""
+    if max_model_len < 0:
+        raise SettingError("max_model_len", f"max_model_len = {max_model_len} must be >= 1")
+    known = model.max_position_embeddings
+    if max_model_len and known and max_model_len > known:
+        raise SettingError(
+            "max_model_len",
+            f"max_model_len = {max_model_len:,} exceeds {model.name}'s context of {known:,} "
+            "tokens (its max_position_embeddings); choose a length up to it",
+        )
+    return max_model_len or known or None
+
+
 def build_fleet(
-    scenario: Scenario, stats: TraceStats | None, step_by_step: bool = False
+    scenario: Scenario, lengths: TraceLengths | None, step_by_step: bool = False
 ) -> tuple[Fleet, Scenario]:
     """Replicas for every pool (auto counts resolved), the routing in front of them, and the
     resolved scenario.
@@ -98,15 +166,20 @@ def build_fleet(
     Raises UserError (from the model, profile or memory plan) before anything is simulated.
     """
     model = get_model(scenario.model.name)
-    fleet = Fleet()
+    limit = context_limit(model, scenario.model.max_model_len)
+    fleet = Fleet(max_model_len=limit)
     resolved = []
     indices: dict[str, list[int]] = {}
     n_auto = sum(1 for p in scenario.pools if p.replicas == AUTO)
     for pool in scenario.pools:
-        count, indices[pool.name] = _add_pool(
-            fleet, pool, model, scenario, stats, n_auto, step_by_step
+        count, indices[pool.name], prices = _add_pool(
+            fleet, pool, model, scenario, lengths, limit, n_auto, step_by_step
         )
-        resolved.append(dataclasses.replace(pool, replicas=count))
+        if limit is not None:  # longer requests end as too_long (loop.py's dispatch)
+            for i in indices[pool.name]:
+                rep = fleet.replicas[i]
+                rep.max_request_tokens = min(rep.max_request_tokens, limit)
+        resolved.append(dataclasses.replace(pool, replicas=count, pricing=prices))
     resolved_scenario = dataclasses.replace(scenario, pools=tuple(resolved))
     _route(fleet, resolved_scenario, indices)
     return fleet, resolved_scenario
@@ -117,12 +190,13 @@ def _add_pool(
     pool: PoolConfig,
     model: ModelSpec,
     scenario: Scenario,
-    stats: TraceStats | None,
+    lengths: TraceLengths | None,
+    limit: int | None,
     n_auto: int,
     step_by_step: bool,
-) -> tuple[int, list[int]]:
-    """Add a pool's replicas (an autoscaled pool's maximum); return its starting count and
-    the replicas' indices."""
+) -> tuple[int, list[int], PricingConfig]:
+    """Add a pool's replicas (an autoscaled pool's maximum); return its starting count, the
+    replicas' indices and its prices with the GPU's defaults filled in."""
     dtype = scenario.model.dtype
     kv_dtype = scenario.model.kv_dtype or None
     gpu = load_profile(pool.gpu)
@@ -131,17 +205,22 @@ def _add_pool(
         model, gpu, pool.tp, dtype, kv_dtype, pool.gpu_memory_utilization, pool.block_size
     )
     count = pool.replicas
+    sizing = None
     if count == AUTO:
         max_seqs = getattr(
             make_batcher(pool.batcher.policy, pool.batcher.settings), "max_num_seqs", 256
         )
+        longest = min(plan.kv_blocks * plan.block_size, limit or math.inf)
+        stats = sizing_stats(lengths, longest, pool.name)
         per_request = replica_seconds_per_request(step_time, stats, max_seqs)
         load = stats.rate_per_s / n_auto * per_request
         count = max(1, math.ceil(load / TARGET_UTILISATION))
+        sizing = {"target_load": TARGET_UTILISATION, "estimated_load": load / count}
     scale = pool.autoscale
     if scale.enabled:
         count = min(scale.max_replicas, max(scale.min_replicas, count))
-    price = fleet.pricing[pool.name] = pool.pricing.build(f"pool {pool.name!r} pricing")
+    prices = pool.pricing.for_gpu(gpu.rent_usd_per_gpu_hour, gpu.tdp_w)
+    price = fleet.pricing[pool.name] = prices.build(f"pool {pool.name!r} pricing")
     rate = cost_rates(price, pool.tp)
     biller = getattr(price, "billed_seconds", None) if rate.provisioned_usd_per_s else None
     first = len(fleet.replicas)
@@ -172,16 +251,31 @@ def _add_pool(
             "name": pool.name,
             "gpu": gpu.name,
             "tp": pool.tp,
+            "engine": step_time.engine.name,
             "replicas": count,
             "batcher": pool.batcher.policy,
             "kv_blocks": plan.kv_blocks,
             "kv_capacity_tokens": plan.kv_capacity_tokens,
             "max_replicas": len(members),
+            "max_num_seqs": slots_of(fleet.replicas[first]),
+            "max_num_batched_tokens": getattr(
+                fleet.replicas[first].batcher.settings, "max_num_batched_tokens", None
+            ),
+            # "auto" sizing: the estimated load it aimed at and reached (README, sizing rule).
+            "sizing": sizing,
             "pricing": pool.pricing.kind,
+            "usd_per_gpu_hour": prices.usd_per_gpu_hour if prices.kind == "rented" else None,
+            # Figures the scenario left to the GPU's defaults (summary and README say so).
+            "default_prices": [
+                key
+                for key in ("usd_per_gpu_hour", "gpu_tdp_w")
+                if math.isnan(getattr(pool.pricing, key))
+                and (key == "usd_per_gpu_hour") == (prices.kind == "rented")
+            ],
             "autoscaled": scale.enabled,
         }
     )
-    return count, members
+    return count, members, prices
 
 
 def slots_of(replica: Replica) -> int:

@@ -97,6 +97,7 @@ def _dispatcher(gateway, replicas: list[Replica], heap: list, ended: list[Seq]):
     only = next(iter(routers.values())) if gateway.passthrough else None
 
     def dispatch(seq: Seq, now: float) -> None:
+        seq.routed_s = now
         pick = (only or routers[seq.tier]).pick  # an attribute read, then a call (not a method)
         r = pick(seq, now)
         rep = replicas[r]
@@ -122,7 +123,7 @@ def simulate(
     ended: list[Seq],
     write_requests: Callable[[list[Seq]], None],
 ) -> float:
-    """Replay the batches through the fleet; return the end of the last interval written.
+    """Replay the batches through the fleet; return the end of the run (its last event).
 
     Requests that end (in the replicas, the gateway, the too-long check) are appended to
     `ended`, which goes to `write_requests` every FLUSH_ROWS rows; timeline rows are written

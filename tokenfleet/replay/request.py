@@ -38,6 +38,7 @@ RECORD_FIELDS = (
     "tier",
     "replica",
     "arrival_s",
+    "routed_s",
     "start_s",
     "first_token_s",
     "finish_s",
@@ -65,6 +66,7 @@ class Seq:
         "tier",
         "session_id",
         "arrival_s",
+        "routed_s",
         "prompt_tokens",
         "output_tokens",
         "priority",
@@ -114,6 +116,7 @@ class Seq:
         self.offset = 0  # cached - step_no while decoding
         self.fin_step = -1  # step whose end produces the last token, while decoding
         self.reserved = False  # static batching: blocks for the whole output taken up front
+        self.routed_s = None  # when the gateway sent it to a replica (None: it never did)
         self.start_s = None  # first step that computed any of it
         self.first_token_s = None
         self.finish_s = None

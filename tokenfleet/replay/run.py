@@ -6,15 +6,19 @@ checked before the simulation starts, and the output directory appears only when
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import tomli_w
 
+from tokenfleet import __version__
 from tokenfleet.atomic import atomic_dir
 from tokenfleet.errors import SettingError
-from tokenfleet.replay.fleet import Fleet, TraceStats, build_fleet
+from tokenfleet.replay.fleet import Fleet, TraceLengths, build_fleet
 from tokenfleet.replay.loop import TRACE_COLUMNS, simulate
 from tokenfleet.replay.records import (
     RAW_REQUESTS_FILE,
@@ -28,15 +32,16 @@ from tokenfleet.replay.records.requests import RequestWriter, price_requests
 from tokenfleet.replay.records.summary import summarise, write_summary
 from tokenfleet.replay.records.timeline import Timeline, TimelineWriter
 from tokenfleet.replay.scenario import Scenario, scenario_to_dict
+from tokenfleet.replay.tiers import PRICE_KEYS, Tier
 from tokenfleet.traces.reader import read_trace_batches
 
 
-def trace_stats(path: str | os.PathLike[str]) -> tuple[TraceStats, dict[str, int]]:
-    """Rate and mean lengths, and requests per tier, streamed (the reader validates every batch
-    on the way)."""
-    n = 0
+def trace_stats(path: str | os.PathLike[str]) -> tuple[TraceLengths, dict[str, int]]:
+    """Span and lengths (for sizing), and requests per tier, streamed (the reader validates
+    every batch on the way)."""
     first = last = 0.0
-    prompt = output = 0
+    prompt: list[np.ndarray] = []
+    output: list[np.ndarray] = []
     tiers: dict[str, int] = {}
     columns = ["arrival_s", "prompt_tokens", "output_tokens", "tier"]
     for batch in read_trace_batches(path, columns=columns):
@@ -45,13 +50,14 @@ def trace_stats(path: str | os.PathLike[str]) -> tuple[TraceStats, dict[str, int
         for item in batch.column("tier").value_counts().to_pylist():
             tiers[item["values"]] = tiers.get(item["values"], 0) + item["counts"]
         arrivals = batch.column("arrival_s")
-        if n == 0:
+        if not prompt:
             first = arrivals[0].as_py()
         last = arrivals[-1].as_py()
-        n += batch.num_rows
-        prompt += int(batch.column("prompt_tokens").to_numpy().sum(dtype="int64"))
-        output += int(batch.column("output_tokens").to_numpy().sum(dtype="int64"))
-    return TraceStats(n, last - first, prompt / max(n, 1), output / max(n, 1)), tiers
+        prompt.append(batch.column("prompt_tokens").to_numpy())
+        output.append(batch.column("output_tokens").to_numpy())
+    prompts = np.concatenate(prompt) if prompt else np.zeros(0, np.int32)
+    outputs = np.concatenate(output) if output else np.zeros(0, np.int32)
+    return TraceLengths(prompts.size, last - first, prompts, outputs), tiers
 
 
 def unknown_tiers(scenario: Scenario, trace_tiers: dict[str, int], policy: str) -> dict[str, int]:
@@ -91,8 +97,14 @@ def run_replay(
         requests = RequestWriter(
             tmp / RAW_REQUESTS_FILE, id_type, fleet.pool_of, [r.tp for r in fleet.replicas]
         )
+        metadata = run_metadata(trace, resolved, fleet)
         timeline = TimelineWriter(
-            tmp / TIMELINE_FILE, resolved.interval_s, fleet.pool_of, fleet.kv_blocks, fleet.rates
+            tmp / TIMELINE_FILE,
+            resolved.interval_s,
+            fleet.pool_of,
+            fleet.kv_blocks,
+            fleet.rates,
+            metadata,
         )
         bar = None
         if progress:
@@ -134,10 +146,17 @@ def run_replay(
                 p["name"]: p["cost_usd"] / gpu_s[p["name"]] if gpu_s[p["name"]] else 0.0
                 for p in pools
             },
+            metadata,
         )
         (tmp / RAW_REQUESTS_FILE).unlink()
         replicas = sum(p["replicas"] for p in pools)
         summary = summarise(tmp, {"gpus": fleet.gpus, "replicas": replicas}, pools, end_s)
+        summary["run"] = {
+            key.removeprefix("tokenfleet."): value
+            for key, value in metadata.items()
+            if key not in ("tokenfleet.scenario", "tokenfleet.pools")
+        }
+        _label_tiers(summary["economics"]["tiers"], resolved.tiers)
         summary["gateway"] = _gateway_figures(fleet, unknown, resolved.gateway.default_tier)
         summary["seed"] = resolved.seed
         summary["step_by_step"] = step_by_step
@@ -145,10 +164,38 @@ def run_replay(
     return summary
 
 
+def run_metadata(trace, scenario: Scenario, fleet: Fleet) -> dict[str, str]:
+    """What was simulated, as `tokenfleet.*` key-value metadata of both Parquet files (and the
+    summary's "run"): per-pool values are joined with commas in pool order, and
+    `tokenfleet.pools` (JSON) and `tokenfleet.scenario` (the resolved TOML) hold everything."""
+    pools = fleet.pools
+
+    def each(key: str) -> str:
+        return ",".join("" if p[key] is None else str(p[key]) for p in pools)
+
+    model = scenario.model
+    return {
+        "tokenfleet.version": __version__,
+        "tokenfleet.trace": os.fspath(trace),
+        "tokenfleet.model": model.name,
+        "tokenfleet.dtype": model.dtype,
+        "tokenfleet.kv_dtype": model.kv_dtype or model.dtype,
+        "tokenfleet.max_model_len": str(fleet.max_model_len or ""),
+        "tokenfleet.gpu": each("gpu"),
+        "tokenfleet.tp": each("tp"),
+        "tokenfleet.engine": each("engine"),
+        "tokenfleet.batcher": each("batcher"),
+        "tokenfleet.usd_per_gpu_hour": each("usd_per_gpu_hour"),
+        "tokenfleet.seed": str(scenario.seed),
+        "tokenfleet.pools": json.dumps(pools, sort_keys=True),
+        "tokenfleet.scenario": tomli_w.dumps(scenario_to_dict(scenario)),
+    }
+
+
 MAX_INTERVALS = 10_000_000
 
 
-def _check_interval(interval_s: float, stats: TraceStats) -> None:
+def _check_interval(interval_s: float, stats: TraceLengths) -> None:
     """A timeline of billions of rows would exhaust memory long before it is written."""
     intervals = stats.span_s / interval_s
     if intervals > MAX_INTERVALS:
@@ -158,6 +205,20 @@ def _check_interval(interval_s: float, stats: TraceStats) -> None:
             f"trace's {stats.span_s:,.0f} s; use interval_s = "
             f"{stats.span_s / MAX_INTERVALS:.3g} or more",
         )
+
+
+def _label_tiers(figures: dict[str, dict], tiers: tuple[Tier, ...]) -> None:
+    """Say of each tier whether it promises anything (goodput means nothing without an SLO)
+    and whether its prices are the defaults (revenue the user never priced)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Tier)}
+    for tier in tiers:
+        if tier.name in figures:
+            figures[tier.name]["has_slo"] = any(
+                getattr(tier, k) > 0 for k in ("ttft_slo_s", "tpot_slo_s", "deadline_s")
+            )
+            figures[tier.name]["default_prices"] = all(
+                getattr(tier, k) == defaults[k] for k in PRICE_KEYS
+            )
 
 
 def _gateway_figures(fleet: Fleet, unknown: dict[str, int], default_tier: str) -> dict:

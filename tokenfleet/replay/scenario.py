@@ -33,7 +33,7 @@ from typing import Any
 from tokenfleet.errors import SettingError, UserError
 from tokenfleet.replay.balancer import balancer_class
 from tokenfleet.replay.batcher import batcher_class
-from tokenfleet.replay.cost import OwnedPricing, RentedPricing
+from tokenfleet.replay.cost import GENERIC_USD_PER_GPU_HOUR, OwnedPricing, RentedPricing
 from tokenfleet.replay.plugins import PolicyConfig, build_settings
 from tokenfleet.replay.ratelimit import RateLimit, RetryPolicy
 from tokenfleet.replay.tables import build_config
@@ -51,26 +51,40 @@ class ModelConfig:
     name: str = "llama-3.1-8b"
     dtype: str = "bf16"
     kv_dtype: str = ""  # empty: same as dtype (bf16 or fp16)
+    # Longest prompt + output served (vLLM's --max-model-len); 0: the model's context.
+    max_model_len: int = 0
 
 
 @dataclass(frozen=True)
 class PricingConfig:
     """How a pool is paid for: rented (cost.RentedPricing) or owned (cost.OwnedPricing).
 
-    Only the keys of the chosen kind apply; the defaults are cost.py's."""
+    Only the keys of the chosen kind apply; the defaults are cost.py's, except two that depend
+    on the GPU and are left unset (NaN) until the pool's profile is known (`for_gpu`): the rent
+    (the profile's `rent_usd_per_gpu_hour`) and an owned GPU's TDP (its datasheet's)."""
 
     kind: str = "rented"
-    usd_per_gpu_hour: float = RentedPricing.usd_per_gpu_hour
+    usd_per_gpu_hour: float = field(default=math.nan, metadata={"example": 2.95})
     commitment: str = RentedPricing.commitment
     billing_granularity_s: float = RentedPricing.billing_granularity_s
     capex_usd_per_gpu: float = OwnedPricing.capex_usd_per_gpu
     lifetime_years: float = OwnedPricing.lifetime_years
     opex_fraction_per_year: float = OwnedPricing.opex_fraction_per_year
-    gpu_tdp_w: float = OwnedPricing.gpu_tdp_w
+    gpu_tdp_w: float = field(default=math.nan, metadata={"example": 700.0})
     gpu_idle_w: float = OwnedPricing.gpu_idle_w
     server_w_per_gpu: float = OwnedPricing.server_w_per_gpu
     pue: float = OwnedPricing.pue
     usd_per_kwh: float = OwnedPricing.usd_per_kwh
+
+    def for_gpu(self, rent_usd_per_gpu_hour: float, tdp_w: float) -> PricingConfig:
+        """These prices with the GPU's defaults in place of the unset ones (a profile without a
+        rent gets cost.GENERIC_USD_PER_GPU_HOUR)."""
+        rent = rent_usd_per_gpu_hour or GENERIC_USD_PER_GPU_HOUR
+        return dataclasses.replace(
+            self,
+            usd_per_gpu_hour=rent if math.isnan(self.usd_per_gpu_hour) else self.usd_per_gpu_hour,
+            gpu_tdp_w=tdp_w if math.isnan(self.gpu_tdp_w) else self.gpu_tdp_w,
+        )
 
     def build(self, where: str) -> RentedPricing | OwnedPricing:
         """The cost model; its own checks refuse negative prices and the like."""
@@ -196,7 +210,10 @@ def validate(scenario: Scenario) -> Scenario:
             raise UserError(f"{where}: replicas = {pool.replicas} must be >= 1")
         cls = batcher_class(pool.batcher.policy)
         cls(build_settings(cls.Settings, pool.batcher.settings, f"{where} batcher"))
-        pool.pricing.build(f"{where} pricing")
+        # The GPU's own defaults are checked with the profile (fleet.py); stand-ins here.
+        pool.pricing.for_gpu(GENERIC_USD_PER_GPU_HOUR, pool.pricing.gpu_idle_w).build(
+            f"{where} pricing"
+        )
         _check_autoscale(pool, where)
     _check_tiers(scenario)
     _check_gateway(scenario)
@@ -293,6 +310,8 @@ def with_overrides(
     seed: int | None = None,
     interval_s: float | None = None,
     unknown_tier: str | None = None,
+    engine: str | None = None,
+    max_model_len: int | None = None,
 ) -> Scenario:
     """The scenario with these settings changed (the CLI's flags); pool-level ones apply to
     every pool.
@@ -307,8 +326,10 @@ def with_overrides(
         top["interval_s"] = interval_s
     if unknown_tier is not None:
         top["gateway"] = dataclasses.replace(scenario.gateway, unknown_tier=unknown_tier)
-    if model is not None:
-        top["model"] = dataclasses.replace(scenario.model, name=model)
+    model_changes = {"name": model, "max_model_len": max_model_len}
+    model_changes = {k: v for k, v in model_changes.items() if v is not None}
+    if model_changes:
+        top["model"] = dataclasses.replace(scenario.model, **model_changes)
     if balancer is not None and balancer != scenario.balancer.policy:
         top["balancer"] = PolicyConfig(balancer)
     flags = {"max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens}
@@ -319,6 +340,8 @@ def with_overrides(
             changes["gpu"] = gpu
         if tp is not None:
             changes["tp"] = tp
+        if engine is not None:
+            changes["engine"] = engine
         if replicas is not None:
             changes["replicas"] = replicas
         policy = pool.batcher

@@ -75,5 +75,6 @@ def _scalar(f: dataclasses.Field, default: Any, value: Any, where: str) -> Any:
     accepts = (*declared, int) if float in declared else declared
     if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, accepts):
         kinds = " or ".join(t.__name__ for t in declared)
-        raise UserError(f"{where}: {f.name} = {value!r} should be a {kinds} like {default!r}")
+        example = f.metadata.get("example", default)
+        raise UserError(f"{where}: {f.name} = {value!r} should be a {kinds} like {example!r}")
     return float(value) if isinstance(default, float) else value

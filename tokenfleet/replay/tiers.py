@@ -17,11 +17,10 @@ from tokenfleet.errors import UserError, require_non_negative
 TOKENS_PER_MTOKEN = 1e6
 
 
+PRICE_KEYS = ("usd_per_mtoken_input", "usd_per_mtoken_cached_input", "usd_per_mtoken_output")
 # A tier's numbers that requests are priced and judged by (columns of the same names in frames).
 PRICE_AND_SLO_KEYS = (
-    "usd_per_mtoken_input",
-    "usd_per_mtoken_cached_input",
-    "usd_per_mtoken_output",
+    *PRICE_KEYS,
     "ttft_slo_s",
     "tpot_slo_s",
     "deadline_s",

@@ -44,7 +44,8 @@ RAW_COLUMNS = (
     ("ttft_s", pa.float64()),
     ("tpot_s", pa.float64()),
     ("e2e_s", pa.float64()),
-    ("queue_s", pa.float64()),
+    ("gateway_wait_s", pa.float64()),  # arrival to the gateway sending it to a replica
+    ("queue_s", pa.float64()),  # from reaching the replica to its first step
     ("preemptions", pa.int32()),
     ("status", pa.string()),
     ("attempts", pa.int32()),
@@ -108,6 +109,7 @@ class RequestWriter:
             tiers,
             where,
             arrival,
+            sent,
             start,
             first,
             finish,
@@ -120,6 +122,7 @@ class RequestWriter:
             decode_s,
         ) = zip(*_records_of(seqs), strict=True)
         arrival = np.array(arrival, dtype=np.float64)
+        sent = np.array(sent, dtype=np.float64)  # None (never sent to a replica) becomes NaN
         start = np.array(start, dtype=np.float64)  # None (never started) becomes NaN
         first = np.array(first, dtype=np.float64)
         finish = np.array(finish, dtype=np.float64)
@@ -150,7 +153,8 @@ class RequestWriter:
             _nullable(first - arrival),
             _nullable(tpot),
             _nullable(finish - arrival),
-            _nullable(start - arrival),
+            _nullable(sent - arrival),
+            _nullable(start - sent),
             pa.array(np.array(preemptions, dtype=np.int32)),
             pa.array(status, pa.string()),
             pa.array(np.array(attempts, dtype=np.int32)),
@@ -177,13 +181,14 @@ def price_requests(
     out: Path,
     tiers: tuple[Tier, ...],
     usd_per_gpu_s: dict[str, float],
+    metadata: dict[str, str] | None = None,
 ) -> None:
     """requests.parquet from the raw records (whose tiers are the scenario's: resolved when
     the request entered): its attributed cost, its revenue (finished requests pay their tier's
     prices; nothing is cached) and whether it met its tier's SLOs."""
     source = pa.OSFile(str(raw))  # read batch by batch into memory freed as it goes
     reader = pa.ipc.open_file(source)
-    schema = priced_schema(reader.schema.field("request_id").type)
+    schema = priced_schema(reader.schema.field("request_id").type).with_metadata(metadata or {})
     names = [t.name for t in tiers]
     by_name = {t.name: t for t in tiers}
     price_cols = {

@@ -29,7 +29,7 @@ from tokenfleet.replay.records.economics import (
 )
 
 PERCENTILES = (50, 90, 99)
-LATENCIES = ("ttft_s", "tpot_s", "e2e_s", "queue_s")
+LATENCIES = ("ttft_s", "tpot_s", "e2e_s", "queue_s", "gateway_wait_s")
 SUMMARY_COLUMNS = ["arrival_s", "finish_s", "preemptions", *LATENCIES[1:]]
 
 
@@ -68,6 +68,13 @@ class _RequestTotals:
         for col in LATENCIES:  # nulls (no TPOT below two output tokens) become NaN
             self.latencies[col].append(finished(col).astype(np.float64))
 
+    def queue_share(self) -> float | None:
+        """Share of finished requests' time in the system spent waiting in a replica queue."""
+        if not self.finished:
+            return None
+        queue, e2e = (np.nansum(np.concatenate(self.latencies[c])) for c in ("queue_s", "e2e_s"))
+        return float(queue / e2e) if e2e > 0 else None
+
     def latency(self, col: str) -> dict[str, float | None]:
         values = np.concatenate(self.latencies[col]) if self.latencies[col] else np.zeros(0)
         values = values[~np.isnan(values)]
@@ -100,37 +107,65 @@ def summarise(out_dir: Path, fleet: dict, pools: list[dict], end_s: float) -> di
         for g in groups.values():
             g.add(batch, parts, done)
     ttft = np.concatenate(totals.latencies["ttft_s"]) if totals.finished else np.zeros(0)
-    summary = _figures(totals, _timeline_figures(out_dir, pools), fleet, pools)
+    summary = _figures(totals, _timeline_figures(out_dir, pools, end_s), fleet, pools)
     summary["economics"] = fleet_economics(groups, ttft, pools, end_s)
     return summary
 
 
-def _timeline_figures(out_dir: Path, pools: list[dict]) -> dict:
+def _timeline_figures(out_dir: Path, pools: list[dict], end_s: float) -> dict:
+    """Sums and peaks over timeline.parquet, fleet-wide and per pool: none depends on the
+    interval length (means are taken over steps or over the run, never over intervals)."""
     timeline = pl.read_parquet(
         out_dir / TIMELINE_FILE,
         columns=[
             "pool",
-            "interval_start_s",
-            "interval_s",
             "busy_s",
             "kv_peak_frac",
             "mean_batch",
+            "max_batch",
             "steps",
+            "prefill_tokens",
+            "decode_tokens",
             "provisioned_s",
         ],
     )
     tp = {p["name"]: p["tp"] for p in pools}
     pool_tp = timeline["pool"].replace_strict(tp, return_dtype=pl.Int64).to_numpy()
-    active = timeline.filter(pl.col("steps") > 0)
+    by_pool = {p["name"]: _load(timeline.filter(pl.col("pool") == p["name"]), p) for p in pools}
     return {
         "provisioned_gpu_s": float(np.sum(timeline["provisioned_s"].to_numpy() * pool_tp)),
-        "span_s": float((timeline["interval_start_s"] + timeline["interval_s"]).max() or 0.0),
+        "span_s": end_s,
         "busy_s": float(np.sum(timeline["busy_s"].to_numpy())),
         "provisioned_s": float(np.sum(timeline["provisioned_s"].to_numpy())),
-        "kv_mean_peak": _mean(timeline["kv_peak_frac"].to_numpy()),
         "kv_max_peak": timeline["kv_peak_frac"].max(),
-        "mean_batch": _mean(active["mean_batch"].to_numpy()),
+        "load": by_pool,
         "steps": int(timeline["steps"].sum()),
+        "batch_sum": float(
+            np.sum(timeline["mean_batch"].to_numpy() * timeline["steps"].to_numpy())
+        ),
+    }
+
+
+def _load(rows: pl.DataFrame, pool: dict) -> dict:
+    """What a planner reads as a pool's load: how full its steps run (sequences against
+    max_num_seqs, tokens against the token budget), its KV peak, and the share of provisioned
+    time a replica is running a step at all (near 1 at any real load: not headroom)."""
+    steps = int(rows["steps"].sum())
+    batch_sum = float(np.sum(rows["mean_batch"].to_numpy() * rows["steps"].to_numpy()))
+    tokens = int(rows["prefill_tokens"].sum()) + int(rows["decode_tokens"].sum())
+    provisioned = float(np.sum(rows["provisioned_s"].to_numpy()))
+    mean_batch = batch_sum / steps if steps else None
+    budget = pool.get("max_num_batched_tokens")
+    return {
+        "mean_batch": mean_batch,
+        "peak_batch": int(rows["max_batch"].max() or 0),
+        "batch_frac_mean": mean_batch / pool["max_num_seqs"] if steps else None,
+        "tokens_per_step_mean": tokens / steps if steps else None,
+        "token_budget_frac_mean": tokens / steps / budget if steps and budget else None,
+        "kv_peak_frac": rows["kv_peak_frac"].max(),
+        "step_busy_frac": float(np.sum(rows["busy_s"].to_numpy())) / provisioned
+        if provisioned > 0
+        else None,
     }
 
 
@@ -169,11 +204,13 @@ def _figures(totals: _RequestTotals, tl: dict, fleet: dict, pools: list[dict]) -
         "latency_s": {col[:-2]: totals.latency(col) for col in LATENCIES},
         "preemptions": totals.preemptions,
         "steps": tl["steps"] or 0,
-        "mean_batch": tl["mean_batch"],
-        # Busy over provisioned replica time (autoscaled pools change size).
-        "gpu_busy_frac": tl["busy_s"] / tl["provisioned_s"] if tl["provisioned_s"] > 0 else 0.0,
-        "kv_peak_frac_mean": tl["kv_mean_peak"],
+        "mean_batch": tl["batch_sum"] / tl["steps"] if tl["steps"] else None,
+        # Share of provisioned replica time spent running a step (autoscaled pools change
+        # size): busy, not loaded; the load figures are under "load", per pool.
+        "step_busy_frac": tl["busy_s"] / tl["provisioned_s"] if tl["provisioned_s"] > 0 else 0.0,
         "kv_peak_frac_max": tl["kv_max_peak"],
+        "load": tl["load"],
+        "queue_share": totals.queue_share(),
     }
 
 

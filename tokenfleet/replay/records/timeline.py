@@ -11,6 +11,7 @@ provisioned spans. Nothing outside this module writes the recorders' state but t
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from collections.abc import Callable
 from pathlib import Path
@@ -292,8 +293,10 @@ class Timeline:
         return (int(now // self.interval_s) + 1) * self.interval_s
 
     def emit(self, now: float, last_s: float = 0.0) -> float:
-        """Write the intervals every replica has moved past (all, when `now` is inf, up to the
-        one holding `last_s` too); return the end of the last interval written."""
+        """Write the intervals every replica has moved past; return the end of the last one
+        written. When `now` is inf the run is over at `last_s` (its last event): every interval
+        up to `last_s` is written, the last one only as long as the run lasted, and spans still
+        provisioned end there (the billing rule: README, "What a run costs")."""
         reps = self.replicas
         size = self.interval_s
         horizon = min(now, min(rep.busy_since() for rep in reps))
@@ -302,8 +305,8 @@ class Timeline:
                 (max(rep.timeline.rows) for rep in reps if rep.timeline.rows),
                 default=self.done - 1,
             )
-            limit = max(last + 1, int(last_s // size) + 1)
-            run_end = limit * size
+            limit = max(last + 1, math.ceil(last_s / size))
+            run_end = last_s
         else:
             limit = int(horizon // size)
             run_end = INF
@@ -314,8 +317,8 @@ class Timeline:
                 row, provisioned = rep.timeline.take(iv, run_end, billers[rep.index])
                 rows.append((iv, rep.index, row, provisioned))
         self.done = max(self.done, limit)
-        self.writer.write(rows)
-        return self.done * size
+        self.writer.write(rows, run_end)
+        return min(self.done * size, run_end)
 
 
 class TimelineWriter:
@@ -329,8 +332,10 @@ class TimelineWriter:
         pools: list[str],
         kv_blocks: list[int],
         rates: list[CostRates],
+        metadata: dict[str, str] | None = None,
     ):
-        self.writer = pq.ParquetWriter(path, TIMELINE_SCHEMA, use_dictionary=["pool"])
+        schema = TIMELINE_SCHEMA.with_metadata(metadata or {})
+        self.writer = pq.ParquetWriter(path, schema, use_dictionary=["pool"])
         self.batches = RowGroups(self.writer.write_table)
         self.interval_s = interval_s
         self.pools = pools
@@ -345,11 +350,14 @@ class TimelineWriter:
         self.busy_s = np.zeros(n)
         self.provisioned_s = np.zeros(n)
 
-    def write(self, rows: list[tuple[int, int, IntervalRow, float]]) -> None:
-        """rows: (interval number, replica, its row, provisioned seconds) in output order."""
+    def write(self, rows: list[tuple[int, int, IntervalRow, float]], run_end: float) -> None:
+        """rows: (interval number, replica, its row, provisioned seconds) in output order. An
+        interval past `run_end` (the last, when the run is over) is only as long as the run."""
         if not rows:
             return
         size = self.interval_s
+        starts = np.array([r[0] * size for r in rows], dtype=np.float64)
+        lengths = np.clip(run_end - starts, 0.0, size)
         acc = [r[2] for r in rows]
         replica = [r[1] for r in rows]
         rix = np.array(replica, dtype=np.int64)
@@ -357,7 +365,7 @@ class TimelineWriter:
         provisioned = np.array([r[3] for r in rows], dtype=np.float64)
         billed_extra = np.array([a.billed_extra_s for a in acc], dtype=np.float64)
         cost = (
-            self.always[rix] * size
+            self.always[rix] * lengths
             + self.per_provisioned[rix] * (provisioned + billed_extra)
             + self.per_busy[rix] * busy
         )
@@ -375,8 +383,8 @@ class TimelineWriter:
         columns = [
             pa.array([self.pools[i] for i in replica], pa.string()),
             pa.array(np.array(replica, dtype=np.int32)),
-            pa.array(np.array([r[0] * size for r in rows], dtype=np.float64)),
-            pa.array(np.full(len(rows), size, dtype=np.float64)),
+            pa.array(starts),
+            pa.array(lengths),
             pa.array(busy),
             pa.array(steps),
             pa.array(mean_batch),
@@ -390,7 +398,7 @@ class TimelineWriter:
             pa.array(kv_peak / capacity),
             pa.array(np.array([a.arrived for a in acc], dtype=np.int64)),
             pa.array(np.array([a.finished for a in acc], dtype=np.int64)),
-            pa.array(np.array([a.in_system_s for a in acc], dtype=np.float64) / size),
+            pa.array(_per_second([a.in_system_s for a in acc], lengths)),
             pa.array(provisioned),
             pa.array(cost),
         ]
@@ -399,3 +407,10 @@ class TimelineWriter:
     def close(self) -> None:
         self.batches.flush()
         self.writer.close()
+
+
+def _per_second(integrals: list[float], lengths: np.ndarray) -> np.ndarray:
+    """Means over each interval of integrals over it (0 for a last interval of no length)."""
+    values = np.array(integrals, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(lengths > 0, values / lengths, 0.0)
