@@ -395,7 +395,9 @@ class TimelineWriter:
                 np.array([d + a.sampled_tokens for d, a in zip(decode, acc, strict=True)], np.int64)
             ),
             pa.array(kv_peak),
-            pa.array(kv_peak / capacity),
+            # Null where the replica was not provisioned: no cache to be full (an average over
+            # the column then counts provisioned time only).
+            pa.array(kv_peak / capacity, mask=provisioned == 0),
             pa.array(np.array([a.arrived for a in acc], dtype=np.int64)),
             pa.array(np.array([a.finished for a in acc], dtype=np.int64)),
             pa.array(_per_second([a.in_system_s for a in acc], lengths)),
