@@ -36,7 +36,8 @@ def kit(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("kit")
     runner = CliRunner()
     steps = [
-        ["traces", "synth", str(root / "trace.parquet"), "--requests", "200", "--rate", "20"],
+        ["traces", "synth", str(root / "trace.parquet"), "--requests", "200", "--rate", "20"]
+        + ["--tiers", "fast=0.3,standard=0.7"],
         ["replay", str(root / "trace.parquet"), "--replicas", "1", "--out", str(root / "run")],
         ["replay", str(root / "trace.parquet"), "--replicas", "2", "--out", str(root / "run2")],
     ]

@@ -59,7 +59,7 @@ def test_a_model_that_does_not_fit_is_refused_in_one_line() -> None:
         plan_memory(get_model("llama-3.1-405b"), load_profile("h100-sxm"), tp=8)
     message = str(err.value)
     assert "\n" not in message
-    assert message.startswith("llama-3.1-405b in bf16 needs 812 GB of weights; 8 x h100-sxm")
+    assert message.startswith("llama-3.1-405b in bf16 needs 756 GiB of weights; 8 x h100-sxm")
     assert "use tp 16, fp8 weights" in message
     # ... and the suggestions work.
     plan_memory(get_model("llama-3.1-405b"), load_profile("h100-sxm"), tp=16)
@@ -67,7 +67,7 @@ def test_a_model_that_does_not_fit_is_refused_in_one_line() -> None:
 
 
 def test_weights_that_fit_but_leave_no_kv_room_are_refused() -> None:
-    with pytest.raises(UserError, match="KV cache; 2 x a100-80gb hold 172 GB, 136 GB usable"):
+    with pytest.raises(UserError, match="KV cache; 2 x a100-80gb hold 160 GiB, 127 GiB usable"):
         plan_memory(
             get_model("llama-2-70b"), load_profile("a100-80gb"), tp=2, gpu_memory_utilization=0.82
         )

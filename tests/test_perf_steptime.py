@@ -280,7 +280,7 @@ def test_a_model_that_does_not_fit_is_refused_and_writes_nothing(tmp_path: Path,
     )
     assert result.exit_code == 2
     assert result.output.count("\n") == 1
-    expected = "needs 812 GB of weights; 8 x h100-sxm hold 687 GB; use tp 16, fp8 weights"
+    expected = "needs 756 GiB of weights; 8 x h100-sxm hold 640 GiB; use tp 16, fp8 weights"
     assert expected in result.output
     assert not out.exists() and list(tmp_path.iterdir()) == []
     result = runner.invoke(

@@ -75,9 +75,9 @@ def test_load_figures_come_from_the_steps_and_busy_time_is_named_apart(
     assert load["kv_peak_frac"] == timeline["kv_peak_frac"].max()
     assert load["batch_frac_mean"] < 0.1 < summary["step_busy_frac"]
     assert "gpu_busy_frac" not in summary
-    auto = json.loads(
-        (run(runner, tmp_path, trace, "", "auto") / "summary.json").read_text()
-    )["pools"][0]["sizing"]
+    auto = json.loads((run(runner, tmp_path, trace, "", "auto") / "summary.json").read_text())[
+        "pools"
+    ][0]["sizing"]
     assert auto["target_load"] == 0.7 and 0 < auto["estimated_load"] <= 0.7
 
 
@@ -158,7 +158,7 @@ def test_a_request_longer_than_the_context_ends_too_long(runner, tmp_path, conv_
     prompts, outs = (x.copy() for x in conv_lengths)
     prompts[3] = 191_378
     trace = write_trace(tmp_path / "t.parquet", (prompts, outs), np.linspace(0, 60, 100))
-    big = "[[pools]]\nreplicas = 1\ngpu = \"b200\"\n"  # a KV cache that would hold it
+    big = '[[pools]]\nreplicas = 1\ngpu = "b200"\n'  # a KV cache that would hold it
     requests, _, summary = outputs(run(runner, tmp_path, trace, big))
     assert requests.filter(pl.col("prompt_tokens") == 191_378)["status"].to_list() == ["too_long"]
     assert summary["status_counts"]["too_long"] == 1
@@ -230,7 +230,9 @@ deadline_s = 3600.0
 """
     requests, _, summary = outputs(run(runner, tmp_path, trace, scenario))
     done = requests.filter(pl.col("status") == "finished")
-    waited = (done["gateway_wait_s"] + done["queue_s"] - (done["start_s"] - done["arrival_s"])).abs()
+    waited = (
+        done["gateway_wait_s"] + done["queue_s"] - (done["start_s"] - done["arrival_s"])
+    ).abs()
     assert waited.max() < 1e-9
     batch = done.filter(pl.col("tier") == "batch")
     standard = done.filter(pl.col("tier") == "standard")

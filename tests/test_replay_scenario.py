@@ -83,7 +83,7 @@ def test_economics_sections_default_and_read_back():
         ({"pools": [{"gpus": "x"}]}, "unknown key 'gpus'"),
         ({"pools": [{"batcher": {"policy": "vllm", "max_seqs": 4}}]}, "unknown setting 'max_seqs'"),
         ({"balancer": {"policy": "session", "load": 2.0}}, "unknown setting 'load'"),
-        ({"pools": [{"tp": "2"}]}, "tp = '2' should be a int"),
+        ({"pools": [{"tp": "2"}]}, "tp = '2' should be an integer"),
         ({"pools": [{"replicas": "many"}]}, "replicas = 'many'"),
         ({"pools": [{"batcher": {"max_num_seqs": 4}}]}, "needs a policy"),
         ({"pools": [{"batcher": {"policy": "fifo"}}]}, "unknown batcher 'fifo'"),

@@ -6,6 +6,7 @@ An interrupted or failed run (including Ctrl-C) leaves no half-written file behi
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from collections.abc import Iterator
@@ -14,6 +15,9 @@ from pathlib import Path
 from tokenfleet.errors import UserError, notify
 
 PathLike = str | os.PathLike[str]
+# Errors that writing an output can meet and a user can fix: a full disk or quota, a file too
+# large for the file system, a read-only one.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 
 @contextlib.contextmanager
@@ -28,16 +32,33 @@ def atomic_path(dst: str | os.PathLike[str]) -> Iterator[Path]:
     if not os.access(parent, os.W_OK):
         raise UserError(f"{dst}: directory {parent} is not writable; choose another output path")
     tmp = parent / f".{dst.name}.tmp-{os.getpid()}"
+    try:  # a directory that says it is writable and is not (/proc, a read-only mount)
+        tmp.touch()
+        tmp.unlink()
+    except OSError as err:
+        raise UserError(f"{dst}: cannot write in {parent} ({err.strerror}); choose another path")
     try:
         yield tmp
         os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            if tmp.is_dir():
-                shutil.rmtree(tmp)
-            else:
-                tmp.unlink()
+    except OSError as err:
+        _remove(tmp)
+        if err.errno in WRITE_ERRNOS:  # the output's device, never an input
+            raise UserError(
+                f"{dst}: {err.strerror} while writing; free some space or choose another path"
+            ) from None
         raise
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(tmp: Path) -> None:
+    """Remove a temporary output, file or directory, if it is there."""
+    with contextlib.suppress(FileNotFoundError):
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        else:
+            tmp.unlink()
 
 
 def check_replaceable_dir(dst: str | os.PathLike[str], marker: str, inputs: tuple = ()) -> None:

@@ -42,7 +42,7 @@ def models_list(as_json: bool) -> None:
         return
     click.echo(
         f"{'model':16} {'params_B':>9} {'active_B':>9} {'layers':>6} {'hidden':>6} "
-        f"{'heads/kv':>8} {'experts':>8} {'bf16_GB':>8} {'kv_KB/token':>11}"
+        f"{'heads/kv':>8} {'experts':>8} {'bf16_GiB':>8} {'kv_KB/token':>11}"
     )
     for s in specs:
         experts = f"{s.experts_per_token}/{s.n_experts}" if s.is_moe else "-"
@@ -50,7 +50,7 @@ def models_list(as_json: bool) -> None:
         click.echo(
             f"{s.name:16} {s.params_total / 1e9:>9.2f} {s.params_active / 1e9:>9.2f} "
             f"{s.n_layers:>6} {s.hidden_size:>6} {f'{s.n_heads}/{s.n_kv_heads}':>8} "
-            f"{experts:>8} {s.weight_bytes('bf16') / 1e9:>8.1f} {kv:>11}"
+            f"{experts:>8} {s.weight_bytes('bf16') / 2**30:>8.1f} {kv:>11}"
         )
 
 
@@ -95,13 +95,13 @@ def gpus_list(as_json: bool) -> None:
         click.echo(json.dumps(doc, indent=1))
         return
     click.echo(
-        f"{'gpu':10} {'bf16_TF':>8} {'fp8_TF':>8} {'fp4_TF':>8} {'mem_GB':>6} {'TB/s':>6} "
+        f"{'gpu':10} {'bf16_TF':>8} {'fp8_TF':>8} {'fp4_TF':>8} {'mem_GiB':>7} {'TB/s':>6} "
         f"{'link_GB/s':>9} {'TDP_W':>6}"
     )
     for p in profiles:
         click.echo(
             f"{p.name:10} {p.peak_tflops_bf16:>8,.0f} {_tflops(p.peak_tflops_fp8):>8} "
-            f"{_tflops(p.peak_tflops_fp4):>8} {p.hbm_gb:>6.0f} {p.hbm_tb_s:>6.2f} "
+            f"{_tflops(p.peak_tflops_fp4):>8} {p.hbm_gb:>7.0f} {p.hbm_tb_s:>6.2f} "
             f"{p.link_gb_s:>9,.0f} {p.tdp_w:>6,.0f}"
         )
     click.echo("\nengine presets (--engine): " + ", ".join(engines))

@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "steptime": "tokenfleet.cli.steptime:steptime",
     "models": "tokenfleet.cli.catalog:models",
     "gpus": "tokenfleet.cli.catalog:gpus",
+    "examples": "tokenfleet.cli.examples:examples",
 }
 
 # setting -> the flag that sets it, for errors that name a setting (errors.SettingError).

@@ -69,6 +69,7 @@ def replay(
     to --out, and prints the summary.
     """
     import json
+    from pathlib import Path
 
     from tokenfleet.cli.format import format_summary
     from tokenfleet.replay.run import run_replay
@@ -96,6 +97,7 @@ def replay(
         out_dir,
         step_by_step=step_by_step,
         progress=progress_enabled(quiet),
+        inputs=tuple(p for p in (scenario_path, model, gpu, engine) if p and Path(p).is_file()),
     )
     if as_json:
         click.echo(json.dumps(summary, indent=2, sort_keys=True))

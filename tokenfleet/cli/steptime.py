@@ -120,6 +120,11 @@ def steptime(
         import pyarrow.parquet as pq
 
         table = pa.Table.from_pylist(rows)
+        if table.schema.field("usd_per_mtoken").type == pa.null():  # no price: typed nulls
+            column = table.schema.get_field_index("usd_per_mtoken")
+            table = table.set_column(
+                column, "usd_per_mtoken", pa.nulls(table.num_rows, pa.float64())
+            )
         with atomic_path(parquet_path) as tmp:
             pq.write_table(table, tmp)
     if json_path == "-":
@@ -138,7 +143,7 @@ def _print(doc: dict, with_cost: bool) -> None:
         f"{doc['kv_dtype']} KV cache, engine {doc['engine']}"
     )
     echo(
-        f"weights {doc['weights_per_gpu_bytes'] / 1e9:,.1f} GB per GPU; KV cache "
+        f"weights {doc['weights_per_gpu_bytes'] / 2**30:,.1f} GiB per GPU; KV cache "
         f"{doc['kv_capacity_tokens']:,} tokens ({doc['kv_blocks']:,} blocks of "
         f"{doc['block_size']})"
     )

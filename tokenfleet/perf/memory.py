@@ -14,6 +14,7 @@ from tokenfleet.errors import UserError
 from tokenfleet.hardware.profile import GpuProfile
 from tokenfleet.models.spec import ModelSpec
 
+GIB = 2**30
 RUNTIME_RESERVE_BYTES = 1e9  # CUDA context, NCCL and allocator buffers per GPU
 ACTIVATION_TOKENS = 8192  # the prefill step whose activations are reserved (a common budget)
 ACTIVATION_BYTES = 2.0
@@ -92,7 +93,8 @@ def _refusal(
     usable: float,
     utilization: float,
 ) -> str:
-    """e.g. "llama-3.1-405b in bf16 needs 812 GB of weights; 8 x h100-sxm hold 687 GB; ..."."""
+    """e.g. "llama-3.1-405b in bf16 needs 756 GiB of weights; 8 x h100-sxm hold 640 GiB; ...".
+    Memory is in GiB everywhere (`gpus list` too): vendors' memory "GB" are GiB."""
     fixes = []
     if usable > 0:
         need_tp = 2 ** math.ceil(math.log2(weights / usable * 1.05))
@@ -104,12 +106,12 @@ def _refusal(
     if weights < held:
         fixes.append("a higher gpu_memory_utilization")
     fixes.append("a larger GPU")
-    what = f"{model.name} in {dtype} needs {weights / 1e9:,.0f} GB of weights"
-    where = f"{tp} x {gpu.name} hold {held / 1e9:,.0f} GB"
+    what = f"{model.name} in {dtype} needs {weights / GIB:,.0f} GiB of weights"
+    where = f"{tp} x {gpu.name} hold {held / GIB:,.0f} GiB"
     if weights < held:
         what += " plus room for its KV cache"
         where += (
-            f", {max(usable, 0) * tp / 1e9:,.0f} GB usable at gpu_memory_utilization "
+            f", {max(usable, 0) * tp / GIB:,.0f} GiB usable at gpu_memory_utilization "
             f"{utilization:g} after the runtime and activation reserve"
         )
     return f"{what}; {where}; use {', '.join(fixes[:-1])}, or {fixes[-1]}"

@@ -16,7 +16,7 @@ import pyarrow as pa
 import tomli_w
 
 from tokenfleet import __version__
-from tokenfleet.atomic import atomic_dir
+from tokenfleet.atomic import atomic_dir, check_replaceable_dir
 from tokenfleet.errors import SettingError
 from tokenfleet.replay.fleet import Fleet, TraceLengths, build_fleet
 from tokenfleet.replay.loop import TRACE_COLUMNS, simulate
@@ -82,8 +82,12 @@ def run_replay(
     *,
     step_by_step: bool = False,
     progress: bool = False,
+    inputs: tuple = (),
 ) -> dict:
-    """Replay `trace` through the scenario's fleet into `out_dir`; return the summary."""
+    """Replay `trace` through the scenario's fleet into `out_dir`; return the summary.
+    `inputs` are the other files the run reads (scenario, model, profile): `out_dir` may not
+    be replaced if that would delete one."""
+    check_replaceable_dir(out_dir, SUMMARY_FILE, inputs=(trace, *inputs))
     stats, trace_tiers = trace_stats(trace)
     _check_interval(scenario.interval_s, stats)
     unknown = unknown_tiers(scenario, trace_tiers, scenario.gateway.unknown_tier)
@@ -91,7 +95,7 @@ def run_replay(
     batches = read_trace_batches(trace, columns=TRACE_COLUMNS)
     first = next(batches)
     id_type = first.schema.field("request_id").type
-    with atomic_dir(out_dir, SUMMARY_FILE, inputs=(trace,)) as tmp:
+    with atomic_dir(out_dir, SUMMARY_FILE, inputs=(trace, *inputs)) as tmp:
         tmp = Path(tmp)
         (tmp / SCENARIO_FILE).write_text(tomli_w.dumps(scenario_to_dict(resolved)))
         requests = RequestWriter(

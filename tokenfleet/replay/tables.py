@@ -70,11 +70,14 @@ def _check_keys(table: dict[str, Any], cls: type, where: str) -> None:
             raise UserError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
 
 
+TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
 def _scalar(f: dataclasses.Field, default: Any, value: Any, where: str) -> Any:
     declared = f.metadata.get("accepts", (type(default),))
     accepts = (*declared, int) if float in declared else declared
     if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, accepts):
-        kinds = " or ".join(t.__name__ for t in declared)
+        kinds = " or ".join(TYPE_NAMES.get(t, t.__name__) for t in declared)
         example = f.metadata.get("example", default)
-        raise UserError(f"{where}: {f.name} = {value!r} should be a {kinds} like {example!r}")
+        raise UserError(f"{where}: {f.name} = {value!r} should be {kinds} like {example!r}")
     return float(value) if isinstance(default, float) else value
