@@ -50,10 +50,12 @@ def test_the_shared_guard_names_what_would_be_replaced(tmp_path):
 
 def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
     target = tmp_path / "out.parquet"
-    with pytest.raises(UserError, match="No space left on device while writing"):
-        with atomic_path(target) as tmp:
-            tmp.write_text("partial")
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    with (
+        pytest.raises(UserError, match="No space left on device while writing"),
+        atomic_path(target) as tmp,
+    ):
+        tmp.write_text("partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     assert list(tmp_path.iterdir()) == []
 
 

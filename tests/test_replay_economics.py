@@ -14,23 +14,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
-from conftest import TRACES
 from test_replay_cli import assert_refused, replay
 
 from tokenfleet.cli.main import cli
 from tokenfleet.replay.cost import OwnedPricing
-
-
-@pytest.fixture(scope="module")
-def conv_lengths(shared_data) -> tuple[np.ndarray, np.ndarray]:
-    table = pcsv.read_csv(TRACES / "AzureLLMInferenceTrace_conv.csv")
-    prompts = table.column("ContextTokens").to_numpy().astype(np.int32)
-    outputs = table.column("GeneratedTokens").to_numpy().astype(np.int32)
-    keep = prompts + outputs < 4000  # short enough for the small caches used below
-    return prompts[keep][:2000], outputs[keep][:2000]
 
 
 def write_trace(path: Path, lengths, arrivals, tiers=None, tenants=None) -> Path:

@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
-from test_replay_economics import conv_lengths, outputs, run, write_trace  # noqa: F401
+from test_replay_economics import outputs, run, write_trace
 
 from tokenfleet.cli.format import duration, format_summary
 from tokenfleet.errors import Notice

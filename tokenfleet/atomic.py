@@ -36,7 +36,9 @@ def atomic_path(dst: str | os.PathLike[str]) -> Iterator[Path]:
         tmp.touch()
         tmp.unlink()
     except OSError as err:
-        raise UserError(f"{dst}: cannot write in {parent} ({err.strerror}); choose another path")
+        raise UserError(
+            f"{dst}: cannot write in {parent} ({err.strerror}); choose another path"
+        ) from None
     try:
         yield tmp
         os.replace(tmp, dst)
