@@ -285,8 +285,8 @@ def test_notices_of_the_runs_reach_the_caller_once(small_trace, tmp_path, monkey
 
 
 def interrupt_after(trace, tmp_path, ready):
-    """Run a two-worker frontier in its own process group, wait until `ready(tmp_path)`, then
-    send SIGINT to the whole group, as a terminal's Ctrl-C does; return (code, stderr)."""
+    """Run a two-worker frontier in its own process group, wait until `ready(pid, tmp_path)`,
+    then send SIGINT to the whole group, as a terminal's Ctrl-C does; return (code, stderr)."""
     import os
     import signal
     import subprocess
@@ -306,31 +306,46 @@ def interrupt_after(trace, tmp_path, ready):
         text=True,
         start_new_session=True,
     )
-    while proc.poll() is None and not ready(tmp_path):
-        time.sleep(0.005)
+    while proc.poll() is None and not ready(proc.pid, tmp_path):
+        time.sleep(0.002)
     os.killpg(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=300)
     return proc.returncode, stderr
 
 
-def started(tmp_path):
-    """The output's temporary directory exists: the workers are being started."""
-    return any(tmp_path.glob(".fr.tmp-*"))
+def workers_starting(pid, tmp_path):
+    """Both worker processes have started Python (each handles or ignores SIGINT): they are
+    importing when the signal comes, the moment a worker printed its own KeyboardInterrupt
+    traceback."""
+    import signal
+
+    bit = 1 << (signal.SIGINT - 1)
+    started = 0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(
+                line.split(":", 1) for line in status.read_text().splitlines() if ":" in line
+            )
+            command = (status.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields["PPid"]) == pid and b"spawn_main" in command:
+            started += bool((int(fields["SigCgt"], 16) | int(fields["SigIgn"], 16)) & bit)
+    return started == 2
 
 
-def replaying(tmp_path):
+def replaying(pid, tmp_path):
     """A worker has begun writing its run (the replay's own temporary directory)."""
     return any(tmp_path.glob(".fr.tmp-*/runs/.*.tmp-*"))
 
 
-@pytest.mark.parametrize("ready", [started, replaying], ids=["workers-starting", "replaying"])
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds workers in /proc")
+@pytest.mark.parametrize("ready", [workers_starting, replaying], ids=["starting", "replaying"])
 def test_ctrl_c_stops_a_parallel_frontier_with_one_line_and_nothing_left(
     tmp_path_factory, tmp_path, ready
 ):
     from click.testing import CliRunner
 
-    if not hasattr(__import__("os"), "killpg"):
-        pytest.skip("process groups are POSIX")
     # Long enough that the runs are still going when the signal comes, on any machine.
     trace = tmp_path_factory.mktemp("long") / "long.parquet"
     synth = ["traces", "synth", str(trace), "--requests", "20000", "--rate", "50"]
