@@ -1,13 +1,15 @@
 """The frontier: --vary parsing, the Pareto rule, and a real sweep through the replay."""
 
 import json
+from pathlib import Path
 
 import polars as pl
 import pytest
 
 from tokenfleet.cli.main import cli
 from tokenfleet.errors import UserError
-from tokenfleet.study.frontier import grid, pareto_mask, parse_vary, run_dir_name
+from tokenfleet.replay.scenario import load_scenario
+from tokenfleet.study.frontier import grid, pareto_mask, parse_vary, run_dir_name, run_frontier
 
 
 def test_vary_parses_typed_values_into_a_grid():
@@ -113,3 +115,243 @@ def test_run_directories_are_flat_and_distinct_even_for_path_values():
     assert all("/" not in name for name in names)
     assert len(set(names)) == 3
     assert names[2] == "gpu=h100-sxm,max_num_seqs=8"
+
+
+@pytest.fixture(scope="module")
+def small_trace(tmp_path_factory):
+    from click.testing import CliRunner
+
+    trace = tmp_path_factory.mktemp("trace") / "t.parquet"
+    synth = ["traces", "synth", str(trace), "--requests", "200", "--rate", "20", "--seed", "3"]
+    assert CliRunner().invoke(cli, synth).exit_code == 0
+    return trace
+
+
+def test_an_empty_value_in_a_list_is_refused():
+    with pytest.raises(UserError, match="'gpu': an empty value in 'h100-sxm,,a100-80gb'"):
+        parse_vary(["gpu=h100-sxm,,a100-80gb"])
+
+
+@pytest.mark.parametrize("jobs", ["0", "-1"])
+def test_jobs_below_one_is_refused(small_trace, tmp_path, runner, jobs):
+    out = tmp_path / "fr"
+    args = ["frontier", str(small_trace), "--vary", "max_num_seqs=1,8", "--out", str(out)]
+    result = runner.invoke(cli, [*args, "--jobs", jobs])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: Invalid value for '--jobs'")
+    assert result.stderr.count("\n") == 1 and not out.exists()
+    with pytest.raises(UserError, match=f"jobs = {jobs} must be >= 1"):
+        run_frontier(small_trace, load_scenario(None), out, parse_vary(["tp=1"]), jobs=int(jobs))
+
+
+@pytest.mark.parametrize(
+    "vary, message",
+    [
+        (["model=llama-3.1-405b"], "frontier: run model=llama-3.1-405b: llama-3.1-405b in bf16"),
+        (["replicas=1,0"], "frontier: run replicas=0: pool 'default': replicas = 0 must be >= 1"),
+        (
+            ["batcher=orca", "max_batched_tokens=512"],
+            "frontier: run batcher=orca,max_batched_tokens=512: max_num_batched_tokens does not "
+            "apply to the 'orca' batcher",
+        ),
+    ],
+)
+def test_a_bad_point_is_refused_before_any_replay_runs(
+    small_trace, tmp_path, monkeypatch, vary, message
+):
+    import tokenfleet.study.frontier as frontier
+
+    def no_replay(*args, **kwargs):
+        raise AssertionError("a replay ran before the grid was checked")
+
+    monkeypatch.setattr(frontier, "run_replay", no_replay)
+    out = tmp_path / "fr"
+    with pytest.raises(UserError) as err:
+        run_frontier(small_trace, load_scenario(None), out, parse_vary(vary), jobs=1)
+    assert str(err.value).startswith(message)
+    assert "--" not in str(err.value)  # a frontier has no --max-batched-tokens to name
+    assert not out.exists()
+
+
+def test_a_run_that_fails_in_a_worker_is_one_line_naming_the_run(small_trace, tmp_path, runner):
+    # Refused inside the replay (not by the checks before it), so in a worker process: the
+    # error must come back whole, not as a broken process pool.
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text("interval_s = 1e-7\n")
+    out = tmp_path / "fr"
+    args = ["frontier", str(small_trace), "--scenario", str(scenario), "--out", str(out)]
+    result = runner.invoke(cli, [*args, "--vary", "replicas=1,2", "--jobs", "2"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: frontier: run replicas=")
+    assert "timeline intervals" in result.stderr and result.stderr.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.toml"]
+
+
+def test_an_output_directory_that_cannot_be_made_is_one_line(small_trace, runner):
+    args = ["frontier", str(small_trace), "--vary", "replicas=1", "--out", "/proc/x"]
+    result = runner.invoke(cli, [*args, "--jobs", "1"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: output directory /proc/x: cannot be created")
+    assert result.stderr.count("\n") == 1
+
+
+def test_a_second_run_replaces_its_own_output_and_says_so(small_trace, tmp_path, runner):
+    out = tmp_path / "fr"
+    args = ["frontier", str(small_trace), "--vary", "max_num_seqs=4,64", "--out", str(out)]
+    first = runner.invoke(cli, [*args, "--jobs", "1"])
+    assert first.exit_code == 0, first.output
+    assert first.stderr == ""
+    (out / "runs" / "stale").mkdir()
+    second = runner.invoke(cli, [*args, "--jobs", "1"])
+    assert second.exit_code == 0, second.output
+    assert second.stderr == (
+        f"warning: replaced the earlier output in {out}/ (it held frontier.parquet)\n"
+    )
+    assert sorted(p.name for p in (out / "runs").iterdir()) == [
+        "max_num_seqs=4",
+        "max_num_seqs=64",
+    ]
+
+
+def test_a_directory_frontier_did_not_write_is_refused_and_left_intact(
+    small_trace, tmp_path, runner
+):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    args = ["frontier", str(small_trace), "--vary", "max_num_seqs=4", "--out", str(mine)]
+    result = runner.invoke(cli, [*args, "--jobs", "1"])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"error: output directory {mine}: not empty and holds no earlier frontier.parquet; "
+        "choose a new directory (an earlier output is replaced whole)\n"
+    )
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    assert (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_replacing_an_earlier_output_must_not_delete_the_scenario_read(
+    small_trace, tmp_path, runner
+):
+    out = tmp_path / "fr"
+    out.mkdir()
+    (out / "frontier.parquet").write_bytes(b"an earlier output")
+    scenario = out / "my.toml"
+    scenario.write_text("seed = 1\n")
+    args = ["frontier", str(small_trace), "--scenario", str(scenario), "--out", str(out)]
+    result = runner.invoke(cli, [*args, "--vary", "max_num_seqs=4", "--jobs", "1"])
+    assert result.exit_code == 2
+    assert f"replacing it would delete {scenario.resolve()}" in result.stderr
+    assert scenario.read_text() == "seed = 1\n"
+
+
+def test_the_table_shows_each_runs_fleet_with_whole_labels(small_trace, tmp_path, runner):
+    out = tmp_path / "fr"
+    args = ["frontier", str(small_trace), "--out", str(out), "--jobs", "1"]
+    result = runner.invoke(cli, [*args, "--vary", "replicas=1,2", "--vary", "tp=1,2"])
+    assert result.exit_code == 0, result.output
+    table, wrote = result.output.rstrip("\n").split("\n\n")
+    lines = table.splitlines()
+    assert lines[0].split()[:3] == ["run", "replicas", "GPUs"]
+    cells = {line.split()[0]: line.split()[1:3] for line in lines[1:]}
+    assert cells == {
+        "replicas=1,tp=1": ["1", "1"],
+        "replicas=1,tp=2": ["1", "2"],
+        "replicas=2,tp=1": ["2", "2"],
+        "replicas=2,tp=2": ["2", "4"],
+    }
+    end = lines[0].index("GPUs") + len("GPUs")  # counts right-aligned under their header
+    assert all(line[end - 1].isdigit() and line[end] == " " for line in lines[1:])
+    assert "shape:" not in result.output and wrote.startswith(f"wrote {out}/frontier.parquet")
+    frame = pl.read_parquet(out / "frontier.parquet")
+    assert frame.schema["fleet_gpus"] == pl.Int64
+    assert frame["fleet_gpus"].to_list() == [1, 2, 2, 4]
+
+
+def test_notices_of_the_runs_reach_the_caller_once(small_trace, tmp_path, monkeypatch):
+    import tokenfleet.study.frontier as frontier
+    from tokenfleet.errors import Notice, notify
+
+    def replay(trace, scenario, run_dir, progress):
+        notify("the profile is a CPU's")
+        return {"mean_batch": 1.0}
+
+    monkeypatch.setattr(frontier, "run_replay", replay)
+    with pytest.warns(Notice, match="the profile is a CPU's") as caught:
+        run_frontier(
+            small_trace, load_scenario(None), tmp_path / "fr", parse_vary(["seed=1,2"]), jobs=1
+        )
+    assert len([w for w in caught if issubclass(w.category, Notice)]) == 2
+
+
+def interrupt_after(trace, tmp_path, ready):
+    """Run a two-worker frontier in its own process group, wait until `ready(pid, tmp_path)`,
+    then send SIGINT to the whole group, as a terminal's Ctrl-C does; return (code, stderr)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import tokenfleet
+
+    env = {**os.environ, "PYTHONPATH": str(Path(tokenfleet.__file__).parents[1])}
+    args = [sys.executable, "-m", "tokenfleet", "frontier", str(trace), "--vary", "replicas=1,2"]
+    proc = subprocess.Popen(
+        [*args, "--jobs", "2", "--out", str(tmp_path / "fr"), "--quiet"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    while proc.poll() is None and not ready(proc.pid, tmp_path):
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    return proc.returncode, stderr
+
+
+def workers_starting(pid, tmp_path):
+    """Both worker processes have started Python (each handles or ignores SIGINT): they are
+    importing when the signal comes, the moment a worker printed its own KeyboardInterrupt
+    traceback."""
+    import signal
+
+    bit = 1 << (signal.SIGINT - 1)
+    started = 0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(
+                line.split(":", 1) for line in status.read_text().splitlines() if ":" in line
+            )
+            command = (status.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields["PPid"]) == pid and b"spawn_main" in command:
+            started += bool((int(fields["SigCgt"], 16) | int(fields["SigIgn"], 16)) & bit)
+    return started == 2
+
+
+def replaying(pid, tmp_path):
+    """A worker has begun writing its run (the replay's own temporary directory)."""
+    return any(tmp_path.glob(".fr.tmp-*/runs/.*.tmp-*"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds workers in /proc")
+@pytest.mark.parametrize("ready", [workers_starting, replaying], ids=["starting", "replaying"])
+def test_ctrl_c_stops_a_parallel_frontier_with_one_line_and_nothing_left(
+    tmp_path_factory, tmp_path, ready
+):
+    from click.testing import CliRunner
+
+    # Long enough that the runs are still going when the signal comes, on any machine.
+    trace = tmp_path_factory.mktemp("long") / "long.parquet"
+    synth = ["traces", "synth", str(trace), "--requests", "20000", "--rate", "50"]
+    assert CliRunner().invoke(cli, synth).exit_code == 0
+    code, stderr = interrupt_after(trace, tmp_path, ready)
+    assert "Traceback" not in stderr
+    assert stderr == "error: interrupted; no output was written\n"
+    assert code == 130
+    assert list(tmp_path.iterdir()) == []

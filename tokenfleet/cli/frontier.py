@@ -21,7 +21,9 @@ from tokenfleet.cli.options import out_option, progress_enabled, quiet_option, s
 @out_option(
     "frontier-out", "Directory for frontier.parquet and each run's records (runs/<setting>/)."
 )
-@click.option("--jobs", type=int, default=0, help="Worker processes (default: one per core).")
+@click.option(
+    "--jobs", type=click.IntRange(min=1), help="Worker processes (default: one per core)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON rows.")
 @quiet_option
 def frontier(trace, scenario_path, varies, out_dir, jobs, as_json, quiet) -> None:
@@ -29,15 +31,16 @@ def frontier(trace, scenario_path, varies, out_dir, jobs, as_json, quiet) -> Non
     (no other row is both cheaper per Mtoken and faster in tokens/s per user)."""
     import json
 
-    import polars as pl
-
+    from tokenfleet.atomic import check_replaceable_dir
     from tokenfleet.errors import UserError
     from tokenfleet.replay.scenario import load_scenario
-    from tokenfleet.study.frontier import grid, parse_vary, run_frontier
+    from tokenfleet.study.frontier import FRONTIER_FILE, grid, parse_vary, run_frontier
 
     if not varies:
         raise UserError("frontier needs at least one --vary NAME=V1,V2,... (e.g. max_num_seqs=1,8)")
     parsed = parse_vary(list(varies))
+    # The scenario file too: replacing an earlier output must not delete what this run reads.
+    check_replaceable_dir(out_dir, FRONTIER_FILE, inputs=(trace, scenario_path))
     scenario = load_scenario(scenario_path)
     bar = None
     if progress_enabled(quiet):
@@ -54,16 +57,34 @@ def frontier(trace, scenario_path, varies, out_dir, jobs, as_json, quiet) -> Non
     if as_json:
         click.echo(json.dumps(table.to_dicts(), indent=2))
         return
-    shown = table.select(
-        "run",
-        pl.col("usd_per_mtoken").round(4).alias("$/Mtok"),
-        pl.col("output_tokens_per_s_per_user").round(1).alias("tok/s/user"),
-        (pl.col("ttft_p50_s") * 1e3).round(1).alias("TTFT p50 ms"),
-        (pl.col("ttft_p99_s") * 1e3).round(1).alias("TTFT p99 ms"),
-        pl.col("goodput_frac").round(3).alias("goodput"),
-        pl.col("mean_batch").round(1).alias("batch"),
-        pl.when(pl.col("pareto")).then(pl.lit("*")).otherwise(pl.lit("")).alias("pareto"),
+    click.echo(format_frontier(table.to_dicts()))
+    click.echo(f"\nwrote {out_dir}/frontier.parquet and runs/ (* = Pareto-optimal)")
+
+
+def format_frontier(rows: list[dict]) -> str:
+    """One line per run: its fleet, cost, speed, latency and whether it is Pareto-optimal."""
+    from tokenfleet.cli.table import Column, render_table
+
+    def times(x: float | None, factor: float) -> float | None:
+        return None if x is None else x * factor
+
+    headers = ["run", "replicas", "GPUs", "$/Mtok", "tok/s/user", "TTFT p50 ms", "TTFT p99 ms"]
+    headers += [Column("goodput", lambda x: f"{x:.1%}"), "batch", "pareto"]
+    return render_table(
+        headers,
+        [
+            [
+                r["run"],
+                r["fleet_replicas"],
+                r["fleet_gpus"],
+                r["usd_per_mtoken"],
+                r["output_tokens_per_s_per_user"],
+                times(r["ttft_p50_s"], 1e3),
+                times(r["ttft_p99_s"], 1e3),
+                r["goodput_frac"],
+                r["mean_batch"],
+                "*" if r["pareto"] else "",
+            ]
+            for r in rows
+        ],
     )
-    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, tbl_hide_dataframe_shape=True):
-        click.echo(shown)
-    click.echo(f"wrote {out_dir}/frontier.parquet and runs/ (* = Pareto-optimal)")

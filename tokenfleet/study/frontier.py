@@ -7,19 +7,25 @@ Runs are independent, so they go to local worker processes.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import multiprocessing
 import os
 import re
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+import signal
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import polars as pl
 
 from tokenfleet.atomic import atomic_dir
 from tokenfleet.errors import UserError
-from tokenfleet.replay.run import run_replay
+from tokenfleet.replay.fleet import build_fleet
+from tokenfleet.replay.run import run_replay, trace_stats, unknown_tiers
 from tokenfleet.replay.scenario import Scenario, with_overrides
 
 FRONTIER_FILE = "frontier.parquet"
@@ -50,6 +56,11 @@ FIGURES: dict[str, tuple[str, ...]] = {
     "output_tokens_per_s_per_gpu": ("throughput", "output_tokens_per_s_per_gpu"),
     "mean_batch": ("mean_batch",),
 }
+# Whole-fleet counts (all pools together), apart from a varied per-pool `replicas`.
+COUNTS: dict[str, tuple[str, ...]] = {
+    "fleet_replicas": ("replicas",),
+    "fleet_gpus": ("gpus",),
+}
 
 
 def parse_vary(specs: list[str]) -> list[tuple[str, list]]:
@@ -73,6 +84,11 @@ def parse_vary(specs: list[str]) -> list[tuple[str, list]]:
         values = []
         for item in raw.split(","):
             item = item.strip()
+            if not item:
+                raise UserError(
+                    f"frontier: varied setting {name!r}: an empty value in {raw!r}; "
+                    "separate the values by single commas"
+                )
             try:
                 values.append(kind(item))
             except ValueError:
@@ -108,18 +124,46 @@ def run_dir_name(point: dict, taken: set[str]) -> str:
     return unique
 
 
-def _replay_point(args: tuple) -> dict:
-    trace, scenario, run_dir = args
-    return run_replay(trace, scenario, run_dir, progress=False)
+def _replay_point(task: tuple) -> tuple[int, dict, list[Warning]]:
+    """One grid point's replay (in a worker process when jobs > 1), with the notices it
+    issued; its errors name the run."""
+    index, label, trace, scenario, run_dir = task
+    with _in_run(label), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = run_replay(trace, scenario, run_dir, progress=False)
+    return index, summary, [w.message for w in caught]
 
 
-def _figure(summary: dict, path: tuple[str, ...]) -> float | None:
-    value = summary
+@contextlib.contextmanager
+def _in_run(label: str) -> Iterator[None]:
+    """A UserError of one grid point, as a plain UserError naming the point.
+
+    Plain, because the flag a SettingError would name (`--max-num-seqs`) is not frontier's,
+    and because only a plain one survives the trip back from a worker process."""
+    try:
+        yield
+    except UserError as err:
+        raise UserError(f"frontier: run {label}: {err}") from None
+
+
+def _lookup(summary: dict, path: tuple[str, ...]) -> object:
+    """The value at `path` in a summary, or None where a summary lacks it."""
+    value: object = summary
     for key in path:
         if not isinstance(value, dict) or key not in value:
             return None
         value = value[key]
+    return value
+
+
+def _figure(summary: dict, path: tuple[str, ...]) -> float | None:
+    value = _lookup(summary, path)
     return float(value) if isinstance(value, int | float) else None
+
+
+def _count(summary: dict, path: tuple[str, ...]) -> int | None:
+    value = _lookup(summary, path)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def pareto_mask(cost: list[float | None], speed: list[float | None]) -> list[bool]:
@@ -147,41 +191,120 @@ def run_frontier(
     scenario: Scenario,
     out_dir: str | os.PathLike[str],
     varies: list[tuple[str, list]],
-    jobs: int = 0,
+    jobs: int | None = None,
     on_done: Callable[[], None] | None = None,
 ) -> pl.DataFrame:
-    """Replay every grid point into out_dir/runs/<label>/ and write out_dir/frontier.parquet."""
+    """Replay every grid point into out_dir/runs/<label>/ and write out_dir/frontier.parquet.
+
+    Everything a user can get wrong (a setting, a combination, the trace, a model that does
+    not fit, the output directory) is refused before the first replay starts.
+    """
+    if jobs is not None and jobs < 1:
+        raise UserError(f"frontier: jobs = {jobs} must be >= 1 (leave it out for one per core)")
     points = grid(varies)
-    scenarios = [
-        with_overrides(scenario, **{VARIABLES[name][0]: value for name, value in point.items()})
-        for point in points
-    ]  # invalid combinations fail here, before any run starts
+    labels = [point_label(p) for p in points]
+    scenarios = []
+    for point, label in zip(points, labels, strict=True):
+        with _in_run(label):
+            overrides = {VARIABLES[name][0]: value for name, value in point.items()}
+            scenarios.append(with_overrides(scenario, **overrides))
+    stats, trace_tiers = trace_stats(trace)
+    for label, point_scenario in zip(labels, scenarios, strict=True):
+        with _in_run(label):
+            build_fleet(point_scenario, stats)
+            unknown_tiers(point_scenario, trace_tiers, point_scenario.gateway.unknown_tier)
     workers = max(1, min(jobs or os.cpu_count() or 1, len(points)))
-    with atomic_dir(out_dir, FRONTIER_FILE, inputs=(trace,)) as tmp:
-        runs = Path(tmp) / RUNS_DIR
+    with contextlib.ExitStack() as stack:
+        try:
+            tmp = Path(stack.enter_context(atomic_dir(out_dir, FRONTIER_FILE, inputs=(trace,))))
+        except OSError as err:
+            raise UserError(
+                f"output directory {out_dir}: cannot be created ({err.strerror or err}); "
+                "choose another path"
+            ) from None
+        runs = tmp / RUNS_DIR
         runs.mkdir()
         taken: set[str] = set()
         tasks = [
-            (trace, s, runs / run_dir_name(p, taken))
-            for p, s in zip(points, scenarios, strict=True)
+            (i, label, trace, s, runs / run_dir_name(p, taken))
+            for i, (p, label, s) in enumerate(zip(points, labels, scenarios, strict=True))
         ]
-        summaries: list[dict] = []
-        if workers == 1:
-            for task in tasks:
-                summaries.append(_replay_point(task))
-                if on_done:
-                    on_done()
-        else:
-            # spawn, not fork: forking a process that has started Polars' threads can hang.
-            spawn = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=spawn) as pool:
-                for summary in pool.map(_replay_point, tasks):
-                    summaries.append(summary)
-                    if on_done:
-                        on_done()
+        summaries = _replay_all(tasks, workers, on_done or (lambda: None))
         table = frontier_table(points, summaries)
-        table.write_parquet(Path(tmp) / FRONTIER_FILE)
+        table.write_parquet(tmp / FRONTIER_FILE)
     return table
+
+
+def _replay_all(tasks: list[tuple], workers: int, on_done: Callable[[], None]) -> list[dict]:
+    """Each task's summary, in task order; in `workers` processes when more than one.
+
+    A failed or interrupted run stops the others (their processes are killed and joined)
+    before the caller removes the half-written output. Notices of the runs are issued here,
+    so a worker's reach the terminal as one line too (and a message shared by every run once).
+    """
+    summaries: dict[int, dict] = {}
+
+    def done(index: int, summary: dict, notices: list[Warning]) -> None:
+        summaries[index] = summary
+        for notice in notices:
+            warnings.warn(notice, stacklevel=1)
+        on_done()
+
+    if workers == 1:
+        for task in tasks:
+            done(*_replay_point(task))
+    else:
+        # spawn, not fork: forking a process that has started Polars' threads can hang.
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=spawn, initializer=_ignore_sigint) as pool:
+            try:
+                with _quiet_children():  # the executor starts its processes as tasks arrive
+                    futures = [pool.submit(_replay_point, task) for task in tasks]
+                for future in as_completed(futures):
+                    done(*future.result())
+            except BaseException as err:
+                _stop(pool)
+                if isinstance(err, BrokenProcessPool):
+                    raise UserError(
+                        "frontier: a worker process died before its run finished (killed, or "
+                        "out of memory?); use fewer jobs"
+                    ) from None
+                raise
+    return [summaries[i] for i in range(len(tasks))]
+
+
+@contextlib.contextmanager
+def _quiet_children() -> Iterator[None]:
+    """Processes started in this block write to /dev/null instead of the terminal.
+
+    A terminal sends Ctrl-C to the whole process group. A worker still starting up (Python
+    imports the main module before any code of ours runs) would print a KeyboardInterrupt
+    traceback; the parent is interrupted too, stops the workers and prints the one line. The
+    workers' own output is not needed: their results, errors and notices come back through
+    the executor. Ignoring SIGINT here instead would drop a Ctrl-C pressed meanwhile."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def _ignore_sigint() -> None:
+    """Worker start-up: Ctrl-C is the parent's to handle, so no run dies half-way on its own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Kill the workers and wait for them: shutdown() alone lets running replays finish first,
+    and the executor has no public way to reach its processes before Python 3.14."""
+    for process in list((pool._processes or {}).values()):
+        process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def frontier_table(points: list[dict], summaries: list[dict]) -> pl.DataFrame:
@@ -189,6 +312,8 @@ def frontier_table(points: list[dict], summaries: list[dict]) -> pl.DataFrame:
     columns: dict[str, list] = {"run": [point_label(p) for p in points]}
     for name in points[0]:
         columns[name] = [p[name] for p in points]
+    for column, path in COUNTS.items():
+        columns[column] = [_count(s, path) for s in summaries]
     for column, path in FIGURES.items():
         columns[column] = [_figure(s, path) for s in summaries]
     columns["output_tokens_per_s_per_user"] = [
@@ -197,5 +322,6 @@ def frontier_table(points: list[dict], summaries: list[dict]) -> pl.DataFrame:
     columns["pareto"] = pareto_mask(
         columns["usd_per_mtoken"], columns["output_tokens_per_s_per_user"]
     )
-    floats = {name: pl.Float64 for name in [*FIGURES, "output_tokens_per_s_per_user"]}
-    return pl.DataFrame(columns, schema_overrides=floats, strict=False)
+    types = {name: pl.Float64 for name in [*FIGURES, "output_tokens_per_s_per_user"]}
+    types |= {name: pl.Int64 for name in COUNTS}
+    return pl.DataFrame(columns, schema_overrides=types, strict=False)
