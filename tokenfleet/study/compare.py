@@ -190,18 +190,12 @@ def comparison_frame(comparison: Comparison, rows: list[dict]) -> pl.DataFrame:
 
 
 def write_table(frame: pl.DataFrame, path: str | os.PathLike[str]) -> None:
-    """The comparison as Parquet, written atomically; a directory or an unwritable place is
-    refused in one line."""
+    """The comparison as Parquet, written atomically (atomic_path refuses an unwritable place
+    or a full disk in one line); a directory is refused too."""
     if Path(path).is_dir():
         raise UserError(f"{path}: is a directory; give a file path such as cmp.parquet")
-    with atomic_path(path) as tmp:
-        try:
-            with open(tmp, "wb") as out:
-                frame.write_parquet(out)
-        except OSError as err:
-            raise UserError(
-                f"{path}: cannot be written there ({err.strerror or err}); choose another path"
-            ) from None
+    with atomic_path(path) as tmp, open(tmp, "wb") as out:
+        frame.write_parquet(out)
 
 
 def _labels(run_dirs: list[str | os.PathLike[str]]) -> list[str]:

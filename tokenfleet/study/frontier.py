@@ -215,13 +215,7 @@ def run_frontier(
             unknown_tiers(point_scenario, trace_tiers, point_scenario.gateway.unknown_tier)
     workers = max(1, min(jobs or os.cpu_count() or 1, len(points)))
     with contextlib.ExitStack() as stack:
-        try:
-            tmp = Path(stack.enter_context(atomic_dir(out_dir, FRONTIER_FILE, inputs=(trace,))))
-        except OSError as err:
-            raise UserError(
-                f"output directory {out_dir}: cannot be created ({err.strerror or err}); "
-                "choose another path"
-            ) from None
+        tmp = Path(stack.enter_context(atomic_dir(out_dir, FRONTIER_FILE, inputs=(trace,))))
         runs = tmp / RUNS_DIR
         runs.mkdir()
         taken: set[str] = set()
