@@ -6,6 +6,8 @@ defaults where they are shown; latencies take the unit that keeps them short.
 
 from __future__ import annotations
 
+from tokenfleet.cli.table import Column, render_table
+
 # Refusals, in the order they are listed, and what each means.
 REFUSALS = {
     "too_long": "too long for the context or KV cache",
@@ -158,18 +160,37 @@ def _format_money(summary: dict) -> list[str]:
             if _default_prices(summary)
             else ""
         ),
-        "",
-        f"{'tier':<12}{'requests':>11}{'goodput':>10}{'TTFT p99':>12}{'limited':>10}"
-        f"{'expired':>10}{'GPU-h':>11}{'$/Mtok':>10}{'cost':>14}{'revenue':>14}{'margin':>14}",
     ]
-    for name, t in summary["economics"]["tiers"].items():
-        goodput = pct(t["goodput_frac"]) if t.get("has_slo", True) else "no SLO"
-        lines.append(
-            f"{name:<12}{t['requests']:>11,}{goodput:>10}{duration(t['ttft_s']['p99']):>12}"
-            f"{t['rate_limited']:>10,}{t['expired']:>10,}{t['gpu_hours']:>11,.2f}"
-            f"{mtok(t['usd_per_mtoken']['blended']):>10}{usd(t['cost_usd']):>14}"
-            f"{usd(t['revenue_usd']):>14}{usd(t['margin_usd']):>14}"
-        )
+    columns = [
+        Column("tier"),
+        Column("requests"),
+        Column("goodput", pct),
+        Column("TTFT p99", duration),
+        Column("limited"),
+        Column("expired"),
+        Column("GPU-h", lambda x: f"{x:,.2f}"),
+        Column("$/Mtok", mtok),
+        Column("cost", usd),
+        Column("revenue", usd),
+        Column("margin", usd),
+    ]
+    rows = [
+        [
+            name,
+            t["requests"],
+            t["goodput_frac"] if t.get("has_slo", True) else "no SLO",
+            t["ttft_s"]["p99"],
+            t["rate_limited"],
+            t["expired"],
+            t["gpu_hours"],
+            t["usd_per_mtoken"]["blended"],
+            t["cost_usd"],
+            t["revenue_usd"],
+            t["margin_usd"],
+        ]
+        for name, t in summary["economics"]["tiers"].items()
+    ]
+    lines += ["", render_table(columns, rows)]
     unknown = summary["gateway"]["unknown_tiers"]
     if unknown:
         listed = ", ".join(f"{k} ({v:,})" for k, v in unknown.items())
