@@ -215,7 +215,7 @@ def _inspect_rows(s: dict) -> list[tuple[str, str]]:
         )
         more = f", ... {len(counts) - 8:,} more (see --json)" if len(counts) > 8 else ""
         rows.append((label, (shown + more) if counts else "(none)"))
-    if "prefix_reuse_share" in s:
+    if s["prefix_blocks"] is not None:
         rows.append(
             (
                 "prefix reuse",
