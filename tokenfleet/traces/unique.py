@@ -68,7 +68,8 @@ def _increasing(columns: Iterator[pa.Array]) -> bool:
             continue
         if last is not None and not pc.greater(column.slice(0, 1), last)[0].as_py():
             return False
-        if not pc.all(pc.greater(column.slice(1), column.slice(0, len(column) - 1))).as_py():
+        steps = pc.greater(column.slice(1), column.slice(0, len(column) - 1))
+        if not pc.all(steps, min_count=0).as_py():
             return False
         last = column.slice(len(column) - 1)
     return True

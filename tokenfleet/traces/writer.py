@@ -58,7 +58,7 @@ class TraceWriter:
         except OSError as err:
             self._atomic.__exit__(*sys.exc_info())
             raise UserError(
-                f"{self.path}: cannot create a file in {self._tmp.parent} ({err.strerror}); "
+                f"{self.path}: directory {self._tmp.parent} takes no new files ({err.strerror}); "
                 "choose another output path"
             ) from None
         return self
