@@ -120,3 +120,11 @@ def test_unsigned_ids_beyond_int64_are_one_line(tmp_path):
         f"{path}: column 'request_id', row 1: expected an integer id <= 9223372036854775807 "
         "(int64), got 9223372036854775813"
     )
+
+
+def test_a_repeat_after_many_increasing_batches(tmp_path, monkeypatch):
+    """The increasing batches before the first decrease are read again, and count."""
+    monkeypatch.setattr(unique, "BATCH_ROWS", 2)
+    path = write(tmp_path / "t.parquet", [1, 2, 3, 4, 5, 6, 7, 3, 8], row_group_size=2)
+    with pytest.raises(UserError, match=r"id 3 is repeated \(rows 2 and 7\)"):
+        validate_trace(path)

@@ -1,16 +1,17 @@
 """Refuse repeated request ids, reading the request_id column alone.
 
-Records, comparisons and session affinity key requests by request_id, so two requests sharing
-one would be silently merged or mixed up downstream. The check streams the column: ids that
-only ever increase (row numbers, most logs) are unique with one batch in memory; otherwise the
-ids are gathered as 64-bit keys (the integers themselves, or a hash of text ids) and sorted in
-place, 8 bytes a row. Only when keys repeat is the column read again, whole, to name the first
-repeated id and its rows exactly (a hash collision alone is not a repeat). Null ids are no id
-and never repeat.
+A replay's requests.parquet names each request by its request_id, and requests without a
+session fall back to it for cache affinity: two requests sharing one cannot be told apart
+afterwards. The check streams the column: ids that only ever increase (row numbers, most
+logs) are unique with one batch in memory; otherwise the ids are gathered into one array of
+64-bit keys (the integers themselves, or a hash of text ids) and sorted in place, 8 bytes a
+row. Only when keys repeat is the column read again, whole, to name the first repeated id and
+its rows exactly (a hash collision alone is not a repeat). Null ids are no id and never repeat.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import numpy as np
@@ -21,16 +22,18 @@ import pyarrow.parquet as pq
 from tokenfleet.errors import UserError
 
 ID_COLUMN = "request_id"
-BATCH_ROWS = 1 << 20
+BATCH_ROWS = 1 << 16
 SHOWN_ROWS = 5
 
 
 def check_unique_ids(parquet: pq.ParquetFile, source: str) -> None:
     """Raise UserError naming the first repeated request_id (the one whose second row comes
     first) and its rows (0 = first row); return quietly if the file has no such column."""
-    if ID_COLUMN not in parquet.schema_arrow.names or _increasing(_id_batches(parquet)):
+    if ID_COLUMN not in parquet.schema_arrow.names:
         return
-    keys = np.concatenate([_keys(column) for column in _id_batches(parquet)])
+    keys = _keys_unless_increasing(parquet)
+    if keys is None:
+        return
     keys.sort()
     same = keys[1:] == keys[:-1]
     if not same.any():
@@ -58,21 +61,45 @@ def _plain(column: pa.Array) -> pa.Array:
     return column if pa.types.is_integer(column.type) else column.cast(pa.string())
 
 
-def _increasing(columns: Iterator[pa.Array]) -> bool:
-    """Whether the non-null ids strictly increase from row to row; stops at the first that
-    does not."""
-    last: pa.Array | None = None
-    for column in columns:
-        column = column.drop_null()
-        if len(column) == 0:
+def _keys_unless_increasing(parquet: pq.ParquetFile) -> np.ndarray | None:
+    """None if the non-null ids strictly increase; else the keys of all of them, in row order.
+
+    The batches before the first decrease are not kept: only then are they read again (ids in
+    no order decrease in the first batch, so the column is read once).
+    """
+    batches = _id_batches(parquet)
+    last: pa.Array | None = None  # the last non-null id so far, as a one-element array
+    for done, column in enumerate(batches):
+        present = column.drop_null()
+        if _increases(present, last):
+            last = present.slice(len(present) - 1) if len(present) else last
             continue
-        if last is not None and not pc.greater(column.slice(0, 1), last)[0].as_py():
-            return False
-        steps = pc.greater(column.slice(1), column.slice(0, len(column) - 1))
-        if not pc.all(steps, min_count=0).as_py():
-            return False
-        last = column.slice(len(column) - 1)
-    return True
+        before = itertools.islice(_id_batches(parquet), done)
+        return _gather(itertools.chain(before, [column], batches), parquet.metadata.num_rows)
+    return None
+
+
+def _gather(columns: Iterator[pa.Array], rows: int) -> np.ndarray:
+    """The keys of every batch in one array, filled in place (concatenating would hold two)."""
+    keys: np.ndarray | None = None
+    end = 0
+    for column in columns:
+        part = _keys(column)
+        if keys is None:
+            keys = np.empty(rows, part.dtype)
+        keys[end : end + len(part)] = part
+        end += len(part)
+    return keys[:end]
+
+
+def _increases(present: pa.Array, last: pa.Array | None) -> bool:
+    """Whether non-null ids strictly increase from row to row, after `last`."""
+    if len(present) == 0:
+        return True
+    if last is not None and not pc.greater(present.slice(0, 1), last)[0].as_py():
+        return False
+    steps = pc.greater(present.slice(1), present.slice(0, len(present) - 1))
+    return bool(pc.all(steps, min_count=0).as_py())
 
 
 def _keys(column: pa.Array) -> np.ndarray:
