@@ -56,6 +56,7 @@ def _id_batches(parquet: pq.ParquetFile) -> Iterator[pa.Array]:
 
 
 def _plain(column: pa.Array) -> pa.Array:
+    """Dictionary-encoded, large or view text ids as plain strings: one kind to compare."""
     if pa.types.is_dictionary(column.type):
         column = column.dictionary_decode()
     return column if pa.types.is_integer(column.type) else column.cast(pa.string())
