@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -11,6 +13,7 @@ from conftest import TRACES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tokenfleet.cli.main import cli
 from tokenfleet.traces.convert import convert_trace
 from tokenfleet.traces.inspect import inspect_trace, token_stats
 
@@ -40,7 +43,7 @@ def test_figures_match_numpy_on_the_azure_code_trace(azure_code):
         assert got["max"] == values.max() and got["total"] == values.sum()
     assert summary["tiers"] == {"standard": 8_819}  # no tier column: all default tier
     assert summary["tenants"] == {}
-    assert "prefix_reuse_share" not in summary
+    assert summary["prefix_blocks"] is None and summary["prefix_reuse_share"] is None
 
 
 @settings(max_examples=80, deadline=None)
@@ -80,3 +83,29 @@ def test_single_request_has_no_rate_or_cv(tmp_path):
     summary = inspect_trace(path)
     assert summary["rows"] == 1 and summary["span_s"] == 0.0
     assert summary["mean_rate_rps"] is None and summary["interarrival_cv"] is None
+
+
+def test_json_always_has_the_prefix_keys(runner, tmp_path):
+    """Null without prefix_hashes, so a JSON reader never has to test for a key."""
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"arrival_s": [0.0], "prompt_tokens": [3], "output_tokens": [1]}), path)
+    result = runner.invoke(cli, ["traces", "inspect", "--json", str(path)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    for key in ("prefix_block_size", "prefix_blocks", "prefix_reuse_share"):
+        assert key in summary and summary[key] is None
+    text = runner.invoke(cli, ["traces", "inspect", str(path)])
+    assert text.exit_code == 0 and "prefix reuse" not in text.stdout
+
+
+def test_prefix_hashes_without_blocks(runner, tmp_path):
+    """A prefix_hashes column of empty lists: 0 blocks and no share, in JSON and in text."""
+    path = tmp_path / "t.parquet"
+    hashes = pa.array([[], None], pa.list_(pa.int64()))
+    table = {"arrival_s": [0.0, 1.0], "prompt_tokens": [3, 4], "output_tokens": [1, 1]}
+    pq.write_table(pa.table({**table, "prefix_hashes": hashes}), path)
+    summary = inspect_trace(path)
+    assert summary["prefix_blocks"] == 0 and summary["prefix_reuse_share"] is None
+    result = runner.invoke(cli, ["traces", "inspect", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "prefix reuse          n/a% of 0 blocks repeat an earlier block" in result.stdout

@@ -215,12 +215,14 @@ def _inspect_rows(s: dict) -> list[tuple[str, str]]:
         )
         more = f", ... {len(counts) - 8:,} more (see --json)" if len(counts) > 8 else ""
         rows.append((label, (shown + more) if counts else "(none)"))
-    if "prefix_reuse_share" in s:
+    if s["prefix_blocks"] is not None:  # the trace has prefix_hashes (maybe all empty)
+        share = s["prefix_reuse_share"]
         rows.append(
             (
                 "prefix reuse",
-                f"{num(100 * s['prefix_reuse_share'], 1)}% of {s['prefix_blocks']:,} blocks "
-                f"repeat an earlier block (block size {s['prefix_block_size'] or '?'} tokens)",
+                f"{num(None if share is None else 100 * share, 1)}% of {s['prefix_blocks']:,} "
+                f"blocks repeat an earlier block (block size {s['prefix_block_size'] or '?'} "
+                "tokens)",
             )
         )
     return rows

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from tokenfleet.traces.reader import trace_metadata
+from tokenfleet.traces.reader import open_trace, trace_metadata
 from tokenfleet.traces.schema import DEFAULT_TIER, INT32_MAX
+from tokenfleet.traces.unique import check_unique_ids
 from tokenfleet.traces.validate import validate_trace
 
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
@@ -47,11 +48,14 @@ def inspect_trace(path: str | os.PathLike[str]) -> dict:
     """Rows, span, request rates, burstiness, token quantiles, tier/tenant counts, prefix reuse.
 
     The same pass notices values the schema forbids; then the full check names the first bad
-    row, so a broken trace is refused rather than summarised.
+    row, so a broken trace is refused rather than summarised (repeated request ids too, as
+    validate refuses them).
     """
     path = Path(path)
     meta = trace_metadata(path)  # one-line errors for a missing, empty or malformed file
     columns = set(meta["columns"])
+    if "request_id" in columns:
+        check_unique_ids(open_trace(path), str(path))
     lf = pl.scan_parquet(path)
     arrival = pl.col("arrival_s")
     gaps = arrival.diff().drop_nulls()
@@ -102,11 +106,12 @@ def inspect_trace(path: str | os.PathLike[str]) -> dict:
         summary[column] = token_stats(results[column])
     summary["tiers"] = _counts(results.get("tier")) if "tier" in columns else {DEFAULT_TIER: rows}
     summary["tenants"] = _counts(results.get("tenant")) if "tenant" in columns else {}
+    # The prefix keys are always there (null without prefix_hashes): JSON readers need not
+    # test for them.
     summary["prefix_block_size"] = meta["prefix_block_size"]
-    if "prefix" in results:
-        blocks, unique = results["prefix"].row(0)
-        summary["prefix_blocks"] = blocks
-        summary["prefix_reuse_share"] = 1 - unique / blocks if blocks else None
+    blocks, unique = results["prefix"].row(0) if "prefix" in results else (None, None)
+    summary["prefix_blocks"] = blocks
+    summary["prefix_reuse_share"] = 1 - unique / blocks if blocks else None
     return summary
 
 

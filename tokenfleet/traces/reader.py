@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tokenfleet.errors import UserError
+from tokenfleet.traces.paths import require_regular_file
 from tokenfleet.traces.schema import (
     CANONICAL_COLUMNS,
     DEFAULT_TIER,
@@ -23,15 +24,13 @@ from tokenfleet.traces.schema import (
     TraceChecker,
     check_columns,
 )
+from tokenfleet.traces.unique import check_unique_ids
 
 
 def open_trace(path: str | os.PathLike[str]) -> pq.ParquetFile:
     """Open a Parquet trace, turning the ways a file can be wrong into one-line user errors."""
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: no such file")
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory; expected a Parquet trace file")
+    require_regular_file(path, "a Parquet trace file")
     if path.stat().st_size == 0:
         raise UserError(f"{path}: file is empty; expected a Parquet trace")
     try:
@@ -70,7 +69,8 @@ def read_trace_batches(
     With `columns`, only those are read; an optional canonical column the file lacks is filled
     with its default (request_id: the row number, tier: "standard", others: null), so callers
     get the same batch shape from every trace. Raises UserError at the first bad value, naming
-    the file, column and global row (0 = first row).
+    the file, column and global row (0 = first row); when request_id is read, a repeated id is
+    refused before the first batch (so a replay stops before it simulates anything).
     """
     parquet = open_trace(path)
     present = set(parquet.schema_arrow.names)
@@ -82,6 +82,8 @@ def read_trace_batches(
             )
     missing = [n for n in wanted if n not in present]
     to_read = [n for n in wanted if n in present]
+    if "request_id" in to_read:
+        check_unique_ids(parquet, str(path))
     checker = TraceChecker(str(path))
     for batch in parquet.iter_batches(batch_size=batch_rows, columns=to_read):
         first_row = checker.rows

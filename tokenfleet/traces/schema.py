@@ -32,6 +32,7 @@ CANONICAL_COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 PREFIX_BLOCK_SIZE_KEY = b"tokenfleet.prefix_block_size"
 DEFAULT_TIER = "standard"
 INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
 
 # What each canonical column accepts on the way in (a predicate on the Arrow type) and its
 # description for error messages. Accepted types are cast to the canonical ones.
@@ -148,7 +149,16 @@ class TraceChecker:
         if name in ("prompt_tokens", "output_tokens"):
             return _check_tokens(name, column)
         target = _canonical_type(name, column.type)
-        return column if column.type == target else pc.cast(column, target)
+        if column.type == target:
+            return column
+        try:
+            return pc.cast(column, target)
+        except pa.ArrowInvalid:  # only unsigned 64-bit ids can overflow int64
+            limit = pa.scalar(INT64_MAX, column.type)
+            beyond = pc.greater(column, limit).fill_null(False).to_numpy(zero_copy_only=False)
+            first = _first(beyond)
+            got = column[first].as_py()
+            raise _Bad(first, f"an integer id <= {INT64_MAX} (int64)", got) from None
 
     def _check_arrivals(self, column: pa.Array) -> pa.Array:
         values = column.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)

@@ -20,7 +20,9 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from tokenfleet.atomic import refuse_clobber
 from tokenfleet.errors import UserError
+from tokenfleet.traces.paths import require_trace_suffix
 from tokenfleet.traces.reader import read_trace_batches
 from tokenfleet.traces.schema import INT32_MAX
 from tokenfleet.traces.writer import TraceWriter
@@ -170,6 +172,8 @@ def synth_trace(
 ) -> dict[str, object]:
     """Write the synthetic trace `spec` describes to `dst`; return its rows and last arrival."""
     spec = spec.checked()
+    refuse_clobber(outputs={"DST": dst}, inputs={"--lengths-from": spec.lengths_from})
+    require_trace_suffix(dst, "DST")
     resample = _load_lengths(spec.lengths_from) if spec.lengths_from else None
     provenance = asdict(spec) | {"cv": spec.gap_cv}
     if not spec.lengths_from:

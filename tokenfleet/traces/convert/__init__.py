@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
+from tokenfleet.atomic import refuse_clobber
 from tokenfleet.errors import UserError
 from tokenfleet.traces.convert.formats import (
     FORMAT_NAMES,
@@ -28,6 +29,7 @@ from tokenfleet.traces.convert.formats import (
 )
 from tokenfleet.traces.convert.sources import csv_batches, jsonl_batches, sniff
 from tokenfleet.traces.convert.timestamps import BadValue, first_failure, wallclock_ns
+from tokenfleet.traces.paths import require_trace_suffix
 from tokenfleet.traces.schema import (
     CANONICAL_COLUMNS,
     INT32_MAX,
@@ -71,9 +73,9 @@ def convert_trace(
     """
     src, dst = Path(src), Path(dst)
     _check_options(time_unit, time_scale, shift_s, start_s, end_s, limit)
-    sniffed = sniff(src)
-    if dst.exists() and dst.samefile(src):  # the rename at the end would replace the source
-        raise UserError(f"{dst}: is the source file; give another name for the Parquet trace")
+    sniffed = sniff(src)  # a missing file, a pipe or a device is refused before the output
+    refuse_clobber(outputs={"DST": dst}, inputs={"SRC": src})
+    require_trace_suffix(dst, "DST")
     spec, chosen = resolve_format(str(src), fmt, sniffed, columns)
     pipeline = _Pipeline(src, spec, chosen, time_unit, drop_failed and spec.failed_rows)
     # The block size describes prefix_hashes: only a trace that has them carries it.

@@ -20,6 +20,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
 from tokenfleet.errors import UserError
+from tokenfleet.traces.paths import require_regular_file
 
 SNIFF_BYTES = 1 << 16
 CSV_BLOCK_BYTES = 1 << 20  # Arrow reads ahead several blocks: larger ones cost RSS, not speed
@@ -36,10 +37,7 @@ class Sniffed:
 
 def sniff(path: Path) -> Sniffed:
     """Look at the first bytes: Parquet and binary files are refused, JSON objects mean JSONL."""
-    if not path.exists():
-        raise UserError(f"{path}: no such file")
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory; expected a CSV or JSON-lines trace")
+    require_regular_file(path, "a CSV or JSON-lines trace")
     try:
         with pa.input_stream(str(path), compression="detect") as stream:
             head = stream.read(SNIFF_BYTES)
