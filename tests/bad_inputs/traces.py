@@ -358,7 +358,7 @@ CONVERT = [
     case(
         "traces convert: output under /proc",
         "traces convert a.csv /proc/o.parquet",
-        "/proc/o.parquet: directory /proc ",
+        "/proc/o.parquet: cannot write in /proc",
         files=A_CSV,
     ),
     case(
@@ -405,7 +405,7 @@ SYNTH_CASES = [
     case(
         "traces synth: output under /proc",
         "traces synth /proc/x.parquet --requests 5",
-        "/proc/x.parquet: directory /proc ",
+        "/proc/x.parquet: cannot write in /proc",
     ),
     case(
         "traces synth: output under /proc/self",

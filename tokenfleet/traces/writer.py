@@ -52,15 +52,7 @@ class TraceWriter:
         self._pending_bytes = 0
 
     def __enter__(self) -> TraceWriter:
-        self._tmp = self._atomic.__enter__()
-        try:
-            self._tmp.touch()  # where no file can be made (/proc), say so before any work
-        except OSError as err:
-            self._atomic.__exit__(*sys.exc_info())
-            raise UserError(
-                f"{self.path}: directory {self._tmp.parent} takes no new files ({err.strerror}); "
-                "choose another output path"
-            ) from None
+        self._tmp = self._atomic.__enter__()  # refuses a place no file can be made (/proc)
         return self
 
     def write(self, batch: pa.RecordBatch | pa.Table) -> None:
