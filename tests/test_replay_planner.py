@@ -54,7 +54,7 @@ def test_sizing_warns_when_a_few_requests_hold_the_work(conv_lengths):
     prompts, outputs = prompts.copy(), outputs.copy()
     prompts[:15], outputs[:15] = 120_000, 10_000  # 0.075% of the requests, 8% of the tokens
     _, notices = auto_count(prompts, outputs, 600.0)
-    assert any("of the trace's tokens" in n for n in notices)
+    assert any("of the trace's tokens lie beyond" in n for n in notices)
 
 
 def test_load_figures_come_from_the_steps_and_busy_time_is_named_apart(

@@ -121,9 +121,9 @@ def sizing_stats(lengths: TraceLengths, max_request_tokens: int, pool: str) -> T
     kept = float(sum(c.sum(dtype=np.float64) for c in clipped))
     if total > 0 and 1 - kept / total > DOMINANT_SHARE:
         notify(
-            f"pool {pool!r}: the longest {100 - CLIP_PERCENTILE:g}% of requests hold "
-            f"{1 - kept / total:.0%} of the trace's tokens; its size counts them at the "
-            f"{CLIP_PERCENTILE:g}th-percentile length (set replicas to a count to choose)"
+            f"pool {pool!r}: {1 - kept / total:.0%} of the trace's tokens lie beyond the "
+            f"{CLIP_PERCENTILE:g}th-percentile prompt or output length; its size counts those "
+            "few requests at that length (set replicas to a count to choose)"
         )
     return TraceStats(
         int(prompt.size), lengths.span_s, float(clipped[0].mean()), float(clipped[1].mean())
