@@ -108,8 +108,9 @@ def sizing_stats(lengths: TraceLengths, max_request_tokens: int, pool: str) -> T
     refused = int(prompt.size - fits.sum())
     if refused:
         notify(
-            f"pool {pool!r}: {refused:,} requests longer than {max_request_tokens:,} tokens "
-            "(prompt + output) are left out of its sizing; they will end as too_long"
+            f"pool {pool!r}: {refused:,} request{'s' * (refused != 1)} longer than "
+            f"{max_request_tokens:,} tokens (prompt + output) left out of its sizing; "
+            "they will end as too_long"
         )
     prompt, output = prompt[fits], output[fits]
     if prompt.size == 0:
