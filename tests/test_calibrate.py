@@ -60,6 +60,8 @@ def test_cpu_profile_loads_back_labelled_as_a_cpu(calibrated) -> None:
     assert profile.meta["device"]["threads"] >= 1 and profile.meta["device"]["library"]
     assert profile.meta["datasheet_source"].startswith("none")
     assert profile.measured_on_cpu and not load_profile("a100-80gb").measured_on_cpu
+    assert profile.meta["settings"] == {"model": str(out.parent / "tiny.toml"), "tp": 2,
+                                        "dtypes": ["fp32"]}  # fmt: skip
     # An fp32 measurement is an fp32 peak: no 16-bit figure was measured.
     assert profile.peak_tflops_bf16 == 0 and profile.peak_tflops_fp32 > 0
     assert profile.peak_flops("bf16") == profile.peak_tflops_fp32 * 1e12

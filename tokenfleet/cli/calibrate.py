@@ -121,7 +121,8 @@ def calibrate(
     plan = plan_benchmarks(chosen, quick=quick, dtypes=dtype_list, shapes=shapes)
     datasheet = choose_datasheet(chosen.info, base)
     result = run_microbenchmarks(chosen, plan, progress=progress_enabled(quiet))
-    settings = {"model": model, "tp": tp, "dtypes": list(plan.dtypes), "device": device}
+    settings = {"model": model, "tp": tp, "dtypes": list(plan.dtypes)}
+    settings["device"] = device if backend == "cupy" else None  # a CPU has no device index
     cal = build_calibration(
         chosen.info,
         result,
