@@ -7,6 +7,8 @@ clock by a programmed duration, so event timing has known answers.
 
 from __future__ import annotations
 
+import builtins
+import re
 import sys
 import types
 from typing import Any
@@ -14,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tokenfleet.calibrate.backends import open_backend
+from tokenfleet.calibrate.backends import NoUsableGpu, open_backend
 from tokenfleet.calibrate.backends.cupy_backend import CupyBackend
 from tokenfleet.calibrate.calibration import build_calibration
 from tokenfleet.calibrate.datasheet import choose_datasheet
@@ -37,7 +39,7 @@ class FakeGpu:
         bandwidth_gb_s: float = 2000.0,
         launch_s: float = 4e-6,
         major: int = 9,
-        driver: int = 12020,
+        driver: int | None = 12020,  # None: the driver query fails
         runtime: int = 12040,
         count_error: int | None = None,
     ) -> None:
@@ -138,6 +140,11 @@ def make_fake_cupy(gpu: FakeGpu) -> types.ModuleType:
             raise CUDARuntimeError(gpu.count_error, errors[gpu.count_error])
         return gpu.devices
 
+    def driver_version() -> int:
+        if gpu.driver is None:
+            raise CUDARuntimeError(35, errors[35])
+        return gpu.driver
+
     runtime = types.SimpleNamespace(
         CUDARuntimeError=CUDARuntimeError,
         getDeviceCount=get_device_count,
@@ -152,7 +159,7 @@ def make_fake_cupy(gpu: FakeGpu) -> types.ModuleType:
             "major": gpu.major,
             "minor": 0,
         },
-        driverGetVersion=lambda: gpu.driver,
+        driverGetVersion=driver_version,
         runtimeGetVersion=lambda: gpu.runtime,
     )
 
@@ -232,9 +239,9 @@ def fake_gpu(monkeypatch: pytest.MonkeyPatch):
 
 def test_device_properties_come_from_the_runtime(fake_gpu) -> None:
     fake_gpu(devices=2)
-    backend, note = open_backend("cupy", device=1)
+    backend = open_backend("cupy", device=1)
     info = backend.info
-    assert isinstance(backend, CupyBackend) and note is None
+    assert isinstance(backend, CupyBackend)
     assert (info.kind, info.name, info.index, info.device_count) == (
         "gpu", "NVIDIA H100 80GB HBM3", 1, 2,
     )  # fmt: skip
@@ -251,7 +258,7 @@ def test_device_properties_come_from_the_runtime(fake_gpu) -> None:
 
 def test_cuda_events_time_the_device_clock(fake_gpu) -> None:
     gpu = fake_gpu()
-    backend, _ = open_backend("cupy")
+    backend = open_backend("cupy")
     calls = []
 
     def kernel() -> None:
@@ -267,14 +274,14 @@ def test_cuda_events_time_the_device_clock(fake_gpu) -> None:
 
 def test_budget_stops_repeats_after_three_samples(fake_gpu) -> None:
     gpu = fake_gpu()
-    backend, _ = open_backend("cupy")
+    backend = open_backend("cupy")
     timing = backend.time(lambda: gpu.advance(0.4), warmup=0, repeats=50, budget_s=1.0)
     assert timing.repeats == 3
 
 
 def test_gemm_is_row_major_through_cublas_gemm_ex(fake_gpu) -> None:
     gpu = fake_gpu()
-    backend, _ = open_backend("cupy")
+    backend = open_backend("cupy")
     backend.gemm("bf16", 8, 32, 16)()
     backend.gemm("fp16", 8, 32, 16)()
     # C[8,32] = A[8,16] @ B[16,32] row-major is C^T = B^T A^T column-major: m=32, n=8, k=16.
@@ -287,7 +294,7 @@ def test_gemm_is_row_major_through_cublas_gemm_ex(fake_gpu) -> None:
 
 def test_dtypes_the_device_cannot_run_are_refused(fake_gpu) -> None:
     fake_gpu(major=7)  # Volta: no bf16 tensor cores
-    backend, _ = open_backend("cupy")
+    backend = open_backend("cupy")
     assert "bf16" not in backend.gemm_dtypes and backend.default_gemm_dtypes == ("fp16",)
     with pytest.raises(UserError, match="compute capability 8.0"):
         backend.check_dtypes(["bf16"])
@@ -297,56 +304,100 @@ def test_dtypes_the_device_cannot_run_are_refused(fake_gpu) -> None:
         plan_benchmarks(backend, quick=True, dtypes=("fp32",))
 
 
+NO_DEVICE = "no CUDA device"
+
+
 @pytest.mark.parametrize(
-    ("settings", "device", "message"),
+    ("settings", "message"),
     [
-        ({"count_error": 35}, 0, "cudaErrorInsufficientDriver"),
-        ({"count_error": 100}, 0, "no CUDA-capable GPU is visible"),
-        ({"count_error": 999}, 0, "cudaErrorUnknown"),
-        ({"devices": 0}, 0, "CuPy sees no CUDA device"),
-        ({"devices": 2}, 3, "device = 3: 2 GPU"),
+        # No driver at all: the runtime says cudaErrorInsufficientDriver, the driver version 0.
+        ({"count_error": 35, "driver": 0}, "no CUDA device (no NVIDIA driver is installed)"),
+        ({"count_error": 35, "driver": None}, "no CUDA device (no NVIDIA driver is installed)"),
+        ({"count_error": 100}, "no CUDA device (cudaErrorNoDevice)"),
+        ({"devices": 0}, "no CUDA device (CuPy sees 0 GPUs)"),
+        (
+            {"count_error": 35, "driver": 11080, "runtime": 12040},
+            "the NVIDIA driver supports CUDA 11.8, older than CuPy's CUDA runtime 12.4",
+        ),
+        ({"count_error": 999}, "CUDA error while opening the GPU: cudaErrorUnknown"),
     ],
 )
-def test_gpu_errors_are_one_line_naming_the_fix(fake_gpu, settings, device, message) -> None:
+def test_no_usable_gpu_is_one_line_saying_why(fake_gpu, settings, message) -> None:
     fake_gpu(**settings)
-    with pytest.raises(UserError, match=message) as err:
-        open_backend("cupy", device=device)
-    assert "\n" not in str(err.value)
-    if device == 0:
-        assert "the numpy backend" in str(err.value)
+    with pytest.raises(NoUsableGpu, match=re.escape(message)) as err:
+        open_backend("cupy")
+    text = str(err.value)
+    assert "\n" not in text and text.startswith("no usable GPU: ")
+    assert text.endswith("or measure the CPU with the numpy backend")
+    assert (NO_DEVICE in text) != ("driver supports" in text or "CUDA error" in text)
+    assert err.value.message("--backend numpy").endswith("the CPU with --backend numpy")
+
+
+def test_device_index_beyond_the_machine_is_refused(fake_gpu) -> None:
+    fake_gpu(devices=2)
+    with pytest.raises(UserError, match="device = 3: this machine has 2 GPU"):
+        open_backend("cupy", device=3)
 
 
 def test_missing_cupy_names_the_extra_and_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy -> ImportError
-    with pytest.raises(UserError, match="CuPy is not installed") as err:
+    with pytest.raises(NoUsableGpu, match="CuPy is not installed") as err:
         open_backend("cupy")
     assert "pip install 'tokenfleet[gpu]'" in str(err.value)
     assert "the numpy backend" in str(err.value)
 
 
-def test_auto_falls_back_to_the_cpu_only_with_a_note(fake_gpu) -> None:
-    fake_gpu(count_error=35)
-    backend, note = open_backend("auto")
-    assert backend.name == "numpy" and backend.info.kind == "cpu"
-    assert "cudaErrorInsufficientDriver" in note and "CPU" in note
-    fake_gpu()
-    backend, note = open_backend("auto")
-    assert backend.name == "cupy" and note is None
+def test_cupy_that_fails_to_load_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CuPy installed but its CUDA libraries missing: not "not installed"."""
+    real_import = builtins.__import__
+
+    def failing_import(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "cupy":
+            missing = "libcudart.so.12: cannot open shared object file"
+            raise ImportError(missing, name="cupy_backends")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "cupy", raising=False)
+    monkeypatch.setattr(builtins, "__import__", failing_import)
+    with pytest.raises(NoUsableGpu, match=r"CuPy failed to load \(libcudart.so.12"):
+        open_backend("cupy")
 
 
-def test_cli_never_falls_back_when_cupy_is_asked_for(monkeypatch, runner, tmp_path) -> None:
-    monkeypatch.setitem(sys.modules, "cupy", None)
+@pytest.mark.parametrize(
+    ("backend", "settings", "message"),
+    [
+        ([], None, "no usable GPU: CuPy is not installed"),
+        ([], {"count_error": 35, "driver": 0}, "no usable GPU: no CUDA device (no NVIDIA driver"),
+        (["--backend", "cupy"], {"devices": 0}, "no usable GPU: no CUDA device"),
+        (["--device", "3"], {"devices": 1}, "device = 3: this machine has 1 GPU(s)"),
+    ],
+)
+def test_cli_never_measures_the_cpu_unless_asked(
+    monkeypatch, fake_gpu, runner, tmp_path, backend, settings, message
+) -> None:
+    """The default backend is the GPU: without one it stops in one line naming --backend
+    numpy, and measures nothing (the CPU included)."""
+    if settings is None:
+        monkeypatch.setitem(sys.modules, "cupy", None)
+    else:
+        fake_gpu(**settings)
+    measured = []
+    monkeypatch.setattr("tokenfleet.calibrate.microbench.run_microbenchmarks", measured.append)
     out = tmp_path / "p.toml"
-    result = runner.invoke(cli, ["calibrate", "--backend", "cupy", "--quick", "--out", str(out)])
-    assert result.exit_code == 2
-    assert result.output.count("\n") == 1 and "CuPy is not installed" in result.output
-    assert list(tmp_path.iterdir()) == []
+    result = runner.invoke(cli, ["calibrate", *backend, "--quick", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert result.stdout == "" and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"error: {message}")
+    if message.startswith("no usable GPU"):
+        assert result.stderr.rstrip().endswith("or measure the CPU with --backend numpy")
+        assert "older" not in result.stderr
+    assert measured == [] and list(tmp_path.iterdir()) == []
 
 
 def test_fake_gpu_calibration_recovers_the_programmed_curve(fake_gpu) -> None:
     """Events -> rows -> fit: the fitted curve is the one the fake device runs at."""
     gpu = fake_gpu(peak_tflops=0.8 * 312.0, m_half=64.0, bandwidth_gb_s=1800.0)
-    backend, _ = open_backend("cupy")
+    backend = open_backend("cupy")
     plan = plan_benchmarks(backend, quick=True, shapes=(GemmShape("s", 512, 512),))
     result = run_microbenchmarks(backend, plan)
     assert {r["kind"] for r in result.rows} == {"gemm", "memory", "launch"}
@@ -355,6 +406,10 @@ def test_fake_gpu_calibration_recovers_the_programmed_curve(fake_gpu) -> None:
     assert profile.gemm_eff_max == pytest.approx(0.8, rel=1e-3)
     assert profile.gemm_half_tokens == pytest.approx(64.0, rel=1e-3)
     assert profile.bw_eff == pytest.approx(1800.0 / 2039.0, rel=1e-3)
+    # A bf16 curve against the datasheet: the tensor peak is the datasheet's, no fp32 figure.
+    assert (profile.peak_tflops_bf16, profile.peak_tflops_fp32) == (312.0, 0.0)
+    assert cal.summary["coefficients"]["peak_tflops_bf16"]["source"] == "datasheet: --gpu a100-80gb"
+    assert cal.poor_fits == [] and "poor_fits" not in cal.meta
     launch = cal.meta["measured"]["kernel_launch_us"]
     assert launch == pytest.approx(gpu.launch_s * 1e6)
     assert cal.meta["kind"] == "gpu" and cal.meta["device"]["name"] == gpu.name
@@ -363,7 +418,7 @@ def test_fake_gpu_calibration_recovers_the_programmed_curve(fake_gpu) -> None:
 
 def test_nccl_all_reduce_spans_every_gpu(fake_gpu) -> None:
     gpu = fake_gpu(devices=2)
-    backend, _ = open_backend("cupy")
+    backend = open_backend("cupy")
     plan = plan_benchmarks(backend, quick=True, shapes=(GemmShape("s", 64, 64),))
     result = run_microbenchmarks(backend, plan)
     rows = [r for r in result.rows if r["kind"] == "allreduce"]
@@ -378,7 +433,7 @@ def test_small_weights_rotate_through_copies_larger_than_the_cache(fake_gpu) -> 
     """A weight matrix that fits in L2 would be read from cache; the backend cycles through
     copies that together cover twice the L2, as a model's weights stream from HBM."""
     gpu = fake_gpu()
-    backend, _ = open_backend("cupy")
+    backend = open_backend("cupy")
     weight_bytes = 1024 * 1024 * 2
     run = backend.gemm("fp16", 4, 1024, 1024)  # 2 MiB of weights against a 50 MiB L2
     for _ in range(120):

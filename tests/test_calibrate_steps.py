@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import MEASURED
@@ -60,8 +61,12 @@ def test_fit_steps_cli_writes_a_profile_whose_engine_is_the_fit(runner, tmp_path
     assert profile.engine.name == "fit-splitwise-a100-llama2-bloom"
     for key in (*DATASHEET_KEYS, *COEFFICIENT_KEYS):  # the hardware is not bent
         assert getattr(profile, key) == getattr(A100, key), key
-    points = pq.read_table(tmp_path / "sw.steps-fit.parquet").to_pylist()
+    table = pq.read_table(tmp_path / "sw.steps-fit.parquet")
+    for column in ("prefill_tokens", "decode_seqs", "tp"):  # counts are integers
+        assert table.schema.field(column).type == pa.int64(), column
+    points = table.to_pylist()
     assert len(points) == len(summary["points"]) == 128
+    assert profile.meta["base_kind"] == "gpu" and not profile.measured_on_cpu
     # StepTime on the written profile reproduces the "after" column.
     row = next(p for p in points if p["point"] == "llama2-70b tp8, prefill 1x2048")
     step = StepTime(get_model("llama-2-70b"), profile, tp=8)
@@ -142,6 +147,8 @@ def test_generic_step_log_with_column_mapping(runner, tmp_path) -> None:
          "a step does some work"),
         ("prefill_tokens,decode_seqs,decode_context_tokens,step_ms\n0,4,400,abc\n", [],
          "column 'step_ms' must be numeric"),
+        ("prefill_tokens,decode_seqs,decode_context_tokens,step_ms\n0,2.5,400,9\n", [],
+         "column 'decode_seqs', row 1: got 2.5, expected a whole sequence count >= 0"),
         ("prefill_tokens,decode_seqs,decode_context_tokens,step_ms\n0,4,400,9\n",
          ["--columns", "step_ms=nope"], "no column 'nope'"),
         ("model,prefill_tokens,decode_seqs,decode_context_tokens,step_ms\nllama-3.1-8b,0,4,400,9\n",

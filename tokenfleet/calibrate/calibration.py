@@ -3,8 +3,9 @@ datasheet (`datasheet.choose_datasheet`), and write the profile TOML with its ra
 beside it.
 
 Efficiencies are relative to a datasheet peak. Without a datasheet (a CPU, or a GPU no built-in
-profile describes and whose architecture we cannot derive) the peaks are the fitted asymptotes
-and the efficiencies are 1; the profile says so in [meta].
+profile describes and whose architecture we cannot derive) the GEMM peak is the best measured
+point and the bandwidth the fitted streaming rate, the efficiencies fitted relative to them;
+the profile says so in [meta]. A fit whose R² is below MIN_FIT_R2 is listed in `poor_fits`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ from tokenfleet.calibrate.microbench import BenchResult
 from tokenfleet.hardware.profile import COEFFICIENT_KEYS, GpuProfile, save_profile
 
 NOISY_SPREAD = 0.2  # repeats this far apart make a point suspect
+# R² of log time below which a fit is poor: the CLI refuses to write it unless told to. 30 real
+# NumPy calibrations (19 --quick, 9 --quick --model llama-3.1-8b, 2 full) on a 2-core host at
+# load average 4-6 gave GEMM fits of R² 0.30-0.98 (points slowed by other processes, and the
+# GEMV path at M = 1 beating the curve) and read fits of -11.7-1.0: five sizes spanning 4x
+# leave little spread to explain. 0.2 passes every GEMM fit and 28 of the 30 read fits; the
+# other two read 4x the bytes in 1.2x and 1.7x the time, measuring the contention, not the
+# memory. The fit that must not pass explained nothing: R² 0.0024, residuals of 560%.
+MIN_FIT_R2 = 0.2
 
 
 @dataclass
@@ -47,6 +56,7 @@ class Calibration:
     summary: dict[str, Any]
     table: pa.Table
     notes: list[str] = field(default_factory=list)
+    poor_fits: list[str] = field(default_factory=list)  # fits below MIN_FIT_R2, in phrases
 
 
 def build_calibration(
@@ -70,14 +80,14 @@ def build_calibration(
     bw = fit_read_bandwidth(rows, datasheet, launch_s, notes, sources)
     gemm_fits = fit_gemm_curves(rows, datasheet, bw.peak_bw, bw.bw_eff)
     primary = gemm_fits[0]
-    peak_tflops, gemm_eff_max = profile_gemm_peak(primary, datasheet, notes, sources)
+    peaks, gemm_eff_max = profile_gemm_peak(primary, datasheet, notes, sources)
     link = fit_interconnect(rows, info, datasheet, launch_s, bw.stream_rate, notes, sources)
     attn_eff = attention_efficiency(datasheet, gemm_eff_max, sources)
     base = datasheet.base
     profile = GpuProfile(
         name=name or _default_name(info),
         description=_description(info, primary.dtype),
-        peak_tflops_bf16=round(peak_tflops, 6),
+        **{key: _round(value) for key, value in peaks.items()},
         peak_tflops_fp8=datasheet.peak_tflops_fp8,
         peak_tflops_fp4=datasheet.peak_tflops_fp4,
         hbm_gb=round(datasheet.hbm_gb, 3),
@@ -94,10 +104,13 @@ def build_calibration(
     )
     measured = _measured(rows, primary, bw, launch)
     fits = _fit_report(gemm_fits, bw, link)
-    report = _Report(measured=measured, fits=fits, sources=sources, notes=notes)
+    poor = _poor_fits(fits)
+    report = _Report(measured=measured, fits=fits, sources=sources, notes=notes, poor_fits=poor)
     meta = _meta(info, datasheet, report, quick=quick, settings=settings or {})
     summary = _summary(profile, info, datasheet, primary, bw, report)
-    return Calibration(profile=profile, meta=meta, summary=summary, table=table, notes=notes)
+    return Calibration(
+        profile=profile, meta=meta, summary=summary, table=table, notes=notes, poor_fits=poor
+    )
 
 
 @dataclass(frozen=True)
@@ -108,6 +121,16 @@ class _Report:
     fits: dict[str, Any]
     sources: dict[str, str]
     notes: list[str]
+    poor_fits: list[str]
+
+
+def _poor_fits(fits: dict[str, Any]) -> list[str]:
+    """Each fit whose curve explains too little of its measurements, as a phrase."""
+    return [
+        f"{key} R² {fit['r2']:.4f} (max residual {fit['max_residual']:.0%})"
+        for key, fit in fits.items()
+        if fit["r2"] < MIN_FIT_R2
+    ]
 
 
 def _noise_notes(rows: list[dict[str, Any]]) -> list[str]:
@@ -189,6 +212,8 @@ def _meta(
             },
             "measured": report.measured,
             "fit": report.fits,
+            "min_fit_r2": MIN_FIT_R2,
+            "poor_fits": report.poor_fits or None,
             "sources": report.sources,
             "notes": report.notes,
         }
@@ -203,8 +228,9 @@ def _summary(
     bw: Bandwidth,
     report: _Report,
 ) -> dict[str, Any]:
-    """What the command prints: measured peaks against the datasheet's, and each coefficient
-    with where it came from."""
+    """What the command prints: measured peaks against the datasheet's, and the profile's
+    compute peak and each coefficient with where it came from."""
+    peak_key = "peak_tflops_bf16" if profile.peak_tflops_bf16 > 0 else "peak_tflops_fp32"
     return {
         "profile": profile.name,
         "device": info.name,
@@ -215,7 +241,7 @@ def _summary(
             {
                 "figure": f"{primary.dtype} GEMM TFLOPS",
                 "measured": primary.best_tflops,
-                "datasheet": datasheet.peak_tflops_bf16,
+                "datasheet": datasheet.peak_tflops_bf16 if primary.dtype != "fp32" else None,
             },
             {
                 "figure": "read GB/s",
@@ -225,9 +251,10 @@ def _summary(
         ],
         "coefficients": {
             key: {"value": getattr(profile, key), "source": report.sources[key]}
-            for key in COEFFICIENT_KEYS
+            for key in (peak_key, *COEFFICIENT_KEYS)
         },
         "fit": report.fits,
+        "poor_fits": report.poor_fits,
         "measured": report.measured,
         "notes": report.notes,
     }
@@ -246,11 +273,17 @@ def write_profile_with_table(
     """Write the profile TOML and its data as `<stem>.<label>.parquet` beside it; both appear
     only if both were written (temporary files renamed at the end)."""
     out = Path(out)
-    data_path = out.with_name(f"{out.stem}.{label}.parquet")
+    data_path = table_path(out, label)
     with atomic_path(data_path) as tmp:
         pq.write_table(table, tmp)
         save_profile(profile, out, {**meta, f"{label.replace('-', '_')}_file": data_path.name})
     return data_path
+
+
+def table_path(out: str | Path, label: str) -> Path:
+    """Where the data of profile `out` goes: `<stem>.<label>.parquet` beside it."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.{label}.parquet")
 
 
 def _default_name(info: DeviceInfo) -> str:

@@ -84,9 +84,8 @@ def fit_gemm_curves(
         m, n, k, s = (
             np.array([r[c] for r in points], dtype=float) for c in ("m", "n", "k", "median_s")
         )
-        if datasheet.peak_tflops_bf16 is not None and dtype in ("bf16", "fp16"):
-            peak = datasheet.peak_tflops_bf16
-        else:  # no tensor-core datasheet figure for this dtype: relative to the best point
+        peak = _datasheet_tflops(dtype, datasheet)
+        if peak is None:  # no tensor-core datasheet figure for this dtype: its best point
             peak = float(np.max(2 * m * n * k / s)) / 1e12
         fits.append(
             fit_gemm(
@@ -99,22 +98,31 @@ def fit_gemm_curves(
 
 def profile_gemm_peak(
     primary: GemmFit, datasheet: Datasheet, notes: list[str], sources: dict[str, str]
-) -> tuple[float, float]:
-    """(peak TFLOPS, gemm_eff_max) of the profile: the datasheet's peak and the fitted
-    efficiency, or without a datasheet the fitted asymptote at efficiency 1."""
-    peak_tflops, gemm_eff_max = primary.peak_tflops, primary.gemm_eff_max
-    if datasheet.peak_tflops_bf16 is None:  # no datasheet: the asymptote is the peak
-        peak_tflops, gemm_eff_max = peak_tflops * gemm_eff_max, 1.0
-    elif gemm_eff_max >= 1.0:
-        notes.append(
-            f"{primary.dtype} GEMM reaches the datasheet's {datasheet.peak_tflops_bf16:g} TFLOPS; "
-            "gemm_eff_max capped at 1 (is the datasheet the right one? see --gpu)"
-        )
+) -> tuple[dict[str, float], float]:
+    """The profile's compute peak under the key of the dtype it is a peak of, and gemm_eff_max:
+    the fitted efficiency relative to it. A 16-bit curve gives peak_tflops_bf16; an fp32 curve
+    (a CPU) gives peak_tflops_fp32 and peak_tflops_bf16 = 0, since no 16-bit figure was
+    measured. Both stay the fit's own figures, so the profile holds what the fit reports."""
+    dtype = primary.dtype
+    key = "peak_tflops_bf16" if dtype in ("bf16", "fp16") else f"peak_tflops_{dtype}"
+    peaks = {"peak_tflops_bf16": 0.0, "peak_tflops_fp32": 0.0, key: primary.peak_tflops}
+    datasheet_peak = _datasheet_tflops(dtype, datasheet)
+    if datasheet_peak is not None:
+        versus = f"{datasheet_peak:g} TFLOPS ({datasheet.source})"
+        sources[key] = f"datasheet: {datasheet.source}"
+        if primary.gemm_eff_max >= 1.0:
+            notes.append(
+                f"{dtype} GEMM reaches the datasheet's {datasheet_peak:g} TFLOPS; "
+                "gemm_eff_max capped at 1 (is the datasheet the right one? see --gpu)"
+            )
+    else:
+        versus = f"the best measured point, {primary.peak_tflops:.4g} TFLOPS"
+        sources[key] = f"measured: the best {dtype} GEMM point (no datasheet figure for {dtype})"
     sources["gemm_eff_max"] = sources["gemm_half_tokens"] = (
-        f"fitted: {primary.quality.points} {primary.dtype} GEMM points over M "
-        f"(tokens per step), roofline with bw_eff, vs {_tflops_label(datasheet)}"
+        f"fitted: {primary.quality.points} {dtype} GEMM points over M "
+        f"(tokens per step), roofline with bw_eff, vs {versus}"
     )
-    return peak_tflops, gemm_eff_max
+    return peaks, primary.gemm_eff_max
 
 
 def fit_interconnect(
@@ -191,11 +199,10 @@ def _peak_label(hbm_tb_s: float | None) -> str:
     return f"datasheet {hbm_tb_s * 1e3:.0f} GB/s" if hbm_tb_s else "the fitted rate (no datasheet)"
 
 
-def _tflops_label(datasheet: Datasheet) -> str:
-    """What gemm_eff_max is relative to, for its source line."""
-    if datasheet.peak_tflops_bf16 is None:
-        return "the fitted asymptote (no datasheet)"
-    return f"{datasheet.peak_tflops_bf16:g} TFLOPS ({datasheet.source})"
+def _datasheet_tflops(dtype: str, datasheet: Datasheet) -> float | None:
+    """The datasheet's peak for GEMMs in `dtype`: its 16-bit tensor peak, else none (then the
+    curve is relative to its best measured point)."""
+    return datasheet.peak_tflops_bf16 if dtype in ("bf16", "fp16") else None
 
 
 def _span(values: np.ndarray, unit: str) -> str:

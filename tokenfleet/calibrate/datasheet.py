@@ -2,8 +2,9 @@
 the device's name), else peaks derived from the GPU's properties, else none (a CPU).
 
 Efficiencies are relative to a datasheet peak, so a profile measured on a GPU keeps the vendor
-figures and carries the measurement in its efficiencies; without one the peaks are the fitted
-asymptotes.
+figures and carries the measurement in its efficiencies; without one they are relative to the
+best measured GEMM point and the fitted streaming rate. A CPU is never compared with a GPU's
+datasheet: the profile would carry that GPU's link and attention figures.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 from tokenfleet.calibrate.backends.base import DeviceInfo
+from tokenfleet.errors import UserError
 from tokenfleet.hardware.profile import GpuProfile, list_profiles, load_profile
 
 # Built-in profile for a device name CuPy reports (PCIe variants differ in bandwidth, power and
@@ -44,7 +46,7 @@ class Datasheet:
     """The peaks efficiencies are relative to, and where they come from."""
 
     source: str  # "built-in a100-80gb", "device properties", "none (...)"
-    peak_tflops_bf16: float | None  # None: use the fitted asymptote
+    peak_tflops_bf16: float | None  # None: relative to the best measured point
     hbm_tb_s: float | None  # None: use the fitted streaming rate
     hbm_gb: float
     link_gb_s: float | None
@@ -57,11 +59,17 @@ class Datasheet:
 def choose_datasheet(info: DeviceInfo, base: str | None) -> Datasheet:
     """`base` (a built-in name or profile path) if given; else the built-in matching the GPU's
     name; else peaks derived from the GPU's properties; a CPU has no datasheet."""
+    if info.kind == "cpu" and base is not None:
+        raise UserError(
+            f"gpu = {base}: a CPU measurement is not compared with a GPU's datasheet (the "
+            "profile would carry that GPU's link and attention figures); leave it out"
+        )
     if base is not None:
         return _from_profile(load_profile(base), f"--gpu {base}")
     if info.kind == "cpu":
         return Datasheet(
-            source="none: a CPU has no datasheet here, peaks are the fitted asymptotes",
+            source="none: a CPU has no datasheet here, peaks are the best measured point and "
+            "the fitted streaming rate",
             peak_tflops_bf16=None,
             hbm_tb_s=None,
             hbm_gb=info.memory_bytes / 1e9,

@@ -92,7 +92,14 @@ def model_gemm_shapes(model: ModelSpec, tp: int) -> tuple[GemmShape, ...]:
     """The per-layer weight GEMMs of a transformer, sharded over `tp` GPUs the way Megatron-style
     tensor parallelism splits them (QKV and gate/up by columns, O and down by rows). For an MoE
     the routed expert's FFN is measured (what a token multiplies); for MLA the query up-projection
-    stands for the attention input GEMMs."""
+    stands for the attention input GEMMs. A `tp` that cannot shard the heads is refused, as
+    StepTime refuses it: a profile measured at shapes no deployment has prices nothing."""
+    if tp < 1 or model.n_heads % tp:
+        divisors = ", ".join(str(d) for d in range(1, model.n_heads + 1) if model.n_heads % d == 0)
+        raise UserError(
+            f"tp = {tp} does not divide {model.name}'s {model.n_heads} attention heads; "
+            f"choose one of {divisors}"
+        )
     h = model.hidden_size
     if model.is_mla:
         qk = model.qk_nope_head_dim + model.qk_rope_head_dim
@@ -129,11 +136,21 @@ def plan_benchmarks(
     uses smaller squares and a time budget per point so --quick stays well under a minute."""
     gpu = backend.info.kind == "gpu"
     dtypes = tuple(backend.check_dtypes(list(dtypes or backend.default_gemm_dtypes)))
+    twice = [d for d in dict.fromkeys(dtypes) if dtypes.count(d) > 1]
+    if twice:
+        raise UserError(f"dtypes = {','.join(dtypes)}: {twice[0]} is listed twice")
+    # The first dtype's curve becomes the profile's, its peak stored under the dtype's own key.
     if gpu and dtypes[0] not in ("bf16", "fp16"):
         raise UserError(
             f"dtypes = {','.join(dtypes)}: the profile's GEMM curve is the first dtype's and is "
             "relative to the bf16 tensor peak, so list bf16 or fp16 first (other dtypes are "
             "measured and reported too)"
+        )
+    if not gpu and dtypes[0] != "fp32":
+        raise UserError(
+            f"dtypes = {','.join(dtypes)}: the profile's GEMM curve is the first dtype's and its "
+            "peak is stored as peak_tflops_fp32, so list fp32 first (other dtypes are measured "
+            "and reported too)"
         )
     if shapes is None:
         sides = (4096, 8192) if gpu else ((1024,) if quick else (1024, 2048))

@@ -78,11 +78,13 @@ def read_step_log(
     frame = _select(path, frame, "model", model)
     frame = _select(path, frame, "tp", tp)
     _validate(path, frame)
-    return _fold(path, frame)
+    return _fold(path, frame if "phase" in frame.columns else _tag_phase(frame))
 
 
 def _read_frame(path: Path) -> pl.DataFrame:
     """The file as a frame: a steps file is .csv or .parquet."""
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory; give a .csv or .parquet steps file")
     if not path.is_file():
         raise UserError(f"{path}: steps file not found")
     try:
@@ -96,7 +98,7 @@ def _read_frame(path: Path) -> pl.DataFrame:
 
 
 def _map_columns(path: Path, frame: pl.DataFrame, mapping: dict[str, str]) -> pl.DataFrame:
-    """Rename mapped columns to the step names, check none is missing, tag each step's phase."""
+    """Rename mapped columns to the step names and check none is missing."""
     known = STEP_COLUMNS + OPTIONAL_STEP_COLUMNS
     for out, src in mapping.items():
         if out not in known:
@@ -113,6 +115,11 @@ def _map_columns(path: Path, frame: pl.DataFrame, mapping: dict[str, str]) -> pl
             f"{path}: missing column {missing[0]!r} (found: {', '.join(frame.columns)}; "
             f"map one with {missing[0]}=NAME in the column mapping, or use the splitwise format)"
         )
+    return frame.select([c for c in known if c in frame.columns])
+
+
+def _tag_phase(frame: pl.DataFrame) -> pl.DataFrame:
+    """Each step's phase from what it did (once the counts are known to be numbers)."""
     phase = (
         pl.when(pl.col("decode_seqs") == 0)
         .then(pl.lit("prefill"))
@@ -120,7 +127,7 @@ def _map_columns(path: Path, frame: pl.DataFrame, mapping: dict[str, str]) -> pl
         .then(pl.lit("decode"))
         .otherwise(pl.lit("mixed"))
     )
-    return frame.select([c for c in known if c in frame.columns]).with_columns(phase.alias("phase"))
+    return frame.with_columns(phase.alias("phase"))
 
 
 def _splitwise_to_steps(path: Path, frame: pl.DataFrame) -> pl.DataFrame:
@@ -187,18 +194,24 @@ def _validate(path: Path, frame: pl.DataFrame) -> None:
     """Refuse non-numeric or out-of-range values, naming the first bad row."""
     if frame.height == 0:
         raise UserError(f"{path}: no step rows")
+
+    def whole(column: str) -> pl.Expr:
+        return (pl.col(column) >= 0) & (pl.col(column) == pl.col(column).round(0))
+
     checks = [
         ("step_ms", pl.col("step_ms") > 0, "a time > 0 ms"),
-        ("prefill_tokens", pl.col("prefill_tokens") >= 0, "a token count >= 0"),
-        ("decode_seqs", pl.col("decode_seqs") >= 0, "a sequence count >= 0"),
-        ("decode_context_tokens", pl.col("decode_context_tokens") >= 0, "a token count >= 0"),
+        ("prefill_tokens", whole("prefill_tokens"), "a whole token count >= 0"),
+        ("decode_seqs", whole("decode_seqs"), "a whole sequence count >= 0"),
+        ("decode_context_tokens", whole("decode_context_tokens"), "a whole token count >= 0"),
         (
             "prefill_tokens",
             (pl.col("prefill_tokens") > 0) | (pl.col("decode_seqs") > 0),
             "prefill_tokens or decode_seqs > 0 (a step does some work)",
         ),
-        ("tp", pl.col("tp") >= 1, "an integer >= 1"),
+        ("tp", whole("tp") & (pl.col("tp") >= 1), "an integer >= 1"),
     ]
+    if "prefill_seqs" in frame.columns:
+        checks.append(("prefill_seqs", whole("prefill_seqs"), "a whole sequence count >= 0"))
     if "prefill_attn_pairs" in frame.columns:
         checks.append(("prefill_attn_pairs", pl.col("prefill_attn_pairs") >= 0, "a count >= 0"))
     for column, ok, expected in checks:

@@ -5,32 +5,42 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import click
 
 from tokenfleet.cli.options import progress_enabled, quiet_option
-from tokenfleet.errors import UserError
+from tokenfleet.errors import UserError, notify
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 
 # Options of the measurement run (they must not precede `fit-steps`).
-_RUN_OPTIONS = ("backend", "device", "model", "tp", "dtypes", "base", "name", "quick", "out")
+_RUN_OPTIONS = (
+    "backend", "device", "model", "tp", "dtypes", "base", "name", "quick", "accept_poor_fit", "out"
+)  # fmt: skip
 
 
 @click.group(invoke_without_command=True)
 @click.option(
     "--backend",
-    type=click.Choice(["auto", "cupy", "numpy"]),
-    default="auto",
+    type=click.Choice(["cupy", "numpy"]),
+    default="cupy",
     show_default=True,
-    help="cupy: a CUDA GPU; numpy: the CPU; auto: CuPy when a GPU answers, else NumPy.",
+    help="cupy: a CUDA GPU (without one: an error, never the CPU); numpy: the CPU, labelled so.",
 )
-@click.option("--device", type=int, default=0, show_default=True, help="GPU index (cupy).")
+@click.option(
+    "--device", type=click.IntRange(min=0), default=0, show_default=True, help="GPU index (cupy)."
+)
 @click.option(
     "--model", default=None, help="Sweep this model's layer GEMM shapes (default: squares)."
 )
-@click.option("--tp", type=int, default=None, help="Tensor parallelism for --model's shapes.")
+@click.option(
+    "--tp",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tensor parallelism for --model's shapes (it must divide the attention heads).",
+)
 @click.option(
     "--dtype",
     "dtypes",
@@ -44,22 +54,29 @@ _RUN_OPTIONS = ("backend", "device", "model", "tp", "dtypes", "base", "name", "q
     "base",
     default=None,
     help="Built-in profile (or .toml) whose datasheet peaks to compare against "
-    "(default: the one matching the device name).",
+    "(default: the one matching the device name; GPU only).",
 )
 @click.option("--name", default=None, help="Profile name (default: measured-<device>).")
 @click.option("--quick", is_flag=True, help="Fewer sizes and repeats: well under a minute.")
+@click.option(
+    "--accept-poor-fit",
+    is_flag=True,
+    help="Write the profile even if a fit's R² is below the threshold (with a warning).",
+)
 @click.option("--out", type=click.Path(), help="Profile TOML to write (required unless fit-steps).")
 @json_option
 @quiet_option
 @click.pass_context
-def calibrate(ctx, backend, device, model, tp, dtypes, base, name, quick, out, as_json, quiet):
-    """Measure this machine's GPU (or CPU) and write a hardware profile TOML with the raw
-    measurements beside it as <out>.measurements.parquet."""
+def calibrate(
+    ctx, backend, device, model, tp, dtypes, base, name, quick, accept_poor_fit, out, as_json, quiet
+):
+    """Measure this machine's GPU (or, with --backend numpy, its CPU) and write a hardware
+    profile TOML with the raw measurements beside it as <out>.measurements.parquet."""
+    given = [p for p in _RUN_OPTIONS if ctx.get_parameter_source(p).name != "DEFAULT"]
     if ctx.invoked_subcommand is not None:
-        given = [p for p in _RUN_OPTIONS if ctx.get_parameter_source(p).name != "DEFAULT"]
         if given:
             raise click.UsageError(
-                f"--{given[0].rstrip('s')} belongs to the measurement run, not to "
+                f"--{_flag(given[0])} belongs to the measurement run, not to "
                 f"{ctx.invoked_subcommand}; put the subcommand's options after it"
             )
         return
@@ -67,8 +84,18 @@ def calibrate(ctx, backend, device, model, tp, dtypes, base, name, quick, out, a
         raise click.UsageError("--out PROFILE.toml is required")
     if tp is not None and model is None:
         raise click.UsageError("--tp shards --model's layer shapes; give --model too")
-    from tokenfleet.calibrate.backends import open_backend
-    from tokenfleet.calibrate.calibration import build_calibration, write_calibration
+    if backend == "numpy" and "device" in given:
+        raise click.UsageError("--device picks a GPU; --backend numpy measures the CPU, drop it")
+    if name is not None and not name.strip():
+        raise click.UsageError("--name is empty; give the profile a name, or leave --name out")
+    from tokenfleet.atomic import refuse_clobber
+    from tokenfleet.calibrate.backends import NoUsableGpu, open_backend
+    from tokenfleet.calibrate.calibration import (
+        MIN_FIT_R2,
+        build_calibration,
+        table_path,
+        write_calibration,
+    )
     from tokenfleet.calibrate.datasheet import choose_datasheet
     from tokenfleet.calibrate.microbench import (
         model_gemm_shapes,
@@ -77,21 +104,25 @@ def calibrate(ctx, backend, device, model, tp, dtypes, base, name, quick, out, a
     )
 
     _check_writable(out)
+    refuse_clobber(
+        {"--out": out, "measurements": table_path(out, "measurements")},
+        {"--model": model, "--gpu": base},
+    )
+    dtype_list = _dtype_list(dtypes)
     shapes = None
     if model is not None:
         from tokenfleet.models import get_model
 
-        if (tp or 1) < 1:
-            raise click.UsageError("--tp must be >= 1")
         shapes = model_gemm_shapes(get_model(model), tp or 1)
-    chosen, note = open_backend(backend, device)
-    dtype_list = tuple(d.strip() for d in dtypes.split(",") if d.strip()) if dtypes else None
+    try:
+        chosen = open_backend(backend, device)
+    except NoUsableGpu as err:
+        raise UserError(err.message("--backend numpy")) from None
     plan = plan_benchmarks(chosen, quick=quick, dtypes=dtype_list, shapes=shapes)
     datasheet = choose_datasheet(chosen.info, base)
-    if note and not as_json:
-        click.echo(f"note: {note}", err=True)
     result = run_microbenchmarks(chosen, plan, progress=progress_enabled(quiet))
-    settings = {"model": model, "tp": tp, "dtypes": list(plan.dtypes), "device": device}
+    settings = {"model": model, "tp": tp, "dtypes": list(plan.dtypes)}
+    settings["device"] = device if backend == "cupy" else None  # a CPU has no device index
     cal = build_calibration(
         chosen.info,
         result,
@@ -100,12 +131,25 @@ def calibrate(ctx, backend, device, model, tp, dtypes, base, name, quick, out, a
         quick=quick,
         settings={k: v for k, v in settings.items() if v is not None},
     )
-    measurements = write_calibration(cal, out)
+    if cal.poor_fits:
+        poor = "; ".join(cal.poor_fits)
+        if not accept_poor_fit:
+            raise UserError(
+                f"poor fit, nothing written: {poor}, below R² {MIN_FIT_R2}; the measurements do "
+                "not follow the curve (was the device busy?): rerun, or write it anyway with "
+                "--accept-poor-fit"
+            )
+        notify(f"{out}: written with a poor fit ({poor}, below R² {MIN_FIT_R2}), as asked")
+    try:
+        measurements = write_calibration(cal, out)
+    except OSError as err:
+        raise UserError(
+            f"--out {out}: cannot write ({err.strerror or err}); choose another path"
+        ) from None
     summary = {
         **cal.summary,
         "wall_s": result.wall_s,
         "peak_memory_bytes": chosen.peak_memory_bytes(),
-        "auto_note": note,
         "profile_file": str(out),
         "measurements_file": str(measurements),
     }
@@ -115,8 +159,26 @@ def calibrate(ctx, backend, device, model, tp, dtypes, base, name, quick, out, a
     _print_calibration(summary)
 
 
+def _flag(param: str) -> str:
+    """The command-line spelling of a run option's parameter name."""
+    return {"dtypes": "dtype", "base": "gpu"}.get(param, param).replace("_", "-")
+
+
+def _dtype_list(dtypes: str | None) -> tuple[str, ...] | None:
+    """--dtype's comma-separated list (None: the backend's default)."""
+    if dtypes is None:
+        return None
+    listed = tuple(d.strip() for d in dtypes.split(","))
+    if not all(listed):
+        raise click.UsageError(
+            f"--dtype {dtypes!r}: give one or more dtypes separated by commas, e.g. bf16,fp16"
+        )
+    return listed
+
+
 def _check_writable(out: str | Path) -> None:
-    """Refuse an output path before minutes of benchmarking, not after."""
+    """Refuse an output path before minutes of benchmarking, not after: a file is created and
+    removed in its directory, since a directory may look writable and refuse files (/proc)."""
     out = Path(out)
     if out.suffix != ".toml":
         raise UserError(f"--out {out}: a profile is TOML, name it something.toml")
@@ -127,6 +189,14 @@ def _check_writable(out: str | Path) -> None:
         raise UserError(f"--out {out}: directory {parent} is not writable; choose another path")
     if out.is_dir():
         raise UserError(f"--out {out}: is a directory; give a file name ending in .toml")
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{out.name}.probe-"):
+            pass
+    except OSError as err:
+        raise UserError(
+            f"--out {out}: cannot create a file in {parent} ({err.strerror or err}); "
+            "choose another path"
+        ) from None
 
 
 def _print_calibration(s: dict) -> None:
@@ -167,8 +237,19 @@ def _print_calibration(s: dict) -> None:
 @click.argument("steps", type=click.Path())
 @click.option("--gpu", required=True, help="Base hardware profile: a built-in name or a .toml.")
 @click.option("--model", default=None, help="Model (selects rows if the file has a model column).")
-@click.option("--tp", type=int, default=None, help="Tensor parallelism (selects rows likewise).")
-@click.option("--dtype", default="bf16", show_default=True, help="Weight dtype of the engine.")
+@click.option(
+    "--tp",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tensor parallelism (selects rows likewise).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["bf16", "fp16", "fp8", "fp4", "int4"]),
+    default="bf16",
+    show_default=True,
+    help="Weight dtype of the engine.",
+)
 @click.option(
     "--engine",
     default=None,
@@ -178,6 +259,7 @@ def _print_calibration(s: dict) -> None:
 @click.option(
     "--format",
     "fmt",
+    type=click.Choice(["auto", "steps", "splitwise"]),
     default="auto",
     show_default=True,
     help="steps (one row per step) or splitwise (Splitwise perf-model CSV); auto detects.",
@@ -194,6 +276,8 @@ def _print_calibration(s: dict) -> None:
 def fit_steps(steps, gpu, model, tp, dtype, engine, name, fmt, columns, out, as_json) -> None:
     """Fit an engine's overheads to measured step times in STEPS (.csv or .parquet); the GPU's
     peaks and efficiencies stay the base profile's."""
+    from tokenfleet.atomic import refuse_clobber
+    from tokenfleet.calibrate.calibration import table_path
     from tokenfleet.calibrate.fit_steps import (
         default_engine_name,
         error_summary,
@@ -203,7 +287,13 @@ def fit_steps(steps, gpu, model, tp, dtype, engine, name, fmt, columns, out, as_
     from tokenfleet.calibrate.step_log import read_step_log
     from tokenfleet.hardware.profile import load_engine, load_profile
 
+    if name is not None and not name.strip():
+        raise click.UsageError("--name is empty; give the engine a name, or leave --name out")
     _check_writable(out)
+    refuse_clobber(
+        {"--out": out, "points file": table_path(out, "steps-fit")},
+        {"STEPS": steps, "--gpu": gpu, "--engine": engine, "--model": model},
+    )
     profile = load_profile(gpu)
     base = load_engine(engine or profile.default_engine, profile)
     log = read_step_log(steps, fmt=fmt, columns=columns, model=model, tp=tp)

@@ -17,6 +17,9 @@ Profile TOML (what the built-ins use and what `tokenfleet calibrate` writes)::
     peak_tflops_bf16 = 312.0            # BF16/FP16 tensor TFLOPS
     peak_tflops_fp8 = 0.0               # 0 = no FP8 tensor cores (fp8 weights computed in bf16)
     peak_tflops_fp4 = 0.0               # 0 = no FP4 tensor cores
+    peak_tflops_fp32 = 0.0              # optional: fp32 TFLOPS; a device without 16-bit tensor
+                                        # cores (a CPU) has peak_tflops_bf16 = 0 and computes
+                                        # 16-bit weights at this peak
     hbm_gb = 80.0                       # memory capacity as the vendor states it; these
                                         # "GB" are binary (an 80 GB A100 has 81,920 MiB)
     hbm_tb_s = 2.039                    # memory bandwidth, TB/s
@@ -96,6 +99,8 @@ DATASHEET_KEYS = (
     "link_gb_s",
     "tdp_w",
 )
+# Optional datasheet peaks and their defaults (0: not given).
+OPTIONAL_DATASHEET = {"peak_tflops_fp32": 0.0}
 # The hardware coefficients StepTime uses and calibrate fits; fractions must lie in (0, 1].
 COEFFICIENT_KEYS = (
     "gemm_eff_max",
@@ -156,6 +161,7 @@ class GpuProfile:
     allreduce_latency_us: float
     sustained_clock_frac: float = 1.0
     boost_window_s: float = 0.0
+    peak_tflops_fp32: float = 0.0
     description: str = ""
     default_engine: str = "vllm-v1"
     # A typical on-demand rent per GPU-hour (its source beside it in the profile); 0: none
@@ -176,7 +182,16 @@ class GpuProfile:
             return self.peak_tflops_fp4 * 1e12
         if dtype == "fp8" and self.peak_tflops_fp8 > 0:
             return self.peak_tflops_fp8 * 1e12
-        return self.peak_tflops_bf16 * 1e12  # bf16/fp16, and weight-only quantisation
+        if self.peak_tflops_bf16 > 0:
+            return self.peak_tflops_bf16 * 1e12  # bf16/fp16, and weight-only quantisation
+        return self.peak_tflops_fp32 * 1e12  # no 16-bit tensor cores (a CPU): fp32 it is
+
+    @property
+    def measured_on_cpu(self) -> bool:
+        """Whether `tokenfleet calibrate` measured this profile on a CPU (its [meta] says so, or
+        for an engine fit its base profile's did): its figures then describe a CPU, not a GPU."""
+        meta = self.meta or {}
+        return meta.get("kind") == "cpu" or meta.get("base_kind") == "cpu"
 
     def gemm_eff(self, tokens: float) -> float:
         """GEMM fraction of peak at `tokens` rows: small steps fill the tensor cores poorly."""
@@ -234,21 +249,28 @@ def _profile_from_table(doc: dict, where: str) -> GpuProfile:
     if doc["format"] != PROFILE_FORMAT:
         raise UserError(f"{where}: key 'format' must be {PROFILE_FORMAT!r}, got {doc['format']!r}")
     values: dict[str, float] = {}
-    optional = tuple(OPTIONAL_COEFFICIENTS)
-    for section, keys in (("datasheet", DATASHEET_KEYS), ("coefficients", COEFFICIENT_KEYS)):
+    for section, keys, optional in (
+        ("datasheet", DATASHEET_KEYS, tuple(OPTIONAL_DATASHEET)),
+        ("coefficients", COEFFICIENT_KEYS, tuple(OPTIONAL_COEFFICIENTS)),
+    ):
         table = doc[section]
         if not isinstance(table, dict):
             raise UserError(f"{where}: key {section!r} must be a table [{section}]")
-        allowed = (*keys, *optional) if section == "coefficients" else keys
+        allowed = (*keys, *optional)
         _check_keys(table, allowed, keys, f"{where} [{section}]")
         values.update({k: _number(table, k, f"{where} [{section}]") for k in allowed if k in table})
-    values = {**OPTIONAL_COEFFICIENTS, **values}
+    values = {**OPTIONAL_DATASHEET, **OPTIONAL_COEFFICIENTS, **values}
     for key in FRACTION_KEYS:
         if not 0 < values[key] <= 1:
             raise UserError(
                 f"{where} [coefficients]: key {key!r} must be in (0, 1], got {values[key]}"
             )
-    for key in ("peak_tflops_bf16", "hbm_gb", "hbm_tb_s", "link_gb_s"):
+    if values["peak_tflops_bf16"] <= 0 and values["peak_tflops_fp32"] <= 0:
+        raise UserError(
+            f"{where} [datasheet]: key 'peak_tflops_bf16' must be > 0 "
+            "(or 0 with peak_tflops_fp32 > 0: a device without 16-bit tensor cores)"
+        )
+    for key in ("hbm_gb", "hbm_tb_s", "link_gb_s"):
         if values[key] <= 0:
             raise UserError(f"{where} [datasheet]: key {key!r} must be > 0")
     engine = None
@@ -344,7 +366,10 @@ def profile_to_table(profile: GpuProfile, meta: dict[str, Any] | None = None) ->
             if profile.rent_usd_per_gpu_hour
             else {}
         ),
-        "datasheet": {k: getattr(profile, k) for k in DATASHEET_KEYS},
+        "datasheet": {
+            **{k: getattr(profile, k) for k in DATASHEET_KEYS},
+            **{k: getattr(profile, k) for k in OPTIONAL_DATASHEET if getattr(profile, k) > 0},
+        },
         "coefficients": {
             k: getattr(profile, k) for k in (*COEFFICIENT_KEYS, *OPTIONAL_COEFFICIENTS)
         },

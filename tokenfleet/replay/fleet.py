@@ -201,6 +201,8 @@ def _add_pool(
     dtype = scenario.model.dtype
     kv_dtype = scenario.model.kv_dtype or None
     gpu = load_profile(pool.gpu)
+    if gpu.measured_on_cpu:  # a CPU profile is legitimate input, but never silently a GPU
+        notify(f"pool {pool.name!r}: gpu = {pool.gpu} describes a CPU (calibrated with NumPy)")
     step_time = StepTime(model, gpu, pool.tp, dtype, kv_dtype, pool.engine or None)
     plan = plan_memory(
         model, gpu, pool.tp, dtype, kv_dtype, pool.gpu_memory_utilization, pool.block_size

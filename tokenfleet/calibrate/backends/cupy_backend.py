@@ -13,10 +13,6 @@ import numpy as np
 from tokenfleet.calibrate.backends.base import Backend, DeviceInfo, Kernel, Timing, wall_time
 from tokenfleet.errors import UserError
 
-GPU_INSTALL_HINT = (
-    "install CuPy with pip install 'tokenfleet[gpu]', or measure the CPU with the numpy backend"
-)
-
 # cudaError_t values we explain in words (CUDA runtime API, driver_types.h).
 CUDA_ERROR_INSUFFICIENT_DRIVER = 35
 CUDA_ERROR_NO_DEVICE = 100
@@ -212,41 +208,88 @@ def _cuda_version(code: int) -> str:
     return f"{code // 1000}.{(code % 1000) // 10}"
 
 
+class NoUsableGpu(UserError):
+    """No GPU to measure: why (`reason`) and what to do (`fix`). The message ends with the CPU
+    alternative; a front end names it its own way (`message("--backend numpy")`)."""
+
+    def __init__(self, reason: str, fix: str) -> None:
+        self.reason, self.fix = reason, fix
+        super().__init__(self.message("the numpy backend"))
+
+    def message(self, numpy_backend: str) -> str:
+        """One line: no usable GPU, why, the fix, and how to measure the CPU instead."""
+        return f"no usable GPU: {self.reason}; {self.fix}, or measure the CPU with {numpy_backend}"
+
+
+_NO_DEVICE_FIX = "check nvidia-smi and CUDA_VISIBLE_DEVICES"
+
+
 def open_cupy(device: int) -> CupyBackend:
-    """GPU `device` through CuPy; a missing CuPy, no GPU or an old driver is a UserError."""
+    """GPU `device` through CuPy. No CuPy, no CUDA device or an old driver is a NoUsableGpu;
+    a device index the machine does not have is a UserError naming the ones it has."""
     cupy = _import_cupy()
     runtime = cupy.cuda.runtime
     try:
         count = runtime.getDeviceCount()
-        if count == 0:
-            raise UserError(f"CuPy sees no CUDA device; {GPU_INSTALL_HINT}")
-        if not 0 <= device < count:
-            raise UserError(f"device = {device}: {count} GPU(s) visible, use 0..{count - 1}")
+    except runtime.CUDARuntimeError as err:
+        raise _explain_cuda_error(err, runtime) from None
+    if count == 0:
+        raise NoUsableGpu("no CUDA device (CuPy sees 0 GPUs)", _NO_DEVICE_FIX)
+    if not 0 <= device < count:
+        raise UserError(
+            f"device = {device}: this machine has {count} GPU(s), numbered 0 to {count - 1}"
+        )
+    try:
         return CupyBackend(cupy, device)
     except runtime.CUDARuntimeError as err:
-        raise UserError(_explain_cuda_error(err)) from None
+        raise _explain_cuda_error(err, runtime) from None
 
 
 def _import_cupy() -> ModuleType:
-    """CuPy (an optional extra), or a UserError saying how to install it."""
+    """CuPy (an optional extra), or a NoUsableGpu saying how to install it."""
     try:
         import cupy
     except ImportError as err:
-        reason = "CuPy is not installed" if err.name == "cupy" else f"CuPy failed to load ({err})"
-        raise UserError(f"{reason}; {GPU_INSTALL_HINT}") from None
+        if err.name == "cupy":
+            raise NoUsableGpu(
+                "CuPy is not installed", "install it with pip install 'tokenfleet[gpu]'"
+            ) from None
+        raise NoUsableGpu(
+            f"CuPy failed to load ({str(err).splitlines()[0]})",
+            "reinstall the CuPy wheel for your CUDA version (pip install 'tokenfleet[gpu]' "
+            "is CUDA 12)",
+        ) from None
     return cupy
 
 
-def _explain_cuda_error(err: Exception) -> str:
-    """One line saying what a CUDA error on opening the GPU means and how to fix it."""
+def _explain_cuda_error(err: Exception, runtime: Any) -> NoUsableGpu:
+    """What a CUDA error on opening the GPU means and how to fix it. The runtime reports a
+    machine with no NVIDIA driver at all as cudaErrorInsufficientDriver, like an old driver;
+    the driver version (0 when there is none) tells the two apart."""
     status = getattr(err, "status", None)
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
-    if status == CUDA_ERROR_INSUFFICIENT_DRIVER or "cudaErrorInsufficientDriver" in text:
-        return (
-            "the NVIDIA driver is older than CuPy's CUDA runtime (cudaErrorInsufficientDriver); "
-            "update the driver or install the CuPy wheel for its CUDA version "
-            "(pip install 'tokenfleet[gpu]' is CUDA 12), or use the numpy backend"
-        )
     if status == CUDA_ERROR_NO_DEVICE or "cudaErrorNoDevice" in text:
-        return f"no CUDA-capable GPU is visible (cudaErrorNoDevice); {GPU_INSTALL_HINT}"
-    return f"CUDA error while opening the GPU: {text}; check nvidia-smi, or use the numpy backend"
+        return NoUsableGpu("no CUDA device (cudaErrorNoDevice)", _NO_DEVICE_FIX)
+    if status == CUDA_ERROR_INSUFFICIENT_DRIVER or "cudaErrorInsufficientDriver" in text:
+        driver = _driver_version(runtime)
+        if driver is None:
+            return NoUsableGpu(
+                "no CUDA device (no NVIDIA driver is installed)",
+                "on a machine with an NVIDIA GPU, install its driver",
+            )
+        wanted = _cuda_version(runtime.runtimeGetVersion())
+        return NoUsableGpu(
+            f"the NVIDIA driver supports CUDA {driver}, older than CuPy's CUDA runtime {wanted} "
+            "(cudaErrorInsufficientDriver)",
+            f"update the driver, or install the CuPy wheel for CUDA {driver}",
+        )
+    return NoUsableGpu(f"CUDA error while opening the GPU: {text}", "check nvidia-smi")
+
+
+def _driver_version(runtime: Any) -> str | None:
+    """The CUDA version the installed driver supports, or None without a driver."""
+    try:
+        code = runtime.driverGetVersion()
+    except runtime.CUDARuntimeError:
+        return None
+    return _cuda_version(code) if code > 0 else None
