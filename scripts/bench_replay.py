@@ -179,7 +179,8 @@ def _child(trace: str, args: dict, queue) -> None:
             "output_tokens": summary["tokens"]["output"],
             "steps": summary["steps"],
             "mean_batch": summary["mean_batch"],
-            "gpu_busy_frac": summary["gpu_busy_frac"],
+            # Named gpu_busy_frac before issue 11 (a baseline checkout may be older).
+            "step_busy_frac": summary.get("step_busy_frac", summary.get("gpu_busy_frac")),
             "ttft_p50_s": summary["latency_s"]["ttft"]["p50"],
             "ttft_p99_s": summary["latency_s"]["ttft"]["p99"],
             "tpot_p50_s": summary["latency_s"]["tpot"]["p50"],
