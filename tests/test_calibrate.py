@@ -190,6 +190,11 @@ def test_cpu_profile_drives_a_replay(calibrated, runner, tmp_path) -> None:
     args[args.index("--gpu") + 1] = "a100-80gb"  # a GPU profile: no warning
     gpu = runner.invoke(cli, [*args, "--out", str(tmp_path / "gpu"), "--json", "--quiet"])
     assert gpu.exit_code == 0 and gpu.stderr == ""
+    steptime = ["steptime", "--model", model, "--gpu", str(out)]
+    table = runner.invoke(cli, steptime)
+    assert table.exit_code == 0 and table.stderr == (
+        f"warning: --gpu {out} describes a CPU (calibrated with NumPy)\n"
+    )
 
 
 def test_unwritable_out_directory_is_refused_before_measuring(runner, tmp_path, monkeypatch):

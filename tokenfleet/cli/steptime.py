@@ -84,6 +84,7 @@ def steptime(
     the replica's KV-cache capacity, and with --usd-per-gpu-hour the cost per million tokens.
     """
     from tokenfleet.atomic import atomic_path, refuse_clobber
+    from tokenfleet.errors import notify
     from tokenfleet.hardware.profile import load_profile
     from tokenfleet.models import get_model
     from tokenfleet.perf.memory import plan_memory
@@ -96,6 +97,8 @@ def steptime(
     )
     model = get_model(model_name)
     gpu = load_profile(gpu_name)
+    if gpu.measured_on_cpu:
+        notify(f"--gpu {gpu_name} describes a CPU (calibrated with NumPy)")
     st = StepTime(model, gpu, tp=tp, dtype=dtype, kv_dtype=kv_dtype, engine=engine)
     plan = plan_memory(model, gpu, tp, dtype, st.kv_dtype, gpu_memory_utilization)
     rows = steptime_sweep(st, plan.kv_capacity_tokens, usd_per_gpu_hour)
