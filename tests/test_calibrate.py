@@ -213,7 +213,7 @@ def test_cpu_profile_drives_the_steptime_command(calibrated, runner) -> None:
     model = str(out.parent / "tiny.toml")
     result = runner.invoke(cli, ["steptime", "--model", model, "--gpu", str(out), "--json", "-"])
     assert result.exit_code == 0, result.output
-    table = json.loads(result.output)
+    table = json.loads(result.stdout)
     cpu = load_profile(str(out))
     assert table["gpu"] == cpu.name
     step = StepTime(get_model(model), cpu, tp=1)

@@ -55,7 +55,7 @@ def test_fit_steps_cli_writes_a_profile_whose_engine_is_the_fit(runner, tmp_path
     args = ["calibrate", "fit-steps", str(SPLITWISE), "--gpu", "a100-80gb"]
     result = runner.invoke(cli, [*args, "--engine", "splitwise-2023", "--json", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output)
+    summary = json.loads(result.stdout)
     profile = load_profile(str(out))
     assert profile.engine is not None and profile.default_engine == profile.engine.name
     assert profile.engine.name == "fit-splitwise-a100-llama2-bloom"
@@ -122,12 +122,12 @@ def test_generic_step_log_with_column_mapping(runner, tmp_path) -> None:
          "--tp", "2", "--engine", "vllm-v1", "--columns", columns, "--json", "--out", str(out)],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    errors = json.loads(result.output)["errors"]
+    errors = json.loads(result.stdout)["errors"]
     assert errors["all"]["after_median_abs_error"] < 0.01 < errors["all"]["before_median_abs_error"]
     # One model at one tp: the all-reduce overhead is a fixed cost per step like the step
     # overhead, so it keeps the base value (here the truth) and the step overhead is exact.
     engine = load_profile(str(out)).engine
-    summary = json.loads(result.output)
+    summary = json.loads(result.stdout)
     assert "allreduce_overhead_us" in summary["held_keys"]
     assert engine.allreduce_overhead_us == base.allreduce_overhead_us
     assert engine.seq_overhead_us == pytest.approx(40.0, rel=0.05)

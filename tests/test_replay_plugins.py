@@ -99,7 +99,7 @@ def test_a_replay_runs_with_entry_point_plugins(installed, tmp_path, runner):
     args = ["replay", str(trace), "--scenario", str(scenario), "--out", str(out), "--json", "-q"]
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)
+    assert json.loads(result.stdout)
     probe = sys.modules[MODULE]
     assert probe.CALLS["pick"] == 40
     assert probe.CALLS["schedule"] > 0

@@ -82,11 +82,11 @@ def test_cli_hides_equal_figures_unless_asked(tmp_path, runner):
     b = write_run(tmp_path / "b", {"x": 1.0, "y": 3.0})
     result = runner.invoke(cli, ["compare", str(a), str(b), "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output) == [
+    assert json.loads(result.stdout) == [
         {"figure": "y", "a": 2.0, "b": 3.0, "b - a": 1.0, "b vs a %": 50.0}
     ]
     result = runner.invoke(cli, ["compare", str(a), str(b), "--json", "--all"])
-    assert [row["figure"] for row in json.loads(result.output)] == ["x", "y"]
+    assert [row["figure"] for row in json.loads(result.stdout)] == ["x", "y"]
 
 
 def test_the_table_is_aligned_with_whole_figure_names_and_the_pools_lined_up(tmp_path, runner):

@@ -57,7 +57,7 @@ def test_a_sweep_replays_each_value_and_writes_the_table(tmp_path, runner):
     args = ["frontier", str(trace), "--vary", "max_num_seqs=1,32", "--out", str(out)]
     result = runner.invoke(cli, [*args, "--jobs", "1", "--json"])
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.output)
+    rows = json.loads(result.stdout)
     assert [r["run"] for r in rows] == ["max_num_seqs=1", "max_num_seqs=32"]
     table = pl.read_parquet(out / "frontier.parquet")
     assert table["run"].to_list() == ["max_num_seqs=1", "max_num_seqs=32"]
@@ -97,7 +97,7 @@ def test_on_a_saturated_fleet_bigger_batches_are_cheaper_and_slower(tmp_path, ru
     args = ["frontier", str(trace), "--scenario", str(scenario), "--out", str(tmp_path / "fr")]
     result = runner.invoke(cli, [*args, "--vary", "max_num_seqs=2,8,32", "--jobs", "1", "--json"])
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.output)
+    rows = json.loads(result.stdout)
     costs = [r["usd_per_mtoken"] for r in rows]
     tpots = [r["tpot_p50_s"] for r in rows]
     assert costs[0] > costs[1] > costs[2]
