@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from tokenfleet.cli.main import cli
 from tokenfleet.traces.convert import convert_trace
-from tokenfleet.traces.inspect import inspect_trace, token_stats
+from tokenfleet.traces.inspect import LruPrefixCache, inspect_trace, token_stats
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,8 @@ def test_json_always_has_the_prefix_keys(runner, tmp_path):
     result = runner.invoke(cli, ["traces", "inspect", "--json", str(path)])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    for key in ("prefix_block_size", "prefix_blocks", "prefix_reuse_share"):
+    for key in ("prefix_block_size", "prefix_blocks", "prefix_reuse_share", "cache_tokens",
+                "cache_blocks", "cache_hit_share", "cache_hit_prompt_share"):  # fmt: skip
         assert key in summary and summary[key] is None
     text = runner.invoke(cli, ["traces", "inspect", str(path)])
     assert text.exit_code == 0 and "prefix reuse" not in text.stdout
@@ -109,3 +110,63 @@ def test_prefix_hashes_without_blocks(runner, tmp_path):
     result = runner.invoke(cli, ["traces", "inspect", str(path)])
     assert result.exit_code == 0, result.output
     assert "prefix reuse          n/a% of 0 blocks repeat an earlier block" in result.stdout
+
+
+def reference_lru_hits(requests: list[list[int]], capacity: int) -> int:
+    """A plain list as the LRU order (most recent last): the longest cached run from block 0
+    hits, then the request's blocks are touched last block first."""
+    order: list[int] = []
+    hits = 0
+    for blocks in requests:
+        run = 0
+        while run < len(blocks) and blocks[run] in order:
+            run += 1
+        hits += run
+        for block in reversed(blocks):
+            if block in order:
+                order.remove(block)
+            order.append(block)
+            del order[: max(len(order) - capacity, 0)]
+    return hits
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(0, 12), max_size=6), min_size=1, max_size=40),
+    st.integers(0, 15),
+)
+def test_lru_prefix_cache_matches_a_plain_reference(requests, capacity):
+    cache = LruPrefixCache(capacity)
+    got = sum(cache.request(blocks) for blocks in requests)
+    assert got == reference_lru_hits(requests, capacity)
+    assert len(cache.blocks) <= capacity
+
+
+@pytest.fixture(scope="module")
+def mooncake(tmp_path_factory):
+    path = tmp_path_factory.mktemp("inspect") / "mooncake.parquet"
+    convert_trace(TRACES / "mooncake_synthetic_trace.jsonl", path)
+    return path
+
+
+def test_lru_reuse_on_mooncake_falls_with_the_cache_and_reaches_the_unbounded_share(mooncake):
+    unbounded = inspect_trace(mooncake)
+    assert unbounded["prefix_reuse_share"] == pytest.approx(0.6396, abs=1e-4)  # the issue's 64%
+    assert unbounded["cache_tokens"] is None and unbounded["cache_hit_share"] is None
+    distinct = round(unbounded["prefix_blocks"] * (1 - unbounded["prefix_reuse_share"]))
+    shares = []
+    for tokens in (100_000, 1_000_000, 10_000_000, distinct * 512, 10**9):
+        summary = inspect_trace(mooncake, cache_tokens=tokens)
+        assert summary["cache_blocks"] == tokens // 512
+        shares.append(summary["cache_hit_share"])
+    assert shares == sorted(shares)
+    assert shares[0] < 0.05 < shares[2] < unbounded["prefix_reuse_share"]
+    assert shares[-2] == shares[-1] == pytest.approx(unbounded["prefix_reuse_share"], abs=1e-12)
+
+
+def test_cache_tokens_in_text_and_json(runner, mooncake):
+    result = runner.invoke(cli, ["traces", "inspect", str(mooncake), "--cache-tokens", "1000000"])
+    assert result.exit_code == 0, result.output
+    assert "LRU cache reuse       14.2% of blocks" in result.stdout
+    plain = runner.invoke(cli, ["traces", "inspect", str(mooncake), "--json"])
+    assert plain.exit_code == 0 and json.loads(plain.stdout)["cache_hit_prompt_share"] is None

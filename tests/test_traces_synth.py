@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
@@ -173,3 +174,181 @@ def test_parse_length_refuses_bad_parameters():
     for text in ("uniform:5,2", "fixed:0", "fixed:2.5", "lognormal:0,1", "lognormal:5", "x"):
         with pytest.raises(UserError):
             parse_length(text, "--prompt")
+
+
+def content_hashes(path) -> list[list[int]]:
+    """Each request's prefix block ids rebuilt from what the generator says a prompt is.
+
+    A prompt is the session's system prompt followed by the session's own tokens (its first
+    turns' user parts and outputs); two requests hold the same tokens up to a block's end iff
+    the block lies inside the same system prompt, or they belong to the same session.
+    """
+    table = pq.read_table(path)
+    block = int(pq.read_schema(path).metadata[b"tokenfleet.prefix_block_size"])
+    meta = json.loads(pq.read_schema(path).metadata[SYNTH_METADATA_KEY])
+    system_tokens = meta["system_prompt_tokens"] or 0
+    hashes = table.column("prefix_hashes").to_pylist()
+    sessions = (
+        table.column("session_id").to_pylist()
+        if "session_id" in table.column_names
+        else list(range(table.num_rows))  # one request per session
+    )
+    # The system prompt is not stored: name it by a request's first block (when it has one).
+    keys = []
+    for blocks, session, prompt in zip(
+        hashes, sessions, table.column("prompt_tokens").to_pylist(), strict=True
+    ):
+        assert len(blocks) == prompt // block  # only full blocks get ids
+        keys.append(
+            [
+                ("system", blocks[0], i)
+                if (i + 1) * block <= system_tokens
+                else ("session", session, i)
+                for i in range(len(blocks))
+            ]
+        )
+    return hashes, keys
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    system_prompts=st.integers(1, 6),
+    system_tokens=st.integers(1, 3000),
+    block=st.sampled_from([16, 100, 512]),
+    turns=st.sampled_from([None, "fixed:1", "uniform:1,5", "lognormal:3,0.5,8"]),
+    seed=st.integers(0, 2**32),
+)
+def test_equal_block_ids_iff_equal_prefix_content(
+    tmp_path_factory, system_prompts, system_tokens, block, turns, seed
+):
+    path = tmp_path_factory.mktemp("h") / "h.parquet"
+    spec = SynthSpec(requests=300, system_prompts=system_prompts,
+                     system_prompt_tokens=system_tokens, turns=turns, prefix_block_tokens=block,
+                     prompt="uniform:1,600", output="uniform:1,300", seed=seed)  # fmt: skip
+    synth_trace(path, spec)
+    hashes, keys = content_hashes(path)
+    by_id, by_key = {}, {}
+    for blocks, key in zip(hashes, keys, strict=True):
+        for h, k in zip(blocks, key, strict=True):
+            assert by_id.setdefault(h, k) == k  # one id, one content
+            assert by_key.setdefault(k, h) == h  # one content, one id
+    assert len({k[1] for key in keys for k in key if k[0] == "system"}) <= system_prompts
+
+
+@settings(max_examples=8, deadline=None)
+@given(turns=st.sampled_from(["fixed:4", "uniform:1,6"]), seed=st.integers(0, 2**32))
+def test_sessions_grow_by_prompt_and_output_and_keep_arrival_order(tmp_path_factory, turns, seed):
+    path = tmp_path_factory.mktemp("s") / "s.parquet"
+    spec = SynthSpec(requests=2000, turns=turns, think_time_s="uniform:1,5", seed=seed,
+                     system_prompts=3, system_prompt_tokens=700)  # fmt: skip
+    synth_trace(path, spec)
+    got = columns(path)
+    assert len(got["arrival_s"]) == 2000 and (np.diff(got["arrival_s"]) >= 0).all()
+    order = np.lexsort((got["turn"], got["session_id"]))
+    session, turn = got["session_id"][order], got["turn"][order]
+    prompt, output, arrival = (
+        got[c][order] for c in ("prompt_tokens", "output_tokens", "arrival_s")
+    )
+    same = session[1:] == session[:-1]
+    assert (turn[1:][same] == turn[:-1][same] + 1).all()  # turns 0, 1, 2, ... with none missing
+    assert (turn[1:][~same] == 0).all() and turn[0] == 0
+    assert (prompt[1:][same] > prompt[:-1][same] + output[:-1][same]).all()  # + new user tokens
+    gaps = arrival[1:][same] - arrival[:-1][same]
+    assert gaps.min() >= 1 and gaps.max() <= 5
+    assert (prompt[turn == 0] >= 701).all()
+    hashes = pq.read_table(path).column("prefix_hashes").to_pylist()
+    hashes = [hashes[i] for i in order]
+    for i in np.flatnonzero(same):  # a later turn's blocks extend the earlier turn's
+        assert hashes[i + 1][: len(hashes[i])] == hashes[i]
+
+
+def test_session_traces_are_byte_identical_per_seed(tmp_path, runner):
+    args = ["--requests", "3000", "--system-prompts", "4", "--system-prompt-tokens", "1500",
+            "--turns", "uniform:1,6", "--think-time-s", "lognormal:20,1",
+            "--tenants", "2"]  # fmt: skip
+    outputs = []
+    for name, seed in (("a", "1"), ("b", "1"), ("c", "2")):
+        path = tmp_path / f"{name}.parquet"
+        result = runner.invoke(cli, ["traces", "synth", str(path), *args, "--seed", seed])
+        assert result.exit_code == 0, result.output
+        outputs.append(path.read_bytes())
+    assert outputs[0] == outputs[1] != outputs[2]
+    got = columns(tmp_path / "a.parquet")
+    # A session keeps one tenant.
+    tenant_of = {}
+    for s, t in zip(got["session_id"].tolist(), got["tenant"].tolist(), strict=True):
+        assert tenant_of.setdefault(s, t) == t
+
+
+def content_digest(path) -> str:
+    """sha256 of a trace's columns and metadata (not of the bytes: pyarrow writes its version)."""
+    table = pq.read_table(path)
+    meta = {k: v for k, v in pq.read_schema(path).metadata.items() if k != b"ARROW:schema"}
+    digest = hashlib.sha256(repr(sorted(meta.items())).encode())
+    for name in table.column_names:
+        digest.update(repr((name, table.column(name).to_pylist())).encode())
+    return digest.hexdigest()
+
+
+# Digests of `traces synth` output at the commit before prefixes and sessions (791441c).
+BEFORE_PREFIXES = {
+    "--requests 20000 --seed 1": (
+        "2cc869f258fa2e9c31429e09fe527ed1a9a8a30476b36d5cd2bfba0bc79cd86f"
+    ),
+    "--requests 30000 --seed 3 --tenants 3 --tiers 2 --arrivals diurnal": (
+        "38db38498eab007921e9ccb8bd51eb33cced34524ef15181030b427e6e61c4cf"
+    ),
+    "--duration-s 3000 --seed 3": (
+        "f69cfc40921d2eb194b2dd2aaa79b02a4a3ac15d56b25af873442d3783f4ef61"
+    ),
+}
+
+
+@pytest.mark.parametrize("args", BEFORE_PREFIXES)
+def test_default_generator_is_unchanged(tmp_path, runner, args):
+    path = tmp_path / "d.parquet"
+    result = runner.invoke(cli, ["traces", "synth", str(path), *args.split()])
+    assert result.exit_code == 0, result.output
+    assert content_digest(path) == BEFORE_PREFIXES[args]
+    assert "prefix_hashes" not in pq.read_schema(path).names
+
+
+def test_system_prompts_alone_keep_the_plain_stream(tmp_path):
+    """One turn per session: the same arrivals and outputs, prompts L tokens longer."""
+    synth_trace(tmp_path / "a.parquet", SynthSpec(requests=5000, seed=4))
+    synth_trace(tmp_path / "b.parquet", SynthSpec(requests=5000, seed=4, system_prompts=10,
+                                                  system_prompt_tokens=1200))  # fmt: skip
+    a, b = columns(tmp_path / "a.parquet"), columns(tmp_path / "b.parquet")
+    assert np.array_equal(a["arrival_s"], b["arrival_s"])
+    assert np.array_equal(a["output_tokens"], b["output_tokens"])
+    assert np.array_equal(a["prompt_tokens"] + 1200, b["prompt_tokens"])
+    assert "session_id" not in b
+    first = [
+        h[0] for h in pq.read_table(tmp_path / "b.parquet").column("prefix_hashes").to_pylist()
+    ]
+    counts = np.bincount(
+        np.array(first) // 2
+    )  # 2 blocks each. Zipf 1: prompt k is chosen about 1/k as often as the first
+    assert len(counts) == 10 and counts[0] / counts[1] == pytest.approx(2, rel=0.2)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (SynthSpec(requests=5, system_prompts=3), "give --system-prompts N and --system-prompt"),
+        (SynthSpec(requests=5, system_prompt_tokens=30), "give --system-prompts N and"),
+        (SynthSpec(requests=5, system_prompts=0, system_prompt_tokens=3), "--system-prompts 0: "),
+        (SynthSpec(requests=5, prefix_zipf=1.2), "--prefix-zipf sets system prompt popularity"),
+        (SynthSpec(requests=5, system_prompts=2, system_prompt_tokens=3, prefix_zipf=-1),
+         "--prefix-zipf -1: expected an exponent >= 0"),
+        (SynthSpec(requests=5, think_time_s="fixed:3"), "--think-time-s is the gap between turns"),
+        (SynthSpec(requests=5, turns="fixed:2", think_time_s="fixed:-1"), "--think-time-s 'fix"),
+        (SynthSpec(requests=5, turns="fixed:0"), "--turns 'fixed:0'"),
+        (SynthSpec(requests=5, prefix_block_tokens=16), "--prefix-block-tokens sizes prefix_hash"),
+        (SynthSpec(requests=5, turns="fixed:2", prefix_block_tokens=0), "--prefix-block-tokens 0"),
+    ],
+)  # fmt: skip
+def test_bad_prefix_settings_are_refused(tmp_path, spec, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        synth_trace(tmp_path / "x.parquet", spec)
+    assert list(tmp_path.iterdir()) == []

@@ -708,4 +708,68 @@ READ = [
     ),
 ]  # fmt: skip
 
-CASES = CONVERT + SYNTH_CASES + READ
+PREFIX_CASES = [
+    case(
+        "traces synth: --system-prompt-tokens without --system-prompts",
+        f"{SYNTH} --system-prompt-tokens 500",
+        "give --system-prompts N and --system-prompt-tokens L together",
+    ),
+    case(
+        "traces synth: --system-prompts 0",
+        f"{SYNTH} --system-prompts 0 --system-prompt-tokens 500",
+        "--system-prompts 0: expected at least 1",
+    ),
+    case(
+        "traces synth: --prefix-zipf without system prompts",
+        f"{SYNTH} --prefix-zipf 1.1",
+        "--prefix-zipf sets system prompt popularity; add --system-prompts",
+    ),
+    case(
+        "traces synth: negative --think-time-s",
+        f"{SYNTH} --turns fixed:3 --think-time-s fixed:-2",
+        "--think-time-s 'fixed:-2': expected fixed:S, uniform:LOW,HIGH, exponential:MEAN or "
+        "lognormal:MEAN,SIGMA (seconds >= 0)",
+    ),
+    case(
+        "traces synth: --think-time-s without --turns",
+        f"{SYNTH} --think-time-s fixed:2",
+        "--think-time-s is the gap between turns; add --turns",
+    ),
+    case(
+        "traces synth: --turns 0",
+        f"{SYNTH} --turns fixed:0",
+        "--turns 'fixed:0': expected lognormal:MEAN,SIGMA[,MAX], fixed:N or uniform:LOW,HIGH",
+    ),
+    case(
+        "traces synth: --prefix-block-tokens without prefixes",
+        f"{SYNTH} --prefix-block-tokens 16",
+        "--prefix-block-tokens sizes prefix_hashes; add --system-prompts or --turns",
+    ),
+    case(
+        "traces inspect: --cache-tokens 0",
+        "traces inspect {trace} --cache-tokens 0",
+        "--cache-tokens 0: expected tokens >= 1",
+    ),
+    case(
+        "traces inspect: --cache-tokens without a block size",
+        "traces inspect h.parquet --cache-tokens 1000",
+        "h.parquet: --cache-tokens needs the prefix block size, and the trace's metadata has no "
+        "tokenfleet.prefix_block_size",
+        files={"h.parquet": parquet(**trace(2, prefix_hashes=[[1, 2], [1]]))},
+    ),
+    case(
+        "traces validate: a negative turn",
+        "traces validate t.parquet",
+        "t.parquet: column 'turn', row 1: expected a turn number >= 0 and <= 2147483647 (int32), "
+        "got -1",
+        files={"t.parquet": parquet(**trace(3, turn=[0, -1, None]))},
+    ),
+    case(
+        "traces validate: a text turn",
+        "traces validate t.parquet",
+        "t.parquet: column 'turn' has type string; expected int32 turn numbers",
+        files={"t.parquet": parquet(**trace(2, turn=["0", "1"]))},
+    ),
+]
+
+CASES = CONVERT + SYNTH_CASES + READ + PREFIX_CASES

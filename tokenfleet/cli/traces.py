@@ -140,10 +140,26 @@ def _count(n: int, noun: str) -> str:
 @click.option("--tenants", help="Tenant shares: a=0.7,b=0.3, or a count N for equal shares.")
 @click.option("--tiers", help="Tier shares: fast=0.2,standard=0.7,batch=0.1, or a count.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same bytes.")
+@click.option("--system-prompts", type=int, help="N shared system prompts (writes prefix_hashes).")
+@click.option("--system-prompt-tokens", type=int, help="Their length L, before each prompt.")
+@click.option("--prefix-zipf", type=float, help="Zipf exponent of their popularity [default: 1].")
+@click.option(
+    "--turns",
+    help="Turns per session, in the --prompt forms (writes session_id, turn, prefix_hashes); "
+    "--rate is then new sessions per second.",
+)
+@click.option(
+    "--think-time-s",
+    help="Seconds from one turn's arrival to the next: fixed:S, uniform:LOW,HIGH, "
+    "exponential:MEAN or lognormal:MEAN,SIGMA [default: exponential:30].",
+)
+@click.option("--prefix-block-tokens", type=int, help="Tokens per prefix block [default: 512].")
 @json_option
 @quiet_option
 def synth(dst, requests, duration_s, days, arrivals, rate, cv, peak_trough, peak_hour, prompt,
-          output, lengths_from, tenants, tiers, seed, as_json, quiet) -> None:  # fmt: skip
+          output, lengths_from, tenants, tiers, seed, system_prompts, system_prompt_tokens,
+          prefix_zipf, turns, think_time_s, prefix_block_tokens, as_json,
+          quiet) -> None:  # fmt: skip
     """Synthesise a trace DST with known arrival and length distributions."""
     from tokenfleet.errors import UserError
     from tokenfleet.traces.synth import SynthSpec, parse_shares, synth_trace
@@ -164,6 +180,12 @@ def synth(dst, requests, duration_s, days, arrivals, rate, cv, peak_trough, peak
         tenants=parse_shares(tenants, "--tenants") if tenants else {},
         tiers=parse_shares(tiers, "--tiers") if tiers else {},
         seed=seed,
+        system_prompts=system_prompts,
+        system_prompt_tokens=system_prompt_tokens,
+        prefix_zipf=prefix_zipf,
+        turns=turns,
+        think_time_s=think_time_s,
+        prefix_block_tokens=prefix_block_tokens,
     )
     result = synth_trace(dst, spec, progress=progress_enabled(quiet))
     if as_json:
@@ -177,12 +199,17 @@ def synth(dst, requests, duration_s, days, arrivals, rate, cv, peak_trough, peak
 
 @traces.command()
 @click.argument("trace", type=click.Path())
+@click.option(
+    "--cache-tokens",
+    type=int,
+    help="Also the prefix reuse an LRU cache of this many tokens reaches (whole blocks).",
+)
 @json_option
-def inspect(trace, as_json) -> None:
+def inspect(trace, cache_tokens, as_json) -> None:
     """Rows, span, request rates, burstiness, token lengths, tiers, tenants, prefix reuse."""
     from tokenfleet.traces.inspect import inspect_trace
 
-    summary = inspect_trace(trace)
+    summary = inspect_trace(trace, cache_tokens)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -223,6 +250,15 @@ def _inspect_rows(s: dict) -> list[tuple[str, str]]:
                 f"{num(None if share is None else 100 * share, 1)}% of {s['prefix_blocks']:,} "
                 f"blocks repeat an earlier block (block size {s['prefix_block_size'] or '?'} "
                 "tokens)",
+            )
+        )
+    if s["cache_hit_share"] is not None:
+        rows.append(
+            (
+                "LRU cache reuse",
+                f"{100 * s['cache_hit_share']:.1f}% of blocks, "
+                f"{100 * s['cache_hit_prompt_share']:.1f}% of prompt tokens hit a cache of "
+                f"{s['cache_blocks']:,} blocks ({s['cache_tokens']:,} tokens)",
             )
         )
     return rows

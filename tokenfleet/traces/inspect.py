@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import math
 import os
+from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from tokenfleet.traces.reader import open_trace, trace_metadata
+from tokenfleet.errors import UserError
+from tokenfleet.traces.reader import open_trace, read_trace_batches, trace_metadata
 from tokenfleet.traces.schema import DEFAULT_TIER, INT32_MAX
 from tokenfleet.traces.unique import check_unique_ids
 from tokenfleet.traces.validate import validate_trace
@@ -44,16 +47,25 @@ def token_stats(histogram: pl.DataFrame) -> dict[str, float | int]:
     return stats
 
 
-def inspect_trace(path: str | os.PathLike[str]) -> dict:
-    """Rows, span, request rates, burstiness, token quantiles, tier/tenant counts, prefix reuse.
+def inspect_trace(path: str | os.PathLike[str], cache_tokens: int | None = None) -> dict:
+    """Rows, span, request rates, burstiness, token quantiles, tier/tenant counts, prefix reuse,
+    and with `cache_tokens` the reuse an LRU prefix cache of that size reaches.
 
     The same pass notices values the schema forbids; then the full check names the first bad
     row, so a broken trace is refused rather than summarised (repeated request ids too, as
     validate refuses them).
     """
     path = Path(path)
+    if cache_tokens is not None and cache_tokens < 1:
+        raise UserError(f"--cache-tokens {cache_tokens}: expected tokens >= 1")
     meta = trace_metadata(path)  # one-line errors for a missing, empty or malformed file
     columns = set(meta["columns"])
+    block_size = meta["prefix_block_size"]
+    if cache_tokens is not None and "prefix_hashes" in columns and not block_size:
+        raise UserError(
+            f"{path}: --cache-tokens needs the prefix block size, and the trace's metadata has "
+            "no tokenfleet.prefix_block_size"
+        )
     if "request_id" in columns:
         check_unique_ids(open_trace(path), str(path))
     lf = pl.scan_parquet(path)
@@ -112,7 +124,64 @@ def inspect_trace(path: str | os.PathLike[str]) -> dict:
     blocks, unique = results["prefix"].row(0) if "prefix" in results else (None, None)
     summary["prefix_blocks"] = blocks
     summary["prefix_reuse_share"] = 1 - unique / blocks if blocks else None
+    # Also always there: null unless --cache-tokens was given and the trace has blocks.
+    cache: dict = {"cache_tokens": cache_tokens, "cache_blocks": None, "cache_hit_share": None,
+             "cache_hit_prompt_share": None}  # fmt: skip
+    if cache_tokens is not None and blocks:
+        cache_ = LruPrefixCache(cache_tokens // block_size)
+        hit_blocks = hit_tokens = 0
+        for hashes, prompt in _prefix_rows(path):
+            hits = cache_.request(hashes)
+            hit_blocks += hits
+            hit_tokens += min(hits * block_size, prompt)  # a last block may be partial
+        cache |= {
+            "cache_blocks": cache_.capacity,
+            "cache_hit_share": hit_blocks / blocks,
+            "cache_hit_prompt_share": hit_tokens / summary["prompt_tokens"]["total"],
+        }
+    summary.update(cache)
     return summary
+
+
+def _prefix_rows(path: Path) -> Iterator[tuple[list[int], int]]:
+    """Each request's prefix block ids (null as none) and prompt tokens, in arrival order."""
+    for batch in read_trace_batches(path, columns=["prefix_hashes", "prompt_tokens"]):
+        hashes, prompts = batch.column(0).to_pylist(), batch.column(1).to_pylist()
+        for blocks, prompt in zip(hashes, prompts, strict=True):
+            yield blocks or [], prompt
+
+
+class LruPrefixCache:
+    """An LRU cache of `capacity` prefix blocks, fed one request at a time.
+
+    A request reuses the longest run of cached blocks from its first one (a prefix cache can
+    use nothing past the first miss), then caches all its blocks, the last one first: a
+    prefix's head is then the most recent, so it outlives its tail, as in vLLM's eviction.
+    The order of accesses does not depend on the capacity, so a larger cache holds whatever a
+    smaller one does (LRU's inclusion property) and hits never fall as capacity grows.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.blocks: OrderedDict[int, None] = OrderedDict()
+
+    def request(self, blocks: list[int]) -> int:
+        """Serve one request's blocks; return how many came from the cache."""
+        cache = self.blocks
+        hits = 0
+        for block in blocks:
+            if block not in cache:
+                break
+            hits += 1
+        if self.capacity:
+            for block in reversed(blocks):
+                if block in cache:
+                    cache.move_to_end(block)
+                else:
+                    cache[block] = None
+                    if len(cache) > self.capacity:
+                        cache.popitem(last=False)
+        return hits
 
 
 def _breaks_schema(main: dict, prompts: pl.DataFrame, outputs: pl.DataFrame) -> bool:

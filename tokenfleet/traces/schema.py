@@ -23,11 +23,19 @@ TRACE_SCHEMA = pa.schema(
         pa.field("tenant", pa.string()),
         pa.field("tier", pa.string()),
         pa.field("session_id", pa.int64()),
+        pa.field("turn", pa.int32()),
         pa.field("prefix_hashes", pa.list_(pa.int64())),
     ]
 )
 REQUIRED_COLUMNS: tuple[str, ...] = ("arrival_s", "prompt_tokens", "output_tokens")
-OPTIONAL_COLUMNS: tuple[str, ...] = ("request_id", "tenant", "tier", "session_id", "prefix_hashes")
+OPTIONAL_COLUMNS: tuple[str, ...] = (
+    "request_id",
+    "tenant",
+    "tier",
+    "session_id",
+    "turn",
+    "prefix_hashes",
+)
 CANONICAL_COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 PREFIX_BLOCK_SIZE_KEY = b"tokenfleet.prefix_block_size"
 DEFAULT_TIER = "standard"
@@ -44,6 +52,7 @@ _ACCEPTS: dict[str, tuple[Callable[[pa.DataType], bool], str]] = {
     "tenant": (lambda t: _is_text(t), "string"),
     "tier": (lambda t: _is_text(t), "string"),
     "session_id": (lambda t: pa.types.is_integer(t) or _is_text(t), "int64 or string"),
+    "turn": (pa.types.is_integer, "int32 turn numbers"),
     "prefix_hashes": (
         lambda t: (
             (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_integer(t.value_type)
@@ -148,6 +157,8 @@ class TraceChecker:
             return self._check_arrivals(column)
         if name in ("prompt_tokens", "output_tokens"):
             return _check_tokens(name, column)
+        if name == "turn":
+            return _check_turns(column)
         target = _canonical_type(name, column.type)
         if column.type == target:
             return column
@@ -204,3 +215,12 @@ def _check_tokens(name: str, column: pa.Array) -> pa.Array:
             note = f" and <= {INT32_MAX} (the int32 of the trace format)"
         raise _Bad(first, f"a whole number of tokens >= {low}{note}", values[first])
     return column if column.type == pa.int32() else pa.array(values.astype(np.int32))
+
+
+def _check_turns(column: pa.Array) -> pa.Array:
+    """Turn numbers within a session: whole numbers in [0, int32 max]; null means unknown."""
+    values = column.fill_null(0).to_numpy(zero_copy_only=False)
+    first = _first((values < 0) | (values > INT32_MAX))
+    if first is not None:
+        raise _Bad(first, f"a turn number >= 0 and <= {INT32_MAX} (int32)", values[first])
+    return column if column.type == pa.int32() else pc.cast(column, pa.int32(), safe=False)
