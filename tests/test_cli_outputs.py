@@ -146,3 +146,12 @@ def test_the_examples_ship_with_the_package_and_copy_out(runner, tmp_path, monke
     assert again.exit_code == 2 and "already exists" in again.stderr
     unknown = runner.invoke(cli, ["examples", "copy", "nope"])
     assert unknown.exit_code == 2 and "unknown example 'nope'; known: " in unknown.stderr
+    # The README's wheel line: into examples/, created for it.
+    nested = runner.invoke(
+        cli, ["examples", "copy", "replay-static", "examples/replay-static.toml"]
+    )
+    assert nested.exit_code == 0, nested.output
+    assert (tmp_path / "examples" / "replay-static.toml").is_file()
+    bad = runner.invoke(cli, ["examples", "copy", "replay-static", "/proc/no/x.toml"])
+    assert bad.exit_code == 2 and "cannot create /proc/no" in bad.stderr
+    assert "A model lab serving its own model on GPUs it owns.\n" in listed.output

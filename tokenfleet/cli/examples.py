@@ -3,6 +3,7 @@ wheel, so that the README's `--scenario` lines work without a checkout."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
@@ -21,17 +22,28 @@ def examples() -> None:
 
 @examples.command("list")
 def list_examples() -> None:
-    """Each example's name and first line."""
+    """Each example's name and the first sentence of its opening comment."""
     for name in _names():
-        first = (EXAMPLES_DIR / f"{name}.toml").read_text().splitlines()[0].lstrip("# ")
-        click.echo(f"{name:<22} {first}")
+        click.echo(f"{name:<22} {_first_sentence(EXAMPLES_DIR / f'{name}.toml')}")
+
+
+def _first_sentence(path: Path) -> str:
+    """The opening comment up to its first full stop (it may span lines)."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("# "))
+    text = " ".join(" ".join(lines).split())
+    return text.split(". ")[0].rstrip(".") + "."
 
 
 @examples.command("copy")
 @click.argument("name")
 @click.argument("dest", required=False, type=click.Path())
 def copy_example(name: str, dest: str | None) -> None:
-    """Copy example NAME to DEST (default: NAME.toml here); an existing file is never replaced."""
+    """Copy example NAME to DEST (default: NAME.toml here; a missing folder is created); an
+    existing file is never replaced."""
     from tokenfleet.atomic import atomic_path
     from tokenfleet.errors import UserError
 
@@ -43,6 +55,21 @@ def copy_example(name: str, dest: str | None) -> None:
         target = target / f"{name}.toml"
     if target.exists():
         raise UserError(f"{target}: already exists; remove it or choose another destination")
-    with atomic_path(target) as tmp:
-        tmp.write_bytes((EXAMPLES_DIR / f"{name}.toml").read_bytes())
+    if target.suffix != ".toml":
+        raise UserError(f"{target}: a scenario is a .toml file; give DEST that suffix")
+    created = [] if target.parent.exists() else [target.parent]
+    try:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(
+                f"{target}: cannot create {target.parent} ({err.strerror}); choose another path"
+            ) from None
+        with atomic_path(target) as tmp:
+            tmp.write_bytes((EXAMPLES_DIR / f"{name}.toml").read_bytes())
+    except BaseException:
+        for folder in created:  # leave nothing behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     click.echo(f"wrote {target}: tokenfleet replay TRACE --scenario {target}")

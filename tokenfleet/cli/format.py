@@ -148,7 +148,7 @@ def _format_money(summary: dict) -> list[str]:
             f"  {p['name']:<10} {usd(p['cost_usd'])} ({p['pricing']}): "
             f"{p['charged_gpu_s'] / 3600:,.2f} GPU-h charged, "
             f"{p['busy_gpu_s'] / 3600:,.2f} GPU-h running steps ({pct(p['utilisation'])}), "
-            f"at most {p['peak_replicas']} replicas at once"
+            f"at most {p['peak_replicas']} replica{'s' * (p['peak_replicas'] != 1)} at once"
             for p in summary["pools"]
         ),
         f"per Mtoken   {mtok(per['blended'])} blended, {mtok(per['input'])} input, "

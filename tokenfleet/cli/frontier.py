@@ -58,7 +58,7 @@ def frontier(trace, scenario_path, varies, out_dir, jobs, as_json, quiet) -> Non
         click.echo(json.dumps(table.to_dicts(), indent=2))
         return
     click.echo(format_frontier(table.to_dicts()))
-    click.echo(f"\nwrote {out_dir}/frontier.parquet and runs/ (* = Pareto-optimal)")
+    click.echo(f"\nwrote {out_dir}/frontier.parquet and {out_dir}/runs/ (* = Pareto-optimal)")
 
 
 def format_frontier(rows: list[dict]) -> str:

@@ -175,4 +175,4 @@ def _print_table(
         lead = " ".join(f"{r[key]:>{width},}" for key, width in leading)
         money = f" {r['usd_per_mtoken']:>14.3f}" if with_cost else ""
         fits = "" if r["fits_kv"] else "  exceeds KV cache"
-        echo(f"{lead} {r['step_ms']:>10.2f} {r['tokens_per_s']:>12,.0f}{money}{fits}")
+        echo(f"{lead} {r['step_ms']:>10,.2f} {r['tokens_per_s']:>12,.0f}{money}{fits}")
