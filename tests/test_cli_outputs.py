@@ -155,3 +155,13 @@ def test_the_examples_ship_with_the_package_and_copy_out(runner, tmp_path, monke
     bad = runner.invoke(cli, ["examples", "copy", "replay-static", "/proc/no/x.toml"])
     assert bad.exit_code == 2 and "cannot create /proc/no" in bad.stderr
     assert "A model lab serving its own model on GPUs it owns.\n" in listed.output
+
+
+def test_a_symlinked_output_directory_is_refused(runner, trace, tmp_path):
+    real = tmp_path / "real"
+    assert runner.invoke(cli, ["replay", str(trace), "--out", str(real), "-q"]).exit_code == 0
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    result = runner.invoke(cli, ["replay", str(trace), "--out", str(link), "-q"])
+    assert result.exit_code == 2 and "is a symbolic link" in result.stderr
+    assert link.is_symlink() and (real / "summary.json").exists()

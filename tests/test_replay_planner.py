@@ -239,3 +239,52 @@ deadline_s = 3600.0
     assert batch["gateway_wait_s"].max() > 1.0  # deferred at the gateway
     assert standard["gateway_wait_s"].max() == 0.0  # sent on at once
     assert summary["latency_s"]["gateway_wait"]["p99"] >= batch["gateway_wait_s"].quantile(0.5)
+
+
+def test_a_run_ending_on_an_interval_edge_keeps_its_billing_rounding(
+    runner, tmp_path, conv_lengths
+):
+    # The review's case: the last finish falls exactly on an interval edge; on-demand rounding
+    # of the open spans must still land in the timeline (its cost column sums to the pool's).
+    trace = write_trace(tmp_path / "t.parquet", conv_lengths, np.arange(200) * 0.1)
+    first = outputs(run(runner, tmp_path, trace, "[[pools]]\nreplicas = 2\n"))[2]
+    half = first["economics"]["fleet"]["run_s"] / 2
+    again = run(
+        runner, tmp_path, trace, "[[pools]]\nreplicas = 2\n", "edge", "--interval", repr(half)
+    )
+    _, timeline, summary = outputs(again)
+    assert summary["economics"]["fleet"]["run_s"] == first["economics"]["fleet"]["run_s"]
+    assert timeline["cost_usd"].sum() == pytest.approx(summary["pools"][0]["cost_usd"], rel=1e-12)
+    assert (timeline["interval_s"] >= 0).all()
+
+
+def test_an_owned_pool_on_a_profile_without_tdp_assumes_700_w_and_says_so(
+    runner, tmp_path, conv_lengths
+):
+    import dataclasses
+
+    import tomli_w
+
+    from tokenfleet.hardware.profile import load_profile, profile_to_table
+
+    profile = dataclasses.replace(load_profile("h100-sxm"), tdp_w=0.0, name="no-tdp")
+    path = tmp_path / "no-tdp.toml"
+    path.write_text(tomli_w.dumps(profile_to_table(profile)))
+    trace = write_trace(tmp_path / "t.parquet", conv_lengths, np.linspace(0, 30, 100))
+    scenario = f'[[pools]]\ngpu = "{path}"\nreplicas = 1\n[pools.pricing]\nkind = "owned"\n'
+    (tmp_path / "s.toml").write_text(scenario)
+    result = runner.invoke(
+        __import__("tokenfleet.cli.main", fromlist=["cli"]).cli,
+        [
+            "replay",
+            str(trace),
+            "--scenario",
+            str(tmp_path / "s.toml"),
+            "--out",
+            str(tmp_path / "o"),
+            "-q",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "has no TDP; owned power assumes gpu_tdp_w = 700" in result.stderr
+    assert "gpu_tdp_w = 700.0" in (tmp_path / "o" / "scenario.toml").read_text()

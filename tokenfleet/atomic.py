@@ -70,6 +70,8 @@ def check_replaceable_dir(dst: str | os.PathLike[str], marker: str, inputs: tupl
     output of the same command (it holds `marker`) may be replaced; the current directory, a home
     directory or the folder holding an input must never be."""
     path = Path(dst)
+    if path.is_symlink():  # replacing it would need rmtree on a link, or follow it
+        raise UserError(f"output directory {dst}: is a symbolic link; give the directory itself")
     if not path.exists():
         return
     if not path.is_dir():

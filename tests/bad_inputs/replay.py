@@ -51,6 +51,16 @@ CASES = [
         "usd_per_gpu_hour = 'cheap' should be a number like 2.95",
     ),
     scenario("that is not TOML", "not toml [[[", "not valid TOML"),
+    scenario(
+        "with a NaN price",
+        POOL + "[pools.pricing]\nusd_per_gpu_hour = nan\n",
+        "usd_per_gpu_hour = nan should be a number like 2.95",
+    ),
+    scenario(
+        "with a negative idle power",
+        POOL + '[pools.pricing]\nkind = "owned"\ngpu_idle_w = -5.0\n',
+        "gpu_idle_w = -5.0 must be a finite number >= 0",
+    ),
     scenario("with an unknown batcher", POOL + '[pools.batcher]\npolicy = "nope"\n', "nope"),
     scenario(
         "with max_num_seqs 0",

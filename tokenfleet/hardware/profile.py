@@ -164,8 +164,8 @@ class GpuProfile:
     peak_tflops_fp32: float = 0.0
     description: str = ""
     default_engine: str = "vllm-v1"
-    # A typical on-demand rent per GPU-hour (its source beside it in the profile); 0: none
-    # known, and a replay falls back to cost.GENERIC_USD_PER_GPU_HOUR.
+    # A typical on-demand rent per GPU-hour (its source beside it in the profile); 0 means
+    # unknown, not free: a replay falls back to cost.GENERIC_USD_PER_GPU_HOUR.
     rent_usd_per_gpu_hour: float = 0.0
     engine: EnginePreset | None = None  # a custom preset carried by the file, if any
     meta: dict[str, Any] | None = None

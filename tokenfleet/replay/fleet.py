@@ -110,7 +110,7 @@ def sizing_stats(lengths: TraceLengths, max_request_tokens: int, pool: str) -> T
         notify(
             f"pool {pool!r}: {refused:,} request{'s' * (refused != 1)} longer than "
             f"{max_request_tokens:,} tokens (prompt + output) left out of its sizing; "
-            "they will end as too_long"
+            "they will end as too_long here"
         )
     prompt, output = prompt[fits], output[fits]
     if prompt.size == 0:
@@ -147,7 +147,9 @@ def context_limit(model: ModelSpec, max_model_len: int) -> int | None:
     the model's is refused; vLLM then refuses any request whose prompt plus max_tokens exceeds
     it, which is the too_long status here."""
     if max_model_len < 0:
-        raise SettingError("max_model_len", f"max_model_len = {max_model_len} must be >= 1")
+        raise SettingError(
+            "max_model_len", f"max_model_len = {max_model_len} must be >= 0 (0: the model's)"
+        )
     known = model.max_position_embeddings
     if max_model_len and known and max_model_len > known:
         raise SettingError(
@@ -159,7 +161,7 @@ def context_limit(model: ModelSpec, max_model_len: int) -> int | None:
 
 
 def build_fleet(
-    scenario: Scenario, lengths: TraceLengths | None, step_by_step: bool = False
+    scenario: Scenario, lengths: TraceLengths, step_by_step: bool = False
 ) -> tuple[Fleet, Scenario]:
     """Replicas for every pool (auto counts resolved), the routing in front of them, and the
     resolved scenario.
@@ -191,7 +193,7 @@ def _add_pool(
     pool: PoolConfig,
     model: ModelSpec,
     scenario: Scenario,
-    lengths: TraceLengths | None,
+    lengths: TraceLengths,
     limit: int | None,
     n_auto: int,
     step_by_step: bool,
@@ -223,6 +225,11 @@ def _add_pool(
     if scale.enabled:
         count = min(scale.max_replicas, max(scale.min_replicas, count))
     prices = pool.pricing.for_gpu(gpu.rent_usd_per_gpu_hour, gpu.tdp_w)
+    if prices.kind == "owned" and math.isnan(pool.pricing.gpu_tdp_w) and gpu.tdp_w <= 0:
+        notify(
+            f"pool {pool.name!r}: profile {gpu.name} has no TDP; owned power assumes "
+            f"gpu_tdp_w = {prices.gpu_tdp_w:g} (set it under [pools.pricing])"
+        )
     price = fleet.pricing[pool.name] = prices.build(f"pool {pool.name!r} pricing")
     rate = cost_rates(price, pool.tp)
     biller = getattr(price, "billed_seconds", None) if rate.provisioned_usd_per_s else None

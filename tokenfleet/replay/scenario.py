@@ -78,12 +78,14 @@ class PricingConfig:
 
     def for_gpu(self, rent_usd_per_gpu_hour: float, tdp_w: float) -> PricingConfig:
         """These prices with the GPU's defaults in place of the unset ones (a profile without a
-        rent gets cost.GENERIC_USD_PER_GPU_HOUR)."""
+        rent gets cost.GENERIC_USD_PER_GPU_HOUR, one without a TDP, such as a calibrated CPU,
+        OwnedPricing's 700 W)."""
         rent = rent_usd_per_gpu_hour or GENERIC_USD_PER_GPU_HOUR
+        tdp = tdp_w if tdp_w > 0 else OwnedPricing.gpu_tdp_w  # 0: the profile does not know
         return dataclasses.replace(
             self,
             usd_per_gpu_hour=rent if math.isnan(self.usd_per_gpu_hour) else self.usd_per_gpu_hour,
-            gpu_tdp_w=tdp_w if math.isnan(self.gpu_tdp_w) else self.gpu_tdp_w,
+            gpu_tdp_w=tdp if math.isnan(self.gpu_tdp_w) else self.gpu_tdp_w,
         )
 
     def build(self, where: str) -> RentedPricing | OwnedPricing:
@@ -210,10 +212,11 @@ def validate(scenario: Scenario) -> Scenario:
             raise UserError(f"{where}: replicas = {pool.replicas} must be >= 1")
         cls = batcher_class(pool.batcher.policy)
         cls(build_settings(cls.Settings, pool.batcher.settings, f"{where} batcher"))
-        # The GPU's own defaults are checked with the profile (fleet.py); stand-ins here.
-        pool.pricing.for_gpu(GENERIC_USD_PER_GPU_HOUR, pool.pricing.gpu_idle_w).build(
-            f"{where} pricing"
-        )
+        # The GPU's own defaults are checked with the profile (fleet.py); stand-ins here that
+        # cannot fail on their own, so an error names the user's key.
+        idle = pool.pricing.gpu_idle_w
+        tdp = max(OwnedPricing.gpu_tdp_w, idle) if math.isfinite(idle) else OwnedPricing.gpu_tdp_w
+        pool.pricing.for_gpu(GENERIC_USD_PER_GPU_HOUR, tdp).build(f"{where} pricing")
         _check_autoscale(pool, where)
     _check_tiers(scenario)
     _check_gateway(scenario)
@@ -382,7 +385,12 @@ def scenario_to_dict(scenario: Scenario) -> dict[str, Any]:
                     for f in dataclasses.fields(p)
                     if f.name not in ("batcher", "pricing", "autoscale")
                 },
-                "pricing": dataclasses.asdict(p.pricing),
+                # Prices left to the GPU (NaN until resolved) are left out: unset, as read.
+                "pricing": {
+                    k: v
+                    for k, v in dataclasses.asdict(p.pricing).items()
+                    if not (isinstance(v, float) and math.isnan(v))
+                },
                 "autoscale": dataclasses.asdict(p.autoscale),
                 "batcher": policy(p.batcher),
             }

@@ -4,6 +4,7 @@ wrong types are refused with their place in the file."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from tokenfleet.errors import UserError
@@ -75,9 +76,11 @@ TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true
 
 def _scalar(f: dataclasses.Field, default: Any, value: Any, where: str) -> Any:
     declared = f.metadata.get("accepts", (type(default),))
+    example = f.metadata.get("example", default)
     accepts = (*declared, int) if float in declared else declared
     if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, accepts):
         kinds = " or ".join(TYPE_NAMES.get(t, t.__name__) for t in declared)
-        example = f.metadata.get("example", default)
         raise UserError(f"{where}: {f.name} = {value!r} should be {kinds} like {example!r}")
+    if isinstance(value, float) and math.isnan(value):  # NaN is the "unset" of some defaults
+        raise UserError(f"{where}: {f.name} = nan should be a number like {example!r}")
     return float(value) if isinstance(default, float) else value

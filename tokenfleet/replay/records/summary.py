@@ -207,17 +207,11 @@ def _figures(totals: _RequestTotals, tl: dict, fleet: dict, pools: list[dict]) -
         "mean_batch": tl["batch_sum"] / tl["steps"] if tl["steps"] else None,
         # Share of provisioned replica time spent running a step (autoscaled pools change
         # size): busy, not loaded; the load figures are under "load", per pool.
-        "step_busy_frac": tl["busy_s"] / tl["provisioned_s"] if tl["provisioned_s"] > 0 else 0.0,
+        "step_busy_frac": tl["busy_s"] / tl["provisioned_s"] if tl["provisioned_s"] > 0 else None,
         "kv_peak_frac_max": tl["kv_max_peak"],
         "load": tl["load"],
         "queue_share": totals.queue_share(),
     }
-
-
-def _mean(values: np.ndarray) -> float | None:
-    """Mean ignoring nulls (NaN), None when there are none; deterministic."""
-    values = values[~np.isnan(values)]
-    return float(np.mean(values)) if values.size else None
 
 
 def write_summary(path: Path, summary: dict) -> None:

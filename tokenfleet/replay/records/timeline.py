@@ -255,7 +255,9 @@ class ReplicaTimeline:
             hi = b if b < end else end
             if hi > lo:
                 provisioned += hi - lo
-            if billed is not None and start < b <= end:
+            # A span's billing rounding lands where it ends; a run that ends exactly on an
+            # interval edge ends its open spans in the zero-length interval starting there.
+            if billed is not None and (start < b <= end or b == start == run_end):
                 row.billed_extra_s += billed(b - a) - (b - a)
         return row, provisioned
 
