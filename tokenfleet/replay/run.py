@@ -31,14 +31,18 @@ from tokenfleet.replay.records.pools import pool_costs
 from tokenfleet.replay.records.requests import RequestWriter, price_requests
 from tokenfleet.replay.records.summary import summarise, write_summary
 from tokenfleet.replay.records.timeline import Timeline, TimelineWriter
-from tokenfleet.replay.scenario import Scenario, scenario_to_dict
+from tokenfleet.replay.scenario import AUTO, Scenario, scenario_to_dict
 from tokenfleet.replay.tiers import PRICE_KEYS, Tier
 from tokenfleet.traces.reader import read_trace_batches
 
 
-def trace_stats(path: str | os.PathLike[str]) -> tuple[TraceLengths, dict[str, int]]:
-    """Span and lengths (for sizing), and requests per tier, streamed (the reader validates
-    every batch on the way)."""
+def trace_stats(
+    path: str | os.PathLike[str], keep_lengths: bool = True
+) -> tuple[TraceLengths, dict[str, int]]:
+    """Span, requests per tier and, for sizing, every request's lengths (8 bytes a request;
+    `keep_lengths=False` when no pool is "auto"), streamed (the reader validates every batch
+    on the way)."""
+    n = 0
     first = last = 0.0
     prompt: list[np.ndarray] = []
     output: list[np.ndarray] = []
@@ -50,14 +54,16 @@ def trace_stats(path: str | os.PathLike[str]) -> tuple[TraceLengths, dict[str, i
         for item in batch.column("tier").value_counts().to_pylist():
             tiers[item["values"]] = tiers.get(item["values"], 0) + item["counts"]
         arrivals = batch.column("arrival_s")
-        if not prompt:
+        if n == 0:
             first = arrivals[0].as_py()
         last = arrivals[-1].as_py()
-        prompt.append(batch.column("prompt_tokens").to_numpy())
-        output.append(batch.column("output_tokens").to_numpy())
+        n += batch.num_rows
+        if keep_lengths:
+            prompt.append(batch.column("prompt_tokens").to_numpy())
+            output.append(batch.column("output_tokens").to_numpy())
     prompts = np.concatenate(prompt) if prompt else np.zeros(0, np.int32)
     outputs = np.concatenate(output) if output else np.zeros(0, np.int32)
-    return TraceLengths(prompts.size, last - first, prompts, outputs), tiers
+    return TraceLengths(n, last - first, prompts, outputs), tiers
 
 
 def unknown_tiers(scenario: Scenario, trace_tiers: dict[str, int], policy: str) -> dict[str, int]:
@@ -88,7 +94,7 @@ def run_replay(
     `inputs` are the other files the run reads (scenario, model, profile): `out_dir` may not
     be replaced if that would delete one."""
     check_replaceable_dir(out_dir, SUMMARY_FILE, inputs=(trace, *inputs))
-    stats, trace_tiers = trace_stats(trace)
+    stats, trace_tiers = trace_stats(trace, any(p.replicas == AUTO for p in scenario.pools))
     _check_interval(scenario.interval_s, stats)
     unknown = unknown_tiers(scenario, trace_tiers, scenario.gateway.unknown_tier)
     fleet, resolved = build_fleet(scenario, stats, step_by_step)
