@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
-from test_replay_economics import outputs, run, write_trace
+from test_replay_economics import SATURATED, outputs, run, write_trace
 
 from tokenfleet.cli.format import duration, format_summary
 from tokenfleet.errors import Notice
@@ -213,21 +213,7 @@ def test_gateway_wait_is_apart_from_the_replica_queue(runner, tmp_path, conv_len
     # Item 8: queue_s mixed gateway deferral with replica queueing (batch p99 5,074 s).
     tiers = ["batch" if i % 2 else "standard" for i in range(400)]
     trace = write_trace(tmp_path / "t.parquet", conv_lengths, np.linspace(0, 40, 400), tiers)
-    scenario = """
-[gateway]
-deferred_max_utilisation = 0.2
-[[pools]]
-replicas = 1
-[pools.batcher]
-policy = "vllm"
-max_num_seqs = 8
-[[tiers]]
-name = "standard"
-[[tiers]]
-name = "batch"
-deferred = true
-deadline_s = 3600.0
-"""
+    scenario = SATURATED.format(deadline=3600.0, margin=0.25)  # batch deferred while busy
     requests, _, summary = outputs(run(runner, tmp_path, trace, scenario))
     done = requests.filter(pl.col("status") == "finished")
     waited = (
