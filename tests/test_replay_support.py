@@ -16,6 +16,7 @@ from tokenfleet.replay.fleet import slots_of
 from tokenfleet.replay.gateway import Gateway
 from tokenfleet.replay.kvcache import KVCache
 from tokenfleet.replay.loop import EventQueue, simulate
+from tokenfleet.replay.prefix import PrefixCache
 from tokenfleet.replay.records.timeline import ReplicaTimeline, Timeline
 from tokenfleet.replay.replica import Replica
 from tokenfleet.replay.request import RECORD_FIELDS
@@ -55,8 +56,8 @@ def real_step_time():
 
 
 def batches_of(rows: list[tuple], batch_rows: int = 7) -> list[pa.RecordBatch]:
-    """rows: (arrival_s, prompt_tokens, output_tokens[, session_id[, tier[, tenant]]]) sorted by
-    arrival."""
+    """rows: (arrival_s, prompt_tokens, output_tokens[, session_id[, tier[, tenant[,
+    prefix_hashes]]]]) sorted by arrival."""
     out = []
     for start in range(0, len(rows), batch_rows):
         chunk = rows[start : start + batch_rows]
@@ -73,6 +74,9 @@ def batches_of(rows: list[tuple], batch_rows: int = 7) -> list[pa.RecordBatch]:
                     ),
                     "session_id": pa.array(
                         [r[3] if len(r) > 3 else None for r in chunk], pa.int64()
+                    ),
+                    "prefix_hashes": pa.array(
+                        [r[6] if len(r) > 6 else None for r in chunk], pa.list_(pa.int64())
                     ),
                 }
             )
@@ -96,6 +100,7 @@ def run_rows(
     interval_s: float = 1.0,
     tiers: tuple | None = None,
     gateway=None,
+    prefix_block_size: int | None = None,
 ):
     """Run the loop on `rows`; return (ended requests by row, timeline rows, replicas).
 
@@ -107,17 +112,25 @@ def run_rows(
     reps = []
     for i in range(replicas):
         outstanding.append(0)
+        policy = make_batcher(batcher, settings or {})
+        prefix = (
+            PrefixCache(kv_blocks, block_size, prefix_block_size)
+            if getattr(policy, "prefix_caching", False)
+            else None
+        )
         reps.append(
             Replica(
                 i,
                 "p",
                 step_time,
                 KVCache(kv_blocks, block_size),
-                make_batcher(batcher, settings or {}),
+                policy,
                 outstanding,
                 ended,
                 ReplicaTimeline(interval_s),
                 step_by_step,
+                1,
+                prefix,
             )
         )
     router = Router(balancer, balancer_settings or {}, reps, outstanding, seed)

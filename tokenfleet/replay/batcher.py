@@ -81,6 +81,7 @@ class VllmSettings:
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
     scheduling_policy: str = "fcfs"
+    enable_prefix_caching: bool = True  # vLLM V1's default (vllm/config/cache.py)
 
 
 class VllmBatcher:
@@ -93,6 +94,12 @@ class VllmBatcher:
     lowest priority one of the whole running set, latest arrival first, which gives back the
     block it took if it was served earlier in the step (as vLLM V1 does). No new sequence is
     admitted in a step that preempted.
+
+    With `enable_prefix_caching` (vLLM V1's default), a waiting request with nothing computed
+    first looks its prompt up in the replica's prefix cache (replay/prefix.py): the hit's
+    blocks are attached, only the rest is prefilled, and cached free blocks count as free
+    (`Scheduler.schedule`'s waiting loop, `KVCacheManager.get_computed_blocks` and
+    `allocate_slots` in vllm/v1/core/).
     """
 
     name: ClassVar[str] = "vllm"
@@ -112,6 +119,7 @@ class VllmBatcher:
                 f"{self.max_num_seqs} (every running sequence needs a token each step)"
             )
         self.budget = budget if budget is not None else 1 << 62
+        self.prefix_caching = bool(getattr(settings, "enable_prefix_caching", False))
         self.queue = _Queue(settings.scheduling_policy)
         self.new_queue = self.queue.new_queue
         self.enqueue = self.queue.enqueue
@@ -147,15 +155,28 @@ class VllmBatcher:
                 free -= need
                 budget -= n
                 rep.chunks.append((part, n))
+                prefix = rep.prefix
+                if prefix is not None and prefix.keyed(part):
+                    prefix.flush(free)
+                    prefix.register(part, (part.cached + n) // kv.block_size, False)
         if preempted:
             return None
         waiting = rep.waiting
         queue = self.queue
         running = rep.n_dec + len(rep.chunks)
         blocks_for = kv.blocks_for
+        prefix = rep.prefix
         while waiting and budget > 0 and running < self.max_num_seqs:
             seq = queue.head(waiting)
             n = seq.prompt_tokens + seq.generated
+            if prefix is not None and prefix.keyed(seq):
+                need = self._admit_cached(rep, prefix, seq, n, budget, free, now_s)
+                if need < 0:
+                    break
+                free -= need
+                budget -= rep.chunks[-1][1]
+                running += 1
+                continue
             if n > budget:
                 if not self.chunked:
                     break
@@ -169,6 +190,32 @@ class VllmBatcher:
             budget -= n
             running += 1
         return None
+
+    def _admit_cached(self, rep, prefix, seq, n: int, budget: int, free: int, now_s) -> int:
+        """Admit the head of the queue, `n` tokens long, through the prefix cache: its hit is
+        attached, the rest is its first chunk. Returns the free blocks it took, or -1 when it
+        does not fit (it stays queued)."""
+        block_size = rep.kv.block_size
+        hits, hit, touched = prefix.lookup(seq, n, free)
+        cached = hit * block_size
+        n -= cached
+        if n > budget:
+            if not self.chunked:
+                return -1
+            n = budget
+        blocks = rep.kv.blocks_for(cached + n)
+        need = blocks - hit + touched
+        if need > free:
+            return -1
+        self.queue.pop_head(rep.waiting)
+        shared = prefix.touch(seq, hits) if hits else 0
+        if seq.start_s is None:
+            seq.cached_tokens = cached
+        rep.admit(seq, n, blocks, now_s, shared)
+        seq.cached = cached
+        prefix.flush(free - need)
+        prefix.register(seq, (cached + n) // block_size, False)
+        return need
 
     def _serve_decoders(self, rep, free: int) -> int:
         """Give each decoding sequence its block in running order, preempting when none is free.

@@ -26,6 +26,7 @@ from tokenfleet.perf.steptime import StepTime
 from tokenfleet.replay.autoscale import Autoscaler
 from tokenfleet.replay.balancer import Router
 from tokenfleet.replay.batcher import make_batcher
+from tokenfleet.replay.prefix import PrefixCache
 from tokenfleet.replay.cost import cost_rates
 from tokenfleet.replay.gateway import Gateway, needs_gateway
 from tokenfleet.replay.kvcache import KVCache
@@ -45,12 +46,14 @@ DOMINANT_SHARE = 0.05
 
 @dataclass(frozen=True)
 class TraceLengths:
-    """What the trace holds for sizing: its request count, span and every request's lengths."""
+    """What the trace holds for sizing and caching: its request count, span, every request's
+    lengths, and the tokens per prefix-hash block (None: no prefix hashes)."""
 
     requests: int
     span_s: float
     prompt_tokens: np.ndarray
     output_tokens: np.ndarray
+    prefix_block_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -235,23 +238,29 @@ def _add_pool(
     biller = getattr(price, "billed_seconds", None) if rate.provisioned_usd_per_s else None
     first = len(fleet.replicas)
     members = list(range(first, first + (scale.max_replicas if scale.enabled else count)))
+    batcher_table = (pool.batcher.policy, pool.batcher.settings, f"pool {pool.name!r} batcher")
+    caching = getattr(make_batcher(*batcher_table), "prefix_caching", False)
     for i in members:
         fleet.outstanding.append(0)
+        prefix = (
+            PrefixCache(plan.kv_blocks, plan.block_size, lengths.prefix_block_size)
+            if caching
+            else None
+        )
         fleet.replicas.append(
             Replica(
                 i,
                 pool.name,
                 step_time,
                 KVCache(plan.kv_blocks, plan.block_size),
-                make_batcher(
-                    pool.batcher.policy, pool.batcher.settings, f"pool {pool.name!r} batcher"
-                ),
+                make_batcher(*batcher_table),
                 fleet.outstanding,
                 fleet.ended,
                 # An autoscaled pool's replicas beyond its start wait to be provisioned.
                 ReplicaTimeline(scenario.interval_s, provisioned=i - first < count),
                 step_by_step,
                 pool.tp,
+                prefix,
             )
         )
         fleet.rates.append(rate)

@@ -27,7 +27,9 @@ class KVCache:
     def __init__(self, capacity_blocks: int, block_size: int = 16) -> None:
         self.block_size = block_size
         self.capacity_blocks = capacity_blocks
-        # Blocks held by sequences that are not in the phase histogram (prefilling, reserved).
+        # Blocks held by sequences that are not in the phase histogram (prefilling, reserved),
+        # less those counted twice: prefix-cache blocks shared by several sequences (so it can
+        # be negative when the sharers all decode).
         self.other_blocks = 0
         # hist[p] = decoding sequences whose offset a satisfies a % block_size == p.
         self.hist = [0] * block_size

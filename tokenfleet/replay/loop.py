@@ -34,13 +34,14 @@ TRACE_COLUMNS = [
     "tenant",
     "tier",
     "session_id",
+    "prefix_hashes",
 ]
 # Finished requests go to the writer in batches this small, while their objects are still in
 # the CPU cache (a batch of 65,536 took 50% longer to convert); it writes whole row groups.
 FLUSH_ROWS = 8_192
 TIMER, REPLICA = 0, 1  # the kinds of heap entry, in their order at equal times
 INF = float("inf")
-END_OF_TRACE = (INF, 0, 0, None, None, None, None)  # a last "arrival", after every event
+END_OF_TRACE = (INF, 0, 0, None, None, None, None, None)  # a last "arrival", after every event
 
 
 class EventQueue:
@@ -147,7 +148,7 @@ def simulate(
     row = 0
     last = 0.0
     draining = False
-    for now, prompt, output, rid, tenant, tier_name, session in arrivals:
+    for now, prompt, output, rid, tenant, tier_name, session, hashes in arrivals:
         if now == INF:
             draining = gateway.trace_done = True
         while heap and heap[0][0] < now:
@@ -176,7 +177,8 @@ def simulate(
             next_emit = timeline.tick(now)
         last = now
         tier = tier_named(tier_name) or default_tier
-        arrive(Seq(row, now, prompt, output, rid, tenant, tier.name, session, -tier.priority), now)
+        seq = Seq(row, now, prompt, output, rid, tenant, tier.name, session, -tier.priority, hashes)
+        arrive(seq, now)
         row += 1
         if len(ended) >= FLUSH_ROWS:
             _flush(ended, write_requests, timeline)

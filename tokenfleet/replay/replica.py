@@ -26,6 +26,7 @@ from heapq import heapify, heappop, heappush
 
 from tokenfleet.perf.decode import DecodePiece, one_step_pieces
 from tokenfleet.replay.kvcache import KVCache
+from tokenfleet.replay.prefix import PrefixCache
 from tokenfleet.replay.records.timeline import ReplicaTimeline
 from tokenfleet.replay.request import EXPIRED, FINISHED, RUNNING, WAITING, Seq
 from tokenfleet.replay.views import IDLE, RUN, STEP, ReplicaViews
@@ -41,6 +42,7 @@ class Replica(ReplicaViews):
         "pool",
         "tp",
         "kv",
+        "prefix",
         "batcher",
         "step_s",
         "piece",
@@ -92,11 +94,13 @@ class Replica(ReplicaViews):
         timeline: ReplicaTimeline,
         step_by_step: bool = False,
         tp: int = 1,
+        prefix: PrefixCache | None = None,
     ) -> None:
         self.index = index
         self.pool = pool
         self.tp = tp
         self.kv = kv
+        self.prefix = prefix  # the prefix cache's blocks and free queue (None: caching off)
         self.batcher = batcher
         self.step_s = step_time.step_s
         self.piece = DecodePiece(
@@ -226,11 +230,12 @@ class Replica(ReplicaViews):
 
     # ------------------------------------------------------------------ batch changes
 
-    def admit(self, seq: Seq, new_tokens: int, blocks: int, now: float) -> None:
-        """Start (or resume) a waiting sequence with a first chunk of `new_tokens`."""
+    def admit(self, seq: Seq, new_tokens: int, blocks: int, now: float, shared: int = 0) -> None:
+        """Start (or resume) a waiting sequence with a first chunk of `new_tokens`; it holds
+        `blocks` blocks, `shared` of them (prefix-cache hits) held by others already."""
         seq.blocks = blocks
         seq.status = RUNNING
-        self.kv.other_blocks += blocks
+        self.kv.other_blocks += blocks - shared
         if seq.start_s is None:
             seq.start_s = now
         self.chunks.append((seq, new_tokens))
@@ -253,12 +258,17 @@ class Replica(ReplicaViews):
         fin_heap.remove((fin, seq.row, seq))
         heapify(fin_heap)
         seq.fin_step = -1
+        freed = self.kv.blocks_for(offset + s)
+        if self.prefix is not None:
+            kept = self.prefix.release(seq, offset + s, freed, False)
+            self.kv.other_blocks += kept
+            freed -= kept
         seq.cached = 0
         seq.preemptions += 1
         seq.status = WAITING
         self.replan = True
         self.batcher.requeue(self.waiting, seq)
-        return self.kv.blocks_for(offset + s)
+        return freed
 
     def preempt_partial(self) -> int:
         """Evict the sequence whose prefill is under way; return the blocks freed."""
@@ -266,6 +276,10 @@ class Replica(ReplicaViews):
         self.partial = None
         freed = seq.blocks
         self.kv.other_blocks -= freed
+        if self.prefix is not None:
+            kept = self.prefix.release(seq, seq.cached, freed, False)
+            self.kv.other_blocks += kept
+            freed -= kept
         seq.blocks = 0
         seq.cached = 0
         seq.preemptions += 1
@@ -348,8 +362,7 @@ class Replica(ReplicaViews):
                     continue
                 out = seq.output_tokens
                 if out == 0:  # prefill only: the response is ready when the prompt is read
-                    self.kv.other_blocks -= seq.blocks
-                    seq.blocks = 0
+                    self._free_blocks(seq)
                     seq.first_token_s = now
                     self._finish(seq, now)
                     continue
@@ -358,8 +371,7 @@ class Replica(ReplicaViews):
                 if seq.first_token_s is None:
                     seq.first_token_s = now
                 if seq.generated == out:
-                    self.kv.other_blocks -= seq.blocks
-                    seq.blocks = 0
+                    self._free_blocks(seq)
                     self._finish(seq, now)
                     continue
                 # Joins the decode part from the next step on.
@@ -394,6 +406,11 @@ class Replica(ReplicaViews):
             del self.decoding[seq]
             offset = seq.offset
             self.kv.remove_decoder(offset)
+            if self.prefix is not None:  # it computed the KV of all its tokens but the last
+                tokens = offset + s + 1
+                self.kv.other_blocks += self.prefix.release(
+                    seq, tokens, self.kv.blocks_for(tokens), True
+                )
             self.n_dec -= 1
             self.off_sum -= offset
             self._finish(seq, now)
@@ -406,6 +423,14 @@ class Replica(ReplicaViews):
         if d:
             return self.gpu_acc + (self.seg_end - self.seg_start) / d
         return self.gpu_acc
+
+    def _free_blocks(self, seq: Seq) -> None:
+        """A sequence that never decoded finishes: its blocks go back."""
+        kv = self.kv
+        kv.other_blocks -= seq.blocks
+        if self.prefix is not None:
+            kv.other_blocks += self.prefix.release(seq, seq.cached, seq.blocks, True)
+        seq.blocks = 0
 
     def _release_batch(self) -> None:
         """Static batching: the batch's last sequence finished; its padded slots are freed."""

@@ -44,6 +44,7 @@ RECORD_FIELDS = (
     "finish_s",
     "prompt_tokens",
     "output_tokens",
+    "cached_tokens",
     "preemptions",
     "status",
     "attempts",
@@ -87,6 +88,10 @@ class Seq:
         "a_join",
         "attempts",
         "deadline_at",
+        "hashes",
+        "held",
+        "registered",
+        "cached_tokens",
     )
 
     def __init__(
@@ -100,6 +105,7 @@ class Seq:
         tier=None,
         session_id=None,
         priority: int = 0,
+        hashes: list[int] | None = None,
     ) -> None:
         self.row = row
         self.request_id = request_id
@@ -128,3 +134,7 @@ class Seq:
         self.a_join = 0.0  # the replica's decode accumulator when this joined decoding
         self.attempts = 1  # 1 + client retries after rate limiting
         self.deadline_at = INF  # deferred tiers: finishing later makes it EXPIRED
+        self.hashes = hashes  # the trace's prefix block ids (None: none given)
+        self.held: list = []  # prefix-cache groups it holds (replay/prefix.py)
+        self.registered = 0  # its engine blocks [0, registered) are cached under a key
+        self.cached_tokens = 0  # prompt tokens its first admission found in the prefix cache

@@ -33,7 +33,7 @@ from tokenfleet.replay.records.summary import summarise, write_summary
 from tokenfleet.replay.records.timeline import Timeline, TimelineWriter
 from tokenfleet.replay.scenario import AUTO, Scenario, scenario_to_dict
 from tokenfleet.replay.tiers import PRICE_KEYS, Tier
-from tokenfleet.traces.reader import read_trace_batches
+from tokenfleet.traces.reader import read_trace_batches, trace_metadata
 
 
 def trace_stats(
@@ -63,7 +63,8 @@ def trace_stats(
             output.append(batch.column("output_tokens").to_numpy())
     prompts = np.concatenate(prompt) if prompt else np.zeros(0, np.int32)
     outputs = np.concatenate(output) if output else np.zeros(0, np.int32)
-    return TraceLengths(n, last - first, prompts, outputs), tiers
+    block = trace_metadata(path)["prefix_block_size"]
+    return TraceLengths(n, last - first, prompts, outputs, block), tiers
 
 
 def unknown_tiers(scenario: Scenario, trace_tiers: dict[str, int], policy: str) -> dict[str, int]:

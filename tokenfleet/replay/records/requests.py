@@ -41,6 +41,7 @@ RAW_COLUMNS = (
     ("finish_s", pa.float64()),
     ("prompt_tokens", pa.int32()),
     ("output_tokens", pa.int32()),
+    ("cached_tokens", pa.int32()),  # prompt tokens the prefix cache served (no prefill)
     ("ttft_s", pa.float64()),
     ("tpot_s", pa.float64()),
     ("e2e_s", pa.float64()),
@@ -115,6 +116,7 @@ class RequestWriter:
             finish,
             prompt,
             out,
+            cached,
             preemptions,
             status,
             attempts,
@@ -150,6 +152,7 @@ class RequestWriter:
             _nullable(finish),
             pa.array(np.array(prompt, dtype=np.int32)),
             pa.array(out),
+            pa.array(np.array(cached, dtype=np.int32)),
             _nullable(first - arrival),
             _nullable(tpot),
             _nullable(finish - arrival),
@@ -185,7 +188,7 @@ def price_requests(
 ) -> None:
     """requests.parquet from the raw records (whose tiers are the scenario's: resolved when
     the request entered): its attributed cost, its revenue (finished requests pay their tier's
-    prices; nothing is cached) and whether it met its tier's SLOs."""
+    prices, their cached prompt tokens at the cached-input price) and whether it met its tier's SLOs."""
     source = pa.OSFile(str(raw))  # read batch by batch into memory freed as it goes
     reader = pa.ipc.open_file(source)
     schema = priced_schema(reader.schema.field("request_id").type).with_metadata(metadata or {})
@@ -212,7 +215,6 @@ def price_requests(
                     pl.col("tier").replace_strict(m, return_dtype=pl.Float64).alias(k)
                     for k, m in price_cols.items()
                 ),
-                cached_tokens=pl.lit(0),
                 tpot_s=pl.col("tpot_s").fill_null(0.0),
             )
             money = work.select(

@@ -1,0 +1,361 @@
+"""vLLM V1's automatic prefix caching for one replica: which blocks hold which prefix, and which
+free block an allocation reuses.
+
+The rules are vLLM V1's (`vllm/v1/core/block_pool.py`, `kv_cache_manager.py`,
+`kv_cache_utils.py`; docs/engines/prefix-caching.md sets them out with the commits read):
+
+- only full blocks are cached, each keyed by the chain of its content (equal key: equal tokens
+  from the start of the sequence to the block's end);
+- a lookup (for a waiting request with nothing computed) walks the chain from block 0 and stops
+  at the first block not cached; it is capped at `(tokens - 1) // block_size` blocks, so a fully
+  cached prompt still recomputes its last block;
+- a block nobody references sits in one free queue, least recently used first, cached or not;
+  an allocation takes the head and drops the hash of the block it reuses (the only eviction);
+  a request returns its blocks in reverse order, so a chain's tail is evicted before its head;
+  a hit takes its blocks out of the queue wherever they are;
+- cached free blocks count as free: the replica's KV accounting (`KVCache`) never sees them.
+
+**Keys.** A trace's `prefix_hashes` give one chained id per trace block of `T` tokens
+(`tokenfleet.prefix_block_size`). Engine block j (tokens [jB, (j+1)B)) lies in trace block
+b = ((j+1)B - 1) // T, the one holding its last token, so trace block b covers engine blocks
+[bT // B, (b+1)T // B): 32 engine blocks of 16 tokens for Mooncake's 512. Its key is the pair
+(trace id, position in the block), and equal trace ids mean equal content up to the end of the
+trace block, so the chain carries over. Blocks past the hashed prompt (the prompt's unhashed
+tail, the output) are keyed by the session, as `(session_id, b)`: a conversation's turn re-sends
+the previous turn's prompt and output, so position b of a session holds the same tokens in every
+turn that reaches it (with hashes, a later turn's hashed block finds the session's copy under
+its new id). A request without a session keys them by itself, `(row, b)`: only it can hit them,
+after a preemption. Without hashes the trace blocks are 32 engine blocks long.
+
+**Representation.** The blocks under one key (a *group*) are held as counts, not one object per
+block: sub-blocks [0, present) of a group exist; a request holds a prefix [0, c) of them. The
+free queue holds *runs* (a group's sub-blocks [lo, hi), or a count of uncached blocks); freed
+together in reverse, a group's higher sub-blocks always sit nearer the head, so eviction takes a
+group's top sub-blocks first, as vLLM's order does block by block. A lookup, a hit and a release
+cost O(groups of the request), not O(blocks): 17 groups for a mean Mooncake prompt against 548
+blocks.
+
+**Lazy eviction.** Allocations do not touch the queue: the replica's accounting already counts
+them. Their pops are applied (`flush`) only before something reads which blocks are cached: a
+lookup, a registration, a router's query. Pops always take the head and the queue never runs
+short, so appending returned blocks before the pops are applied changes nothing.
+
+Two simplifications, both rare: a request's output blocks become hittable when it finishes or
+is preempted, not as each fills (only a session turn that arrives before the previous one
+finishes could tell); a block recomputed while a copy is cached (the capped last block of a
+repeated prompt) is not registered twice, and nothing past it is registered for that request
+(vLLM keeps both copies under one hash).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+# Trace blocks of a trace without prefix hashes, in engine blocks (a size of ours: any size
+# gives the same hits; longer groups mean fewer per request).
+SYNTHETIC_GROUP_BLOCKS = 32
+
+
+class Group:
+    """The cached blocks under one key: sub-blocks [0, present) from engine block `j0` on."""
+
+    __slots__ = ("key", "j0", "present", "holders", "top", "runs", "private")
+
+    def __init__(self, key, j0: int, private: bool) -> None:
+        self.key = key
+        self.j0 = j0
+        self.present = 0
+        self.holders: dict[int, int] = {}  # coverage c -> requests holding sub-blocks [0, c)
+        self.top = 0  # the largest coverage held (0: nobody holds any)
+        self.runs: list[Run] = []  # its free runs, lowest sub-blocks first (latest in queue)
+        self.private = private  # keyed by one request: worthless once it has finished
+
+
+class Run:
+    """Free blocks in the queue: sub-blocks [lo, hi) of `group`, or hi - lo uncached blocks."""
+
+    __slots__ = ("group", "lo", "hi")
+
+    def __init__(self, group: Group | None, lo: int, hi: int) -> None:
+        self.group = group
+        self.lo = lo
+        self.hi = hi
+
+
+class PrefixCache:
+    """The cached blocks of one replica and the free queue's order (see the module docstring).
+
+    A request's `held` lists the groups it holds, (group, c) in chain order, covering its
+    engine blocks [0, registered); its other blocks are uncached."""
+
+    __slots__ = (
+        "block_size",
+        "trace_block",
+        "groups",
+        "queue",
+        "free",
+        "keyed_free",
+        "cached_blocks",
+        "evicted_blocks",
+    )
+
+    def __init__(self, capacity_blocks: int, block_size: int, trace_block: int | None) -> None:
+        self.block_size = block_size
+        self.trace_block = trace_block or SYNTHETIC_GROUP_BLOCKS * block_size
+        self.groups: dict = {}
+        self.queue: deque[Run] = deque([Run(None, 0, capacity_blocks)])
+        self.free = capacity_blocks  # blocks in the queue, before the lazy pops
+        self.keyed_free = 0  # cached blocks in the queue
+        self.cached_blocks = 0  # blocks holding a key, held or free
+        self.evicted_blocks = 0  # keys dropped by reuse, since the start
+
+    # ------------------------------------------------------------------ keys
+
+    def _segment(self, seq, j: int) -> tuple[object, int, bool]:
+        """(key, end, private): the group holding the request's engine block j, and the
+        request's last block in it (exclusive)."""
+        bs, tb_tokens = self.block_size, self.trace_block
+        tb = ((j + 1) * bs - 1) // tb_tokens  # the trace block holding block j's last token
+        end = (tb + 1) * tb_tokens // bs
+        hashes = seq.hashes
+        if hashes is not None:
+            hashed_end = min(len(hashes) * tb_tokens, seq.prompt_tokens) // bs
+            if j < hashed_end:
+                return hashes[tb], end if end < hashed_end else hashed_end, False
+        if seq.session_id is not None:
+            return ("s", seq.session_id, tb), end, False
+        return ("r", seq.row, tb), end, True
+
+    @staticmethod
+    def keyed(seq) -> bool:
+        """Whether a cached block of this request could be hit (by another, or by itself once
+        preempted): without, a lookup is skipped."""
+        return seq.hashes is not None or seq.session_id is not None or seq.preemptions > 0
+
+    # ------------------------------------------------------------------ lookups and hits
+
+    def lookup(self, seq, tokens: int, free: int) -> tuple[list, int, int]:
+        """The hit of a waiting request with `tokens` tokens (prompt plus output so far), when
+        the replica has `free` free blocks: (groups hit with the coverage the request would
+        hold, blocks hit, hit blocks that are free now)."""
+        self.flush(free)
+        cap = (tokens - 1) // self.block_size
+        groups = self.groups
+        hits = []
+        j = touched = 0
+        while j < cap:
+            key, end, _private = self._segment(seq, j)
+            group = groups.get(key)
+            if group is None and seq.hashes is not None and seq.session_id is not None:
+                group = self._adopt_session_copy(seq, key, j)
+            if group is None or group.j0 != j:
+                break
+            want = (end if end < cap else cap) - j
+            have = group.present if group.present < want else want
+            hits.append((group, have))
+            if have > group.top:
+                touched += have - group.top
+            j += have
+            if j < end:  # the group ends early, or the cap falls inside it
+                break
+        return hits, j, touched
+
+    def _adopt_session_copy(self, seq, key, j: int) -> Group | None:
+        """A hashed block missing under its id may be cached as the session's output: file it
+        under the id from now on (a session's position holds the same tokens in every turn)."""
+        tb = ((j + 1) * self.block_size - 1) // self.trace_block
+        group = self.groups.get(("s", seq.session_id, tb))
+        if group is None or group.j0 != j:
+            return None
+        del self.groups[group.key]
+        group.key = key
+        self.groups[key] = group
+        return group
+
+    def touch(self, seq, hits: list) -> int:
+        """Attach a lookup's hit to the request (its free blocks leave the queue). Returns the
+        hit blocks another request already held: the replica counts those once."""
+        shared = 0
+        held = seq.held
+        for group, c in hits:
+            top = group.top
+            if c > top:
+                self._take_free(group, top, c)
+                group.top = c
+                shared += top
+            else:
+                shared += c
+            holders = group.holders
+            holders[c] = holders.get(c, 0) + 1
+            held.append((group, c))
+        if hits:
+            group, c = hits[-1]
+            seq.registered = group.j0 + c
+        return shared
+
+    def _take_free(self, group: Group, lo: int, hi: int) -> None:
+        """Take sub-blocks [lo, hi) out of the queue: the group's lowest free runs."""
+        runs = group.runs
+        n = hi - lo
+        self.free -= n
+        self.keyed_free -= n
+        while n:
+            run = runs[0]
+            k = run.hi - run.lo
+            if k <= n:
+                run.lo = run.hi  # empty: dropped when it reaches the head
+                run.group = None
+                del runs[0]
+                n -= k
+            else:
+                run.lo += n
+                n = 0
+
+    # ------------------------------------------------------------------ filling and freeing
+
+    def register(self, seq, full_blocks: int, private: bool) -> None:
+        """The request's blocks up to `full_blocks` are full and scheduled: cache them (under
+        a key of the request alone only with `private`)."""
+        j = seq.registered
+        if j < 0:  # stopped at a block cached by another copy
+            return
+        groups = self.groups
+        held = seq.held
+        while j < full_blocks:
+            key, end, is_private = self._segment(seq, j)
+            if is_private and not private:
+                break
+            if end > full_blocks:
+                end = full_blocks
+            if held and held[-1][0].key == key:  # the request's last group goes on
+                group, c = held[-1]
+                if group.present != c:  # another copy is cached past this request's part
+                    seq.registered = -1
+                    return
+                held.pop()
+                holders = group.holders
+                holders[c] -= 1
+                if not holders[c]:
+                    del holders[c]
+            else:
+                group = groups.get(key)
+                if group is not None:  # cached meanwhile by another request: not twice
+                    seq.registered = -1
+                    return
+                group = groups[key] = Group(key, j, is_private)
+                c = 0
+                holders = group.holders
+            new_c = end - group.j0
+            self.cached_blocks += new_c - c
+            group.present = group.top = new_c
+            holders[new_c] = holders.get(new_c, 0) + 1
+            held.append((group, new_c))
+            j = end
+        seq.registered = j
+
+    def release(self, seq, tokens: int, blocks: int, finished: bool) -> int:
+        """The request gives back its `blocks` blocks (it holds `tokens` computed tokens): they
+        join the queue's tail in reverse order, with their keys. Returns how many of them other
+        requests still hold."""
+        if not finished or self.keyed(seq):
+            self.register(seq, tokens // self.block_size, not finished)
+        held = seq.held
+        registered = held[-1][0].j0 + held[-1][1] if held else 0
+        self._append_uncached(blocks - registered)
+        queue = self.queue
+        groups = self.groups
+        kept = 0
+        for group, c in reversed(held):
+            holders = group.holders
+            left = holders[c] - 1
+            if left:
+                holders[c] = left
+            else:
+                del holders[c]
+            if c == group.top and not left:
+                top = max(holders) if holders else 0
+                group.top = top
+                kept += top
+                run = Run(group, top, c)
+                queue.append(run)
+                group.runs.insert(0, run)
+                self.free += c - top
+                self.keyed_free += c - top
+            else:
+                kept += c
+            if group.private and finished:  # nobody else can hit it: uncached from now on
+                for run in group.runs:
+                    run.group = None
+                    self.keyed_free -= run.hi - run.lo
+                self.cached_blocks -= group.present
+                del groups[group.key]
+        seq.held = []
+        seq.registered = 0
+        return kept
+
+    def _append_uncached(self, n: int) -> None:
+        if n <= 0:
+            return
+        self.free += n
+        queue = self.queue
+        tail = queue[-1] if queue else None
+        if tail is not None and tail.group is None:
+            tail.hi += n
+        else:
+            queue.append(Run(None, 0, n))
+
+    # ------------------------------------------------------------------ eviction
+
+    def flush(self, free: int) -> None:
+        """Apply the allocations made since the last flush: pop the queue's head until `free`
+        blocks are left, dropping the keys of cached blocks reused."""
+        n = self.free - free
+        if n < 0:
+            raise RuntimeError(f"prefix cache: {free} free blocks asked, {self.free} queued")
+        self.free = free
+        queue = self.queue
+        while n:
+            run = queue[0]
+            k = run.hi - run.lo
+            take = k if k < n else n
+            group = run.group
+            if group is not None:  # the group's highest free run: its top sub-blocks go
+                group.present -= take
+                self.keyed_free -= take
+                self.cached_blocks -= take
+                self.evicted_blocks += take
+            run.hi -= take
+            n -= take
+            if run.hi == run.lo:
+                queue.popleft()
+                if group is not None:
+                    group.runs.pop()
+                    if not group.present:
+                        del self.groups[group.key]
+
+    # ------------------------------------------------------------------ checks
+
+    def check(self, used_blocks: int, capacity_blocks: int) -> None:
+        """Raise AssertionError where the structure breaks an invariant (for the tests)."""
+        assert sum(r.hi - r.lo for r in self.queue) == self.free
+        assert capacity_blocks - used_blocks <= self.free, (capacity_blocks, used_blocks)
+        keyed = 0
+        for run in self.queue:
+            group = run.group
+            if group is not None and run.hi > run.lo:
+                keyed += run.hi - run.lo
+                assert run in group.runs
+        assert keyed == self.keyed_free
+        cached = 0
+        for key, group in self.groups.items():
+            assert group.key == key
+            assert group.present > 0 or group.holders
+            assert group.top == (max(group.holders) if group.holders else 0)
+            assert group.top <= group.present
+            lo = group.top
+            for run in group.runs:  # contiguous free runs from top to present
+                assert run.lo == lo, (run.lo, lo)
+                lo = run.hi
+            assert lo == group.present
+            cached += group.present
+        assert cached == self.cached_blocks
