@@ -170,8 +170,11 @@ class VllmBatcher:
             seq = queue.head(waiting)
             n = seq.prompt_tokens + seq.generated
             if prefix is not None and prefix.keyed(seq):
+                if rep.blocked:
+                    break
                 need = self._admit_cached(rep, prefix, seq, n, budget, free, now_s)
                 if need < 0:
+                    rep.blocked = True
                     break
                 free -= need
                 budget -= rep.chunks[-1][1]

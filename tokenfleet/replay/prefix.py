@@ -59,10 +59,11 @@ SYNTHETIC_GROUP_BLOCKS = 32
 class Group:
     """The cached blocks under one key: sub-blocks [0, present) from engine block `j0` on."""
 
-    __slots__ = ("key", "j0", "present", "holders", "top", "runs", "private")
+    __slots__ = ("key", "alias", "j0", "present", "holders", "top", "runs", "private")
 
     def __init__(self, key, j0: int, private: bool) -> None:
         self.key = key
+        self.alias = None  # a second key it is known by (a session's output, now hashed)
         self.j0 = j0
         self.present = 0
         self.holders: dict[int, int] = {}  # coverage c -> requests holding sub-blocks [0, c)
@@ -136,8 +137,9 @@ class PrefixCache:
 
     def lookup(self, seq, tokens: int, free: int) -> tuple[list, int, int]:
         """The hit of a waiting request with `tokens` tokens (prompt plus output so far), when
-        the replica has `free` free blocks: (groups hit with the coverage the request would
-        hold, blocks hit, hit blocks that are free now)."""
+        the replica has `free` free blocks: (groups hit, each as (group, the coverage the
+        request would hold, the key it was looked up by), blocks hit, hit blocks that are free
+        now). Changes nothing but the lazy pops: a request that does not fit looks again."""
         self.flush(free)
         cap = (tokens - 1) // self.block_size
         groups = self.groups
@@ -147,12 +149,12 @@ class PrefixCache:
             key, end, _private = self._segment(seq, j)
             group = groups.get(key)
             if group is None and seq.hashes is not None and seq.session_id is not None:
-                group = self._adopt_session_copy(seq, key, j)
+                group = self._session_copy(seq, j)
             if group is None or group.j0 != j:
                 break
             want = (end if end < cap else cap) - j
             have = group.present if group.present < want else want
-            hits.append((group, have))
+            hits.append((group, have, key))
             if have > group.top:
                 touched += have - group.top
             j += have
@@ -160,24 +162,23 @@ class PrefixCache:
                 break
         return hits, j, touched
 
-    def _adopt_session_copy(self, seq, key, j: int) -> Group | None:
-        """A hashed block missing under its id may be cached as the session's output: file it
-        under the id from now on (a session's position holds the same tokens in every turn)."""
+    def _session_copy(self, seq, j: int) -> Group | None:
+        """A hashed block missing under its id may be cached as the session's output (a
+        session's position holds the same tokens in every turn); `touch` files it under the id
+        too."""
         tb = ((j + 1) * self.block_size - 1) // self.trace_block
         group = self.groups.get(("s", seq.session_id, tb))
-        if group is None or group.j0 != j:
-            return None
-        del self.groups[group.key]
-        group.key = key
-        self.groups[key] = group
-        return group
+        return group if group is not None and group.alias is None else None
 
     def touch(self, seq, hits: list) -> int:
         """Attach a lookup's hit to the request (its free blocks leave the queue). Returns the
         hit blocks another request already held: the replica counts those once."""
         shared = 0
         held = seq.held
-        for group, c in hits:
+        for group, c, key in hits:
+            if key != group.key:  # found as a session's copy: known by the hash from now on
+                group.alias = key
+                self.groups[key] = group
             top = group.top
             if c > top:
                 self._take_free(group, top, c)
@@ -189,7 +190,7 @@ class PrefixCache:
             holders[c] = holders.get(c, 0) + 1
             held.append((group, c))
         if hits:
-            group, c = hits[-1]
+            group, c, _key = hits[-1]
             seq.registered = group.j0 + c
         return shared
 
@@ -227,7 +228,7 @@ class PrefixCache:
                 break
             if end > full_blocks:
                 end = full_blocks
-            if held and held[-1][0].key == key:  # the request's last group goes on
+            if held and key in (held[-1][0].key, held[-1][0].alias):  # its last group goes on
                 group, c = held[-1]
                 if group.present != c:  # another copy is cached past this request's part
                     seq.registered = -1
@@ -288,7 +289,7 @@ class PrefixCache:
                     run.group = None
                     self.keyed_free -= run.hi - run.lo
                 self.cached_blocks -= group.present
-                del groups[group.key]
+                self._forget(group)
         seq.held = []
         seq.registered = 0
         return kept
@@ -331,7 +332,12 @@ class PrefixCache:
                 if group is not None:
                     group.runs.pop()
                     if not group.present:
-                        del self.groups[group.key]
+                        self._forget(group)
+
+    def _forget(self, group: Group) -> None:
+        del self.groups[group.key]
+        if group.alias is not None:
+            del self.groups[group.alias]
 
     # ------------------------------------------------------------------ checks
 
@@ -348,7 +354,9 @@ class PrefixCache:
         assert keyed == self.keyed_free
         cached = 0
         for key, group in self.groups.items():
-            assert group.key == key
+            assert key in (group.key, group.alias)
+            if key == group.alias:
+                continue
             assert group.present > 0 or group.holders
             assert group.top == (max(group.holders) if group.holders else 0)
             assert group.top <= group.present

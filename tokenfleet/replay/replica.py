@@ -75,6 +75,7 @@ class Replica(ReplicaViews):
         "ended",
         "hold_batch",
         "replan",
+        "blocked",
         "gpu_acc",
         "seg_start",
         "seg_end",
@@ -140,6 +141,11 @@ class Replica(ReplicaViews):
         # Set (by a preemption, or by a batcher) when the next step must be chosen afresh even
         # if this one holds only decodes: vLLM admits nothing in a step that preempted.
         self.replan = False
+        # Set by a batcher when the queue's head, looked up in the prefix cache, did not fit:
+        # until a request arrives or blocks come back, it cannot fit, so it is not looked up
+        # again (a lookup applies the cache's pending evictions: looking only when something
+        # changed keeps them where skip mode and step-by-step mode both look).
+        self.blocked = False
         # Decode-time accumulator: closed segments' (duration / batch), plus the open segment.
         self.gpu_acc = 0.0
         self.seg_start = 0.0
@@ -158,6 +164,7 @@ class Replica(ReplicaViews):
         for view, i in self.views:
             view[i] += 1
         self.timeline.arrivals.append(now)
+        self.blocked = False
         self.tokens_left += seq.prompt_tokens + seq.output_tokens
         self.batcher.enqueue(self.waiting, seq)
         state = self.state
@@ -267,6 +274,7 @@ class Replica(ReplicaViews):
         seq.preemptions += 1
         seq.status = WAITING
         self.replan = True
+        self.blocked = False
         self.batcher.requeue(self.waiting, seq)
         return freed
 
@@ -285,6 +293,7 @@ class Replica(ReplicaViews):
         seq.preemptions += 1
         seq.status = WAITING
         self.replan = True
+        self.blocked = False
         self.batcher.requeue(self.waiting, seq)
         return freed
 
@@ -445,6 +454,7 @@ class Replica(ReplicaViews):
     def _finish(self, seq: Seq, now: float) -> None:
         seq.finish_s = now
         seq.fin_step = -1
+        self.blocked = False
         self.tokens_left -= seq.prompt_tokens
         self.outstanding[self.index] -= 1  # one fewer, as the balancers count (see on_arrival)
         for view, i in self.views:
