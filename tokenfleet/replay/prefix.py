@@ -56,6 +56,18 @@ from collections import deque
 SYNTHETIC_GROUP_BLOCKS = 32
 
 
+def prompt_block_keys(seq, trace_block: int) -> list:
+    """The request's prompt as chained ids of whole trace blocks of `trace_block` tokens, as a
+    router that never sees the engine's cache can key it: the trace's hashes, then (within a
+    session) the session's positions. Equal lists' common prefix is common content."""
+    full = seq.prompt_tokens // trace_block
+    hashes = seq.hashes
+    keys = list(hashes[:full]) if hashes is not None else []
+    if seq.session_id is not None:
+        keys += [("s", seq.session_id, b) for b in range(len(keys), full)]
+    return keys
+
+
 class Group:
     """The cached blocks under one key: sub-blocks [0, present) from engine block `j0` on."""
 
@@ -161,6 +173,27 @@ class PrefixCache:
             if j < end:  # the group ends early, or the cap falls inside it
                 break
         return hits, j, touched
+
+    def cached_prompt_blocks(self, seq) -> int:
+        """How many of the request's leading prompt blocks this replica holds now, as a router
+        reading the engine's cache would see them (no cap, no pending evictions applied, no
+        change to anything)."""
+        limit = seq.prompt_tokens // self.block_size
+        groups = self.groups
+        j = 0
+        while j < limit:
+            key, end, _private = self._segment(seq, j)
+            group = groups.get(key)
+            if group is None and seq.hashes is not None and seq.session_id is not None:
+                group = self._session_copy(seq, j)
+            if group is None or group.j0 != j:
+                break
+            want = (end if end < limit else limit) - j
+            have = group.present if group.present < want else want
+            j += have
+            if have < want:
+                break
+        return j
 
     def _session_copy(self, seq, j: int) -> Group | None:
         """A hashed block missing under its id may be cached as the session's output (a
