@@ -1,9 +1,30 @@
 """`tokenfleet replay`: bad traces, scenarios, flags and outputs."""
 
+import io
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 from bad_inputs import case
 
 R = "replay {trace}"
 POOL = "[[pools]]\n"
+
+
+def hashed_trace(hashes: list, block: bytes | None) -> bytes:
+    """A two-request trace with prefix hashes, its footer block size `block` (None: absent)."""
+    table = pa.table(
+        {
+            "arrival_s": [0.0, 1.0],
+            "prompt_tokens": pa.array([1000, 40], pa.int32()),
+            "output_tokens": pa.array([10, 10], pa.int32()),
+            "prefix_hashes": pa.array(hashes, pa.list_(pa.int64())),
+        }
+    )
+    if block is not None:
+        table = table.replace_schema_metadata({b"tokenfleet.prefix_block_size": block})
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
 
 
 def scenario(name: str, body: str, message: str):
@@ -177,5 +198,34 @@ CASES = [
         "replay: tiers missing from the scenario under reject",
         f"{R} --unknown-tier reject",
         "trace tiers 'fast' (",
+    ),
+    case(
+        "replay: prefix hashes without a block size",
+        "replay h.parquet",
+        "prefix_hashes has no block size (the footer key tokenfleet.prefix_block_size is missing)",
+        files={"h.parquet": hashed_trace([[1, 2], [1]], None)},
+    ),
+    case(
+        "replay: prefix hashes with a zero block size",
+        "replay h.parquet",
+        "tokenfleet.prefix_block_size is 0)",
+        files={"h.parquet": hashed_trace([[1, 2], [1]], b"0")},
+    ),
+    case(
+        "replay: a block size that is not a number",
+        "replay h.parquet",
+        "tokenfleet.prefix_block_size = 'big' is not a whole number of tokens",
+        files={"h.parquet": hashed_trace([[1, 2], [1]], b"big")},
+    ),
+    case(
+        "replay: more prefix hashes than prompt blocks",
+        "replay h.parquet",
+        "row 1: prefix_hashes has 2 ids, but its 40-token prompt has 1 blocks of 512 tokens",
+        files={"h.parquet": hashed_trace([[1, 2], [1, 2]], b"512")},
+    ),
+    scenario(
+        "with a text enable_prefix_caching",
+        POOL + '[pools.batcher]\npolicy = "vllm"\nenable_prefix_caching = "yes"\n',
+        "enable_prefix_caching = 'yes' should be a bool like true",
     ),
 ]

@@ -131,6 +131,18 @@ def _format_load(summary: dict) -> list[str]:
         "step (not headroom: near 100% at any steady load)",
         f"preemptions  {summary['preemptions']:,}",
     ]
+    cache = summary.get("prefix_cache")
+    if cache and cache["enabled"]:
+        lines.append(
+            f"prefix cache {pct(cache['hit_rate_tokens'])} of prompt tokens served from it "
+            f"({pct(cache['hit_rate_requests'])} of requests hit), "
+            f"{cache['prefill_tokens_saved']:,} prefill tokens saved "
+            f"(~{cache['prefill_gpu_hours_saved_est']:,.2f} GPU-h, "
+            f"~{usd(cache['prefill_usd_saved_est'])}, estimated), "
+            f"{cache['evicted_blocks']:,} blocks evicted"
+        )
+    elif cache:
+        lines.append("prefix cache off")
     return lines
 
 

@@ -159,6 +159,7 @@ class VllmBatcher:
                 if prefix is not None and prefix.keyed(part):
                     prefix.flush(free)
                     prefix.register(part, (part.cached + n) // kv.block_size, False)
+                    rep.timeline.cache(now_s, 0, prefix)
         if preempted:
             return None
         waiting = rep.waiting
@@ -212,12 +213,14 @@ class VllmBatcher:
             return -1
         self.queue.pop_head(rep.waiting)
         shared = prefix.touch(seq, hits) if hits else 0
-        if seq.start_s is None:
+        first = seq.start_s is None
+        if first:
             seq.cached_tokens = cached
         rep.admit(seq, n, blocks, now_s, shared)
         seq.cached = cached
         prefix.flush(free - need)
         prefix.register(seq, (cached + n) // block_size, False)
+        rep.timeline.cache(now_s, cached if first else 0, prefix)
         return need
 
     def _serve_decoders(self, rep, free: int) -> int:

@@ -280,6 +280,7 @@ def _add_pool(
             "max_num_batched_tokens": getattr(
                 fleet.replicas[first].batcher.settings, "max_num_batched_tokens", None
             ),
+            "prefix_caching": caching,
             # "auto" sizing: the estimated load it aimed at and reached (README, sizing rule).
             "sizing": sizing,
             "pricing": pool.pricing.kind,

@@ -62,8 +62,9 @@ def build_settings(settings_cls: type, values: dict[str, Any], where: str):
             raise UserError(f"{where}: unknown setting {key!r} (known: {known})")
         default = fields[key].default
         if default is not dataclasses.MISSING and not _same_kind(default, value):
+            like = str(default).lower() if isinstance(default, bool) else repr(default)
             raise UserError(
-                f"{where}: {key} = {value!r} should be a {type(default).__name__} like {default!r}"
+                f"{where}: {key} = {value!r} should be a {type(default).__name__} like {like}"
             )
     return settings_cls(**values)
 

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import tomli_w
 
 from tokenfleet import __version__
 from tokenfleet.atomic import atomic_dir, check_replaceable_dir
-from tokenfleet.errors import SettingError
+from tokenfleet.errors import SettingError, UserError
 from tokenfleet.replay.fleet import Fleet, TraceLengths, build_fleet
 from tokenfleet.replay.loop import TRACE_COLUMNS, simulate
 from tokenfleet.replay.records import (
@@ -34,6 +35,7 @@ from tokenfleet.replay.records.timeline import Timeline, TimelineWriter
 from tokenfleet.replay.scenario import AUTO, Scenario, scenario_to_dict
 from tokenfleet.replay.tiers import PRICE_KEYS, Tier
 from tokenfleet.traces.reader import read_trace_batches, trace_metadata
+from tokenfleet.traces.schema import PREFIX_BLOCK_SIZE_KEY
 
 
 def trace_stats(
@@ -47,10 +49,17 @@ def trace_stats(
     prompt: list[np.ndarray] = []
     output: list[np.ndarray] = []
     tiers: dict[str, int] = {}
+    meta = trace_metadata(path)
+    block = meta["prefix_block_size"]
     columns = ["arrival_s", "prompt_tokens", "output_tokens", "tier"]
+    hashed = "prefix_hashes" in meta["columns"]
+    if hashed:
+        columns.append("prefix_hashes")
     for batch in read_trace_batches(path, columns=columns):
         if batch.num_rows == 0:
             continue
+        if hashed:
+            _check_hashes(path, batch, block, n)
         for item in batch.column("tier").value_counts().to_pylist():
             tiers[item["values"]] = tiers.get(item["values"], 0) + item["counts"]
         arrivals = batch.column("arrival_s")
@@ -63,8 +72,29 @@ def trace_stats(
             output.append(batch.column("output_tokens").to_numpy())
     prompts = np.concatenate(prompt) if prompt else np.zeros(0, np.int32)
     outputs = np.concatenate(output) if output else np.zeros(0, np.int32)
-    block = trace_metadata(path)["prefix_block_size"]
     return TraceLengths(n, last - first, prompts, outputs, block), tiers
+
+
+def _check_hashes(path, batch: pa.RecordBatch, block: int | None, first_row: int) -> None:
+    """Prefix hashes need their block size, and at most one id per block of the prompt."""
+    lengths = pc.list_value_length(batch.column("prefix_hashes")).fill_null(0).to_numpy()
+    if not lengths.any():
+        return
+    if not block:
+        raise UserError(
+            f"{path}: prefix_hashes has no block size (the footer key "
+            f"{PREFIX_BLOCK_SIZE_KEY.decode()} is {'0' if block == 0 else 'missing'}); "
+            "write the trace with `tokenfleet traces convert` or set it to the tokens per id"
+        )
+    prompts = batch.column("prompt_tokens").to_numpy()
+    over = np.flatnonzero(lengths > -(-prompts // block))
+    if over.size:
+        i = int(over[0])
+        raise UserError(
+            f"{path}: row {first_row + i}: prefix_hashes has {int(lengths[i]):,} ids, but its "
+            f"{int(prompts[i]):,}-token prompt has {-(-int(prompts[i]) // block):,} blocks of "
+            f"{block} tokens; one id per block, at most"
+        )
 
 
 def unknown_tiers(scenario: Scenario, trace_tiers: dict[str, int], policy: str) -> dict[str, int]:

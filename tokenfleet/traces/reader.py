@@ -54,10 +54,22 @@ def trace_metadata(path: str | os.PathLike[str]) -> dict:
     parquet = open_trace(path)
     meta = parquet.schema_arrow.metadata or {}
     block = meta.get(PREFIX_BLOCK_SIZE_KEY)
+    if block is not None:
+        try:
+            block = int(block)
+        except ValueError:
+            raise UserError(
+                f"{path}: footer key {PREFIX_BLOCK_SIZE_KEY.decode()} = {block.decode()!r} is "
+                "not a whole number of tokens"
+            ) from None
+        if block < 0:
+            raise UserError(
+                f"{path}: footer key {PREFIX_BLOCK_SIZE_KEY.decode()} = {block} must be >= 1"
+            )
     return {
         "rows": parquet.metadata.num_rows,
         "columns": parquet.schema_arrow.names,
-        "prefix_block_size": int(block) if block is not None else None,
+        "prefix_block_size": block,
     }
 
 

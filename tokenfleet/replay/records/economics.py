@@ -25,10 +25,12 @@ ECONOMICS_COLUMNS = [
     "status",
     "prompt_tokens",
     "output_tokens",
+    "cached_tokens",
     "gpu_s",
     "prefill_gpu_s",
     "cost_usd",
     "revenue_usd",
+    "cached_input_usd",
     "slo_met",
     "ttft_s",
 ]
@@ -57,6 +59,10 @@ def economics_parts(batch: pa.RecordBatch) -> dict[str, np.ndarray | None]:
         "gpu_s": gpu,
         "cost_usd": cost,
         "revenue_usd": batch.column("revenue_usd").to_numpy(),
+        "cached_input_usd": batch.column("cached_input_usd").to_numpy(),
+        "cached_tokens": np.where(done, batch.column("cached_tokens").to_numpy(), 0.0),
+        "cache_hit": done & (batch.column("cached_tokens").to_numpy() > 0),
+        "prefill_gpu_s": batch.column("prefill_gpu_s").to_numpy(),
         "cost_in_usd": cost * share,
         "tokens_in": np.where(done, prompt, 0.0),
         "tokens_out": np.where(done, output, 0.0),
@@ -122,6 +128,8 @@ class Groups:
                 "cost_usd": cost,
                 "revenue_usd": revenue,
                 "margin_usd": revenue - cost,
+                "cached_tokens": int(sums["cached_tokens"]),
+                "cached_input_revenue_usd": sums["cached_input_usd"],
                 "ttft_s": {
                     f"p{p}": float(np.percentile(times, p)) if times.size else None
                     for p in (50, 99)
@@ -148,6 +156,32 @@ def _per_mtoken(cost: float, cost_in: float, tokens_in: int, tokens_out: int) ->
         "input": per(cost_in, tokens_in),
         "output": per(cost - cost_in, tokens_out),
         "blended": per(cost, tokens_in + tokens_out),
+    }
+
+
+def prefix_cache_figures(groups: dict[str, Groups], pools: list[dict]) -> dict:
+    """What the prefix cache did for finished requests: hit rates, the prefill it saved and an
+    estimate of that prefill's GPU time and cost (the saved tokens at this run's own prefill
+    GPU-seconds per computed prompt token, priced at the fleet's attributed cost per GPU
+    second), and the revenue their cached-input price brought."""
+    fleet = groups["fleet"]
+    sums = {k: float(v[0]) for k, v in fleet.sums.items()} if fleet.sums else {}
+    cached = sums.get("cached_tokens", 0.0)
+    prompt = sums.get("tokens_in", 0.0)
+    computed = prompt - cached
+    gpu_s_per_token = sums.get("prefill_gpu_s", 0.0) / computed if computed > 0 else 0.0
+    usd_per_gpu_s = sums["cost_usd"] / sums["gpu_s"] if sums.get("gpu_s") else 0.0
+    saved_gpu_s = cached * gpu_s_per_token
+    return {
+        "enabled": any(p.get("prefix_caching") for p in pools),
+        "hit_rate_tokens": cached / prompt if prompt else None,
+        "hit_rate_requests": sums.get("cache_hit", 0.0) / sums["finished"]
+        if sums.get("finished")
+        else None,
+        "prefill_tokens_saved": int(cached),
+        "prefill_gpu_hours_saved_est": saved_gpu_s / 3600.0,
+        "prefill_usd_saved_est": saved_gpu_s * usd_per_gpu_s,
+        "cached_input_revenue_usd": sums.get("cached_input_usd", 0.0),
     }
 
 

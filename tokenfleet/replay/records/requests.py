@@ -23,7 +23,13 @@ import pyarrow.parquet as pq
 
 from tokenfleet.replay.records.rowgroups import RowGroups
 from tokenfleet.replay.request import RECORD_FIELDS, Seq, Status
-from tokenfleet.replay.tiers import PRICE_AND_SLO_KEYS, Tier, revenue_expr, slo_met_expr
+from tokenfleet.replay.tiers import (
+    PRICE_AND_SLO_KEYS,
+    TOKENS_PER_MTOKEN,
+    Tier,
+    revenue_expr,
+    slo_met_expr,
+)
 
 # Dictionary-encode only the low-cardinality strings: trying it on columns of unique floats
 # doubled the time to write and to read the files.
@@ -57,6 +63,7 @@ RAW_COLUMNS = (
 PRICED_COLUMNS = (
     ("cost_usd", pa.float64()),
     ("revenue_usd", pa.float64()),
+    ("cached_input_usd", pa.float64()),  # the part of revenue_usd paid for cached_tokens
     ("slo_met", pa.bool_()),
 )
 
@@ -223,6 +230,13 @@ def price_requests(
                     usd_per_gpu_s, default=0.0, return_dtype=pl.Float64
                 ),
                 revenue_usd=pl.when(finished).then(revenue_expr()).otherwise(0.0),
+                cached_input_usd=pl.when(finished)
+                .then(
+                    pl.col("cached_tokens")
+                    * pl.col("usd_per_mtoken_cached_input")
+                    / TOKENS_PER_MTOKEN
+                )
+                .otherwise(0.0),
                 slo_met=(finished & slo_met_expr()).fill_null(False),
             )
             table = pl.concat([frame, money], how="horizontal").to_arrow()

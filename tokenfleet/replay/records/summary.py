@@ -26,6 +26,7 @@ from tokenfleet.replay.records.economics import (
     Groups,
     economics_parts,
     fleet_economics,
+    prefix_cache_figures,
 )
 
 PERCENTILES = (50, 90, 99)
@@ -109,7 +110,14 @@ def summarise(out_dir: Path, fleet: dict, pools: list[dict], end_s: float) -> di
     ttft = np.concatenate(totals.latencies["ttft_s"]) if totals.finished else np.zeros(0)
     summary = _figures(totals, _timeline_figures(out_dir, pools, end_s), fleet, pools)
     summary["economics"] = fleet_economics(groups, ttft, pools, end_s)
+    summary["prefix_cache"] = prefix_cache_figures(groups, pools)
+    summary["prefix_cache"]["evicted_blocks"] = _evicted_blocks(out_dir)
     return summary
+
+
+def _evicted_blocks(out_dir: Path) -> int:
+    column = pq.read_table(out_dir / TIMELINE_FILE, columns=["evicted_blocks"]).column(0)
+    return int(pc.sum(column).as_py() or 0)
 
 
 def _timeline_figures(out_dir: Path, pools: list[dict], end_s: float) -> dict:

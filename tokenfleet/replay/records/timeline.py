@@ -42,6 +42,12 @@ TIMELINE_SCHEMA = pa.schema(
         ("kv_peak_frac", pa.float64()),
         ("requests_arrived", pa.int64()),
         ("requests_finished", pa.int64()),
+        # Prefix cache: prompt tokens served from it by requests first admitted here, those
+        # requests, cached blocks whose key was dropped for reuse, blocks holding a key.
+        ("cached_tokens", pa.int64()),
+        ("cache_hits", pa.int64()),
+        ("evicted_blocks", pa.int64()),
+        ("cached_blocks", pa.int64()),
         ("mean_in_system", pa.float64()),
         ("provisioned_s", pa.float64()),
         ("cost_usd", pa.float64()),
@@ -66,6 +72,10 @@ class IntervalRow:
         "finished",
         "in_system_s",  # the integral of the requests present, over the interval
         "billed_extra_s",  # on-demand billing's rounding of spans that end in the interval
+        "cached_tokens",
+        "cache_hits",
+        "evicted_blocks",
+        "cached_blocks",  # after the interval's last cache event (-1: none in it)
     )
 
     def __init__(self) -> None:
@@ -73,6 +83,8 @@ class IntervalRow:
         self.steps = self.batch_sum = self.batch_max = self.kv_peak_blocks = 0
         self.prefill_tokens = self.decode_tokens = self.sampled_tokens = 0
         self.arrived = self.finished = 0
+        self.cached_tokens = self.cache_hits = self.evicted_blocks = 0
+        self.cached_blocks = -1
 
 
 class ReplicaTimeline:
@@ -90,6 +102,8 @@ class ReplicaTimeline:
         "finishes",
         "in_system",
         "spans",
+        "evicted_seen",
+        "cached_blocks",
     )
 
     def __init__(self, interval_s: float, provisioned: bool = True) -> None:
@@ -103,6 +117,8 @@ class ReplicaTimeline:
         self.in_system = 0  # requests here at the start of the next interval written
         # Provisioned spans [start, end] (end inf while provisioned); a fixed pool's: always.
         self.spans: list[list[float]] = [[0.0, INF]] if provisioned else []
+        self.evicted_seen = 0  # the prefix cache's eviction count at the last cache event
+        self.cached_blocks = 0  # its cached blocks then (carried into rows without events)
 
     def row(self, iv: int) -> IntervalRow:
         """The row of interval `iv` (hot callers check `cur_iv` first)."""
@@ -144,6 +160,20 @@ class ReplicaTimeline:
             row.busy_s += end - start
         else:
             self._busy(iv, start, end)
+
+    def cache(self, now: float, cached_tokens: int, prefix) -> None:
+        """A prefix-cache event at `now` (an admission through the cache, a chunk cached): the
+        prompt tokens the admission found cached (0 for a chunk), and the cache's counts after
+        it. Evictions land where the engine next looks the cache up (replay/prefix.py)."""
+        size = self.interval_s
+        iv = int(now // size)
+        row = self.cur_row if iv == self.cur_iv else self.row(iv)
+        if cached_tokens:
+            row.cached_tokens += cached_tokens
+            row.cache_hits += 1
+        row.evicted_blocks += prefix.evicted_blocks - self.evicted_seen
+        self.evicted_seen = prefix.evicted_blocks
+        row.cached_blocks = prefix.cached_blocks
 
     def _busy(self, iv: int, start: float, end: float) -> None:
         size = self.interval_s
@@ -243,6 +273,10 @@ class ReplicaTimeline:
         row = self.rows.pop(iv, None) or IntervalRow()
         if iv == self.cur_iv:
             self.cur_iv = -1
+        if row.cached_blocks < 0:
+            row.cached_blocks = self.cached_blocks
+        else:
+            self.cached_blocks = row.cached_blocks
         # In-system integral: the requests here at its start, all through it, plus the
         # arrivals' and finishes' parts (fold_counts).
         row.in_system_s += self.in_system * size
@@ -402,6 +436,10 @@ class TimelineWriter:
             pa.array(kv_peak / capacity, mask=provisioned == 0),
             pa.array(np.array([a.arrived for a in acc], dtype=np.int64)),
             pa.array(np.array([a.finished for a in acc], dtype=np.int64)),
+            *(
+                pa.array(np.array([getattr(a, name) for a in acc], dtype=np.int64))
+                for name in ("cached_tokens", "cache_hits", "evicted_blocks", "cached_blocks")
+            ),
             pa.array(_per_second([a.in_system_s for a in acc], lengths)),
             pa.array(provisioned),
             pa.array(cost),
