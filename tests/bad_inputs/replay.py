@@ -4,6 +4,7 @@ import io
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from bad_inputs import case
 
 R = "replay {trace}"

@@ -16,7 +16,7 @@ from tokenfleet.cli.options import out_option, progress_enabled, quiet_option, s
     multiple=True,
     metavar="NAME=V1,V2,...",
     help="A setting and its values (repeat for a grid): max_num_seqs, max_batched_tokens, "
-    "replicas, tp, gpu, model, batcher, balancer, seed.",
+    "replicas, tp, gpu, model, batcher, balancer, seed, enable_prefix_caching.",
 )
 @out_option(
     "frontier-out", "Directory for frontier.parquet and each run's records (runs/<setting>/)."

@@ -28,6 +28,12 @@ from tokenfleet.cli.options import out_option, progress_enabled, quiet_option, s
 )
 @click.option("--max-num-seqs", type=int, help="Sequences per step (batch cap).")
 @click.option("--max-batched-tokens", type=int, help="Token budget per step (vllm, sarathi).")
+@click.option(
+    "--prefix-caching/--no-prefix-caching",
+    "prefix_caching",
+    default=None,
+    help="Turn the vllm batcher's prefix cache on or off (default: the scenario's, on).",
+)
 @click.option("--seed", type=int, help="Seed of the random choices (default 0).")
 @click.option("--interval", "interval_s", type=float, help="Timeline interval in seconds (10).")
 @click.option(
@@ -56,6 +62,7 @@ def replay(
     balancer,
     max_num_seqs,
     max_batched_tokens,
+    prefix_caching,
     seed,
     interval_s,
     unknown_tier,
@@ -87,6 +94,7 @@ def replay(
         balancer=balancer,
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_batched_tokens,
+        enable_prefix_caching=prefix_caching,
         seed=seed,
         interval_s=interval_s,
         unknown_tier=unknown_tier,

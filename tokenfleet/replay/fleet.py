@@ -26,11 +26,11 @@ from tokenfleet.perf.steptime import StepTime
 from tokenfleet.replay.autoscale import Autoscaler
 from tokenfleet.replay.balancer import Router
 from tokenfleet.replay.batcher import make_batcher
-from tokenfleet.replay.prefix import PrefixCache
 from tokenfleet.replay.cost import cost_rates
 from tokenfleet.replay.gateway import Gateway, needs_gateway
 from tokenfleet.replay.kvcache import KVCache
 from tokenfleet.replay.loop import EventQueue
+from tokenfleet.replay.prefix import PrefixCache
 from tokenfleet.replay.records.timeline import ReplicaTimeline
 from tokenfleet.replay.replica import Replica
 from tokenfleet.replay.scenario import AUTO, PoolConfig, PricingConfig, Scenario

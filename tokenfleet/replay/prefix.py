@@ -297,7 +297,6 @@ class PrefixCache:
         registered = held[-1][0].j0 + held[-1][1] if held else 0
         self._append_uncached(blocks - registered)
         queue = self.queue
-        groups = self.groups
         kept = 0
         for group, c in reversed(held):
             holders = group.holders

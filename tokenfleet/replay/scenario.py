@@ -310,6 +310,7 @@ def with_overrides(
     balancer: str | None = None,
     max_num_seqs: int | None = None,
     max_num_batched_tokens: int | None = None,
+    enable_prefix_caching: bool | None = None,
     seed: int | None = None,
     interval_s: float | None = None,
     unknown_tier: str | None = None,
@@ -335,7 +336,11 @@ def with_overrides(
         top["model"] = dataclasses.replace(scenario.model, **model_changes)
     if balancer is not None and balancer != scenario.balancer.policy:
         top["balancer"] = PolicyConfig(balancer)
-    flags = {"max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens}
+    flags = {
+        "max_num_seqs": max_num_seqs,
+        "max_num_batched_tokens": max_num_batched_tokens,
+        "enable_prefix_caching": enable_prefix_caching,
+    }
     pools = []
     for pool in scenario.pools:
         changes: dict[str, Any] = {}

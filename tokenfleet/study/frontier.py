@@ -43,7 +43,9 @@ VARIABLES: dict[str, tuple[str, type]] = {
     "batcher": ("batcher", str),
     "balancer": ("balancer", str),
     "seed": ("seed", int),
+    "enable_prefix_caching": ("enable_prefix_caching", bool),
 }
+BOOLEANS = {"true": True, "on": True, "1": True, "false": False, "off": False, "0": False}
 
 # Frontier columns -> where each figure sits in a run's summary.json.
 FIGURES: dict[str, tuple[str, ...]] = {
@@ -89,6 +91,13 @@ def parse_vary(specs: list[str]) -> list[tuple[str, list]]:
                     f"frontier: varied setting {name!r}: an empty value in {raw!r}; "
                     "separate the values by single commas"
                 )
+            if kind is bool:
+                if item.lower() not in BOOLEANS:
+                    raise UserError(
+                        f"frontier: varied setting {name!r}: {item!r} is not true or false"
+                    )
+                values.append(BOOLEANS[item.lower()])
+                continue
             try:
                 values.append(kind(item))
             except ValueError:

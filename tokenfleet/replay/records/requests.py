@@ -195,7 +195,7 @@ def price_requests(
 ) -> None:
     """requests.parquet from the raw records (whose tiers are the scenario's: resolved when
     the request entered): its attributed cost, its revenue (finished requests pay their tier's
-    prices, their cached prompt tokens at the cached-input price) and whether it met its tier's SLOs."""
+    prices, cached prompt tokens at the cached-input price) and whether it met its SLOs."""
     source = pa.OSFile(str(raw))  # read batch by batch into memory freed as it goes
     reader = pa.ipc.open_file(source)
     schema = priced_schema(reader.schema.field("request_id").type).with_metadata(metadata or {})
