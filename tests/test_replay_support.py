@@ -16,7 +16,6 @@ from tokenfleet.replay.fleet import slots_of
 from tokenfleet.replay.gateway import Gateway
 from tokenfleet.replay.kvcache import KVCache
 from tokenfleet.replay.loop import EventQueue, simulate
-from tokenfleet.replay.prefix import PrefixCache
 from tokenfleet.replay.records.timeline import ReplicaTimeline, Timeline
 from tokenfleet.replay.replica import Replica
 from tokenfleet.replay.request import RECORD_FIELDS
@@ -113,11 +112,8 @@ def run_rows(
     for i in range(replicas):
         outstanding.append(0)
         policy = make_batcher(batcher, settings or {})
-        prefix = (
-            PrefixCache(kv_blocks, block_size, prefix_block_size)
-            if getattr(policy, "prefix_caching", False)
-            else None
-        )
+        new_cache = getattr(policy, "new_prefix_cache", None)
+        prefix = new_cache(kv_blocks, block_size, prefix_block_size) if new_cache else None
         reps.append(
             Replica(
                 i,

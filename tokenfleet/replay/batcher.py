@@ -13,7 +13,10 @@ methods, called by the replica:
   the step holds just the decodes.
 
 and a class attribute `holds_batch` (True: finished sequences keep their slot until the whole
-batch finishes, as in request-level batching).
+batch finishes, as in request-level batching). A batcher with a prefix cache also has
+`new_prefix_cache(capacity_blocks, block_size, trace_block)`: each replica's cache (None: off),
+whose `release(seq, tokens, blocks, finished)` the replica calls when a sequence gives its
+blocks back (it returns how many of them other sequences still hold).
 
 Batchers are found by name among the built-ins and the `tokenfleet.batchers` entry-point group,
 so a package can add one without forking (see `tokenfleet.replay.plugins`).
@@ -29,6 +32,7 @@ from typing import Any, ClassVar, Protocol
 
 from tokenfleet.errors import UserError
 from tokenfleet.replay.plugins import build_settings, find_plugin
+from tokenfleet.replay.prefix import PrefixCache
 
 ENTRY_POINT_GROUP = "tokenfleet.batchers"
 
@@ -194,6 +198,14 @@ class VllmBatcher:
             budget -= n
             running += 1
         return None
+
+    def new_prefix_cache(
+        self, capacity_blocks: int, block_size: int, trace_block: int | None
+    ) -> PrefixCache | None:
+        """A replica's prefix cache (None: caching off), built with the replica's KV cache."""
+        if not self.prefix_caching:
+            return None
+        return PrefixCache(capacity_blocks, block_size, trace_block)
 
     def _admit_cached(self, rep, prefix, seq, n: int, budget: int, free: int, now_s) -> int:
         """Admit the head of the queue, `n` tokens long, through the prefix cache: its hit is

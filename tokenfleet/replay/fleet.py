@@ -30,7 +30,6 @@ from tokenfleet.replay.cost import cost_rates
 from tokenfleet.replay.gateway import Gateway, needs_gateway
 from tokenfleet.replay.kvcache import KVCache
 from tokenfleet.replay.loop import EventQueue
-from tokenfleet.replay.prefix import PrefixCache
 from tokenfleet.replay.records.timeline import ReplicaTimeline
 from tokenfleet.replay.replica import Replica
 from tokenfleet.replay.scenario import AUTO, PoolConfig, PricingConfig, Scenario
@@ -239,14 +238,16 @@ def _add_pool(
     first = len(fleet.replicas)
     members = list(range(first, first + (scale.max_replicas if scale.enabled else count)))
     batcher_table = (pool.batcher.policy, pool.batcher.settings, f"pool {pool.name!r} batcher")
-    caching = getattr(make_batcher(*batcher_table), "prefix_caching", False)
+    new_cache = getattr(make_batcher(*batcher_table), "new_prefix_cache", None)
+    caching = False
     for i in members:
         fleet.outstanding.append(0)
         prefix = (
-            PrefixCache(plan.kv_blocks, plan.block_size, lengths.prefix_block_size)
-            if caching
+            new_cache(plan.kv_blocks, plan.block_size, lengths.prefix_block_size)
+            if new_cache
             else None
         )
+        caching = prefix is not None
         fleet.replicas.append(
             Replica(
                 i,
