@@ -20,6 +20,7 @@ from bisect import bisect_right
 from typing import Any, ClassVar, Protocol
 
 from tokenfleet.errors import UserError
+from tokenfleet.replay.cache_routing import CACHE_BALANCERS
 from tokenfleet.replay.plugins import build_settings, find_plugin
 
 ENTRY_POINT_GROUP = "tokenfleet.balancers"
@@ -184,6 +185,7 @@ BUILTIN_BALANCERS: dict[str, type] = {
     for cls in (RoundRobin, RandomChoice, LeastRequests, LeastTokens, LeastKV, PowerOfTwo)
 }
 BUILTIN_BALANCERS[SessionAffinity.name] = SessionAffinity
+BUILTIN_BALANCERS.update(CACHE_BALANCERS)  # cache_routing.py imports nothing from here
 
 
 def balancer_class(name: str) -> type:

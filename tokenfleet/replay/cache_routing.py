@@ -1,0 +1,554 @@
+"""Cache-aware balancers: routers that send a request where its prompt's prefix is (or is
+thought to be) cached. docs/engines/prefix-caching.md sections 3-5 set out the sources' rules.
+
+- `cache-aware`: SGLang router's `cache_aware` policy (an approximate tree of what it routed);
+- `prefix-affinity`: the Gateway API Inference Extension / llm-d approximate prefix scorer (an
+  LRU of routed blocks per replica) plus the queue scorer;
+- `precise-prefix`: llm-d's precise prefix-cache scorer (the engines' real caches, as KV events
+  tell them, late) plus the queue scorer;
+- `kv-router`: NVIDIA Dynamo's KV router cost (real cached blocks against active blocks).
+
+Router-side keys (the approximate policies) are whole trace blocks, chained:
+`prefix.prompt_block_keys(seq, trace_block)`; equal leading keys mean equal leading content, so
+a dict from key to the replicas holding it, walked along the request's chain and stopped at the
+first miss, finds every replica's match at once (O(matched keys x holders), not O(replicas x
+blocks)). Without a prefix cache (caching off) the trace block is 512 tokens and the engines'
+caches are empty.
+
+This module imports nothing from `balancer` (which registers these classes), so there is no
+import cycle; its tie-break is `_LeastOf`'s, restated here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import OrderedDict
+from heapq import heapify, heappop, heappush
+from typing import ClassVar
+
+from tokenfleet.errors import UserError
+from tokenfleet.replay.prefix import prompt_block_keys
+
+DEFAULT_TRACE_BLOCK = 512  # tokens per router-side key when the replicas cache nothing
+
+
+def _in_range(owner: str, key: str, value: float, lo: float, hi: float = math.inf) -> None:
+    """Refuse a setting outside [lo, hi] (NaN included), naming it and the range."""
+    if not (lo <= value <= hi and math.isfinite(value)):
+        allowed = f"a finite number >= {lo}" if hi == math.inf else f"in [{lo}, {hi}]"
+        raise UserError(f"{owner}: {key} = {value!r} must be {allowed}")
+
+
+def _finite_weight(owner: str, key: str, value: float) -> None:
+    if not (value >= 0 and math.isfinite(value)):
+        raise UserError(f"{owner}: {key} = {value!r} must be a finite number >= 0")
+
+
+class _CacheRouting:
+    """Shared state: the replicas, their counts, the tie-break pointer and the trace block."""
+
+    name: ClassVar[str]
+    Settings: ClassVar[type]
+
+    def __init__(self, settings, replicas: list, outstanding: list[int], seed: int) -> None:
+        self.settings = settings
+        self.replicas = replicas
+        self.outstanding = outstanding
+        self.n = len(replicas)
+        self.next = 0
+        prefix = getattr(replicas[0], "prefix", None) if replicas else None
+        self.trace_block = prefix.trace_block if prefix is not None else DEFAULT_TRACE_BLOCK
+        self.validate(settings)
+
+    def validate(self, settings) -> None:  # pragma: no cover - every subclass has its own
+        pass
+
+    def _least(self, loads: list) -> int:
+        """The least of `loads`; ties go to the first at or after a round-robin pointer (as
+        `balancer._LeastOf._least`, so a tie goes where least-requests would send it)."""
+        low = min(loads)
+        try:
+            i = loads.index(low, self.next)
+        except ValueError:
+            i = loads.index(low)
+        self.next = i + 1 if i + 1 < self.n else 0
+        return i
+
+    def _best(self, scores: list) -> int:
+        """The highest of `scores`, ties as in `_least` (the max-score picker; the sources
+        break ties at random, this is deterministic)."""
+        high = max(scores)
+        try:
+            i = scores.index(high, self.next)
+        except ValueError:
+            i = scores.index(high)
+        self.next = i + 1 if i + 1 < self.n else 0
+        return i
+
+    def _queue_scores(self) -> list[float]:
+        """llm-d's queue scorer `(maxQ - q) / (maxQ - minQ)` over `outstanding` (equal: 1.0)."""
+        out = self.outstanding
+        hi, lo = max(out), min(out)
+        if hi == lo:
+            return [1.0] * self.n
+        span = hi - lo
+        return [(hi - q) / span for q in out]
+
+    def _kv_free_scores(self, now_s: float) -> list[float]:
+        """llm-d's KV-cache-utilisation scorer, `1 - used fraction` (read only when weighted:
+        it costs a look at every replica)."""
+        return [1.0 - r.kv_used_at(now_s) for r in self.replicas]
+
+
+# ----------------------------------------------------------------------------- cache-aware
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheAwareSettings:
+    cache_threshold: float = 0.3
+    balance_abs_threshold: int = 64
+    balance_rel_threshold: float = 1.5
+    eviction_interval_s: float = 120.0
+    max_tree_size: int = 2**26
+
+
+class CacheAware(_CacheRouting):
+    """SGLang router's `cache_aware` policy (`sgl-project/sglang`,
+    `sgl-router/src/policies/cache_aware.rs` `select_worker`; the tree is `sgl-router/src/tree.rs`).
+
+    Loads are `outstanding` (the router's own in-flight count). The fleet is imbalanced iff
+    `max - min > balance_abs_threshold` and `max > min * balance_rel_threshold`; then the least
+    loaded replica gets the request. Otherwise the request's prefix is matched against one tree
+    shared by all replicas (each node knowing which replicas it was routed to): with
+    `match_rate = matched tokens / prompt tokens > cache_threshold` it goes to a replica holding
+    the deepest matched node, else to the replica whose tree is smallest. Either way its prefix
+    is inserted under the chosen replica, with the pick's time as the nodes' access time.
+
+    Approximated: the router's tree is over request text (characters); here it is over the chain
+    of whole trace blocks (`prompt_block_keys`), each weighing `trace_block` tokens, so a
+    prompt's tail past its last whole trace block is neither matched nor inserted, and sizes
+    and `max_tree_size` count tokens. Tie-breaks: the source takes the first tenant of a
+    concurrent map (arbitrary); here the lowest index among the deepest node's replicas, and
+    the least loaded / smallest tree by `_least` (round-robin pointer shared by both, so an
+    all-imbalanced run picks exactly what least-requests picks). As in `prefix_match`, a match
+    refreshes the matched replica's access times along the path even when it is not chosen.
+
+    Eviction: the router trims every replica's tree to `max_tree_size`, least recently used
+    leaves first (`Tree::evict_tenant_by_size`), from a background thread every
+    `eviction_interval_s` (0: never, as the source does). Here it runs at the first pick at or
+    after each multiple of the interval (sim time): the tree changes only at picks, so this is
+    what the thread would have left at that moment. Defaults: the router CLI's (the Rust
+    `CacheAwareConfig::default()` has 0.5, 32, 1.1, 30 s and 10,000).
+    """
+
+    name: ClassVar[str] = "cache-aware"
+    Settings: ClassVar[type] = CacheAwareSettings
+
+    def __init__(self, settings, replicas: list, outstanding: list[int], seed: int) -> None:
+        super().__init__(settings, replicas, outstanding, seed)
+        # key -> replicas holding that node. A replica holding a node holds its whole path
+        # (inserts add the path, evictions take leaves), so a non-empty entry is a live node.
+        self.holders: dict = {}
+        # per replica: key -> [last access, parent key, children it holds]
+        self.trees: list[dict] = [{} for _ in range(self.n)]
+        self.size = [0] * self.n  # tokens in each replica's tree
+        self.next_eviction = settings.eviction_interval_s
+
+    def validate(self, s) -> None:
+        owner = f"balancer {self.name!r}"
+        _in_range(owner, "cache_threshold", s.cache_threshold, 0.0, 1.0)
+        _in_range(owner, "balance_abs_threshold", s.balance_abs_threshold, 0)
+        _in_range(owner, "balance_rel_threshold", s.balance_rel_threshold, 1.0)
+        _in_range(owner, "eviction_interval_s", s.eviction_interval_s, 0.0)
+        _in_range(owner, "max_tree_size", s.max_tree_size, 1)
+
+    def match(self, keys: list) -> tuple[int, int]:
+        """(keys matched from the start in the shared tree, the replica chosen among the
+        deepest matched node's; -1 when nothing matched)."""
+        holders = self.holders
+        depth = 0
+        last = None
+        for key in keys:
+            h = holders.get(key)
+            if not h:
+                break
+            last = h
+            depth += 1
+        return depth, (min(last) if last else -1)
+
+    def pick(self, seq, now_s: float) -> int:
+        s = self.settings
+        if s.eviction_interval_s > 0 and now_s >= self.next_eviction:
+            self.evict(s.max_tree_size)
+            self.next_eviction = (math.floor(now_s / s.eviction_interval_s) + 1) * (
+                s.eviction_interval_s
+            )
+        keys = prompt_block_keys(seq, self.trace_block)
+        out = self.outstanding
+        hi, lo = max(out), min(out)
+        if hi - lo > s.balance_abs_threshold and hi > lo * s.balance_rel_threshold:
+            i = self._least(out)
+        else:
+            depth, tenant = self.match(keys)
+            rate = depth * self.trace_block / seq.prompt_tokens if seq.prompt_tokens else 0.0
+            if tenant >= 0:
+                tree = self.trees[tenant]
+                for key in keys[:depth]:  # prefix_match refreshes the tenant's path
+                    node = tree.get(key)
+                    if node is not None:
+                        node[0] = now_s
+            i = tenant if rate > s.cache_threshold else self._least(self.size)
+        self.insert(i, keys, now_s)
+        return i
+
+    def insert(self, i: int, keys: list, now_s: float) -> None:
+        tree = self.trees[i]
+        holders = self.holders
+        parent = None
+        added = 0
+        for key in keys:
+            node = tree.get(key)
+            if node is None:
+                tree[key] = [now_s, parent, 0]
+                if parent is not None:
+                    tree[parent][2] += 1
+                h = holders.get(key)
+                if h is None:
+                    holders[key] = {i}
+                else:
+                    h.add(i)
+                added += 1
+            else:
+                node[0] = now_s
+            parent = key
+        self.size[i] += added * self.trace_block
+
+    def evict(self, max_size: int) -> None:
+        """Trim each replica's tree to `max_size` tokens, least recently used leaves first (a
+        parent becomes a leaf once its last child goes). Scans a tree only when it is over."""
+        tb = self.trace_block
+        holders = self.holders
+        for i, tree in enumerate(self.trees):
+            if self.size[i] <= max_size:
+                continue
+            # (time, order, key): the order breaks time ties by insertion, and keys (ints,
+            # tuples) are never compared
+            heap = [(node[0], k, key) for k, (key, node) in enumerate(tree.items()) if not node[2]]
+            heapify(heap)
+            order = len(tree)
+            while self.size[i] > max_size and heap:
+                _t, _k, key = heappop(heap)
+                node = tree.pop(key)
+                h = holders[key]
+                h.discard(i)
+                if not h:
+                    del holders[key]
+                self.size[i] -= tb
+                parent = tree.get(node[1]) if node[1] is not None else None
+                if parent is not None:
+                    parent[2] -= 1
+                    if not parent[2]:
+                        heappush(heap, (parent[0], order, node[1]))
+                        order += 1
+
+
+# ----------------------------------------------------------------------------- prefix-affinity
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefixAffinitySettings:
+    prefix_weight: float = 2.0
+    queue_weight: float = 1.0
+    kv_cache_weight: float = 0.0
+    block_size_tokens: int = 16
+    max_prefix_blocks: int = 256
+    lru_capacity_per_server: int = 31250
+
+
+class PrefixAffinity(_CacheRouting):
+    """The approximate prefix-cache scorer of the Gateway API Inference Extension (GIE,
+    `kubernetes-sigs/gateway-api-inference-extension`,
+    `pkg/epp/scheduling/framework/plugins/multi/prefix/plugin.go`; llm-d's newer
+    `approx-prefix-cache`), with the queue scorer, summed with weights by a max-score picker.
+
+    Each replica has an LRU of the blocks routed to it (`lru_capacity_per_server` blocks of
+    `block_size_tokens`); a request's prefix score is `matched blocks / its blocks`, both capped
+    at `max_prefix_blocks`, where matched is counted as `matchLongestPrefix` does: walk the
+    request's blocks from the first, stop at the first no replica holds, and credit each block
+    to every replica holding it. The queue score is `(maxQ - q) / (maxQ - minQ)` with q =
+    `outstanding` (GIE reads the engine's waiting-queue metric; equal queues give 1.0); with
+    `kv_cache_weight` > 0 the KV-utilisation scorer `1 - used fraction` is added too. Highest
+    `prefix_weight * prefix + queue_weight * queue (+ kv_cache_weight * kv)` wins, ties to the
+    first at or after a round-robin pointer (the source: random). After the pick, the
+    request's (capped) blocks go into the chosen replica's LRU, in order.
+
+    Approximated: GIE hashes blocks of `block_size_tokens` tokens of text; here a key is a
+    whole trace block (`prompt_block_keys`), counted as `trace_block / block_size_tokens`
+    blocks for the cap, the score and the LRU's capacity (976 Mooncake blocks for 31,250 of 16
+    tokens), so blocks match and are evicted a trace block at a time, and a prompt's tail past
+    its last whole trace block never matches (it still counts in the denominator). Defaults:
+    GIE's `DefaultBlockSizeTokens` 16, `MaxPrefixBlocksToMatch` 256, `LRUCapacityPerServer`
+    31250; weights from llm-d's sample prefix-cache config (prefix 2, queue 1; its KV
+    utilisation weight of 1 is left off by default: set `kv_cache_weight = 1.0` to add it).
+    """
+
+    name: ClassVar[str] = "prefix-affinity"
+    Settings: ClassVar[type] = PrefixAffinitySettings
+
+    def __init__(self, settings, replicas: list, outstanding: list[int], seed: int) -> None:
+        super().__init__(settings, replicas, outstanding, seed)
+        s = settings
+        self.per_key = self.trace_block / s.block_size_tokens  # GIE blocks in one key
+        self.max_keys = math.ceil(s.max_prefix_blocks * s.block_size_tokens / self.trace_block)
+        self.capacity_keys = max(1, int(s.lru_capacity_per_server // self.per_key))
+        self.lrus: list[OrderedDict] = [OrderedDict() for _ in range(self.n)]
+        self.index: dict = {}  # key -> replicas whose LRU holds it
+
+    def validate(self, s) -> None:
+        owner = f"balancer {self.name!r}"
+        for key in ("prefix_weight", "queue_weight", "kv_cache_weight"):
+            _finite_weight(owner, key, getattr(s, key))
+        for key in ("block_size_tokens", "max_prefix_blocks", "lru_capacity_per_server"):
+            _in_range(owner, key, getattr(s, key), 1)
+
+    def prefix_scores(self, seq, keys: list) -> list[float]:
+        total = min(seq.prompt_tokens // self.settings.block_size_tokens,
+                    self.settings.max_prefix_blocks)  # fmt: skip
+        counts = [0] * self.n
+        if total:
+            index = self.index
+            for key in keys:
+                h = index.get(key)
+                if not h:
+                    break
+                for i in h:
+                    counts[i] += 1
+        per = self.per_key
+        return [min(c * per, total) / total if total else 0.0 for c in counts]
+
+    def scores(self, seq, now_s: float, keys: list | None = None) -> list[float]:
+        s = self.settings
+        if keys is None:
+            keys = prompt_block_keys(seq, self.trace_block)[: self.max_keys]
+        prefix = self.prefix_scores(seq, keys)
+        queue = self._queue_scores()
+        pw, qw = s.prefix_weight, s.queue_weight
+        total = [pw * p + qw * q for p, q in zip(prefix, queue, strict=True)]
+        if s.kv_cache_weight:
+            kw = s.kv_cache_weight
+            total = [t + kw * k for t, k in zip(total, self._kv_free_scores(now_s), strict=True)]
+        return total
+
+    def pick(self, seq, now_s: float) -> int:
+        keys = prompt_block_keys(seq, self.trace_block)[: self.max_keys]
+        i = self._best(self.scores(seq, now_s, keys))
+        lru = self.lrus[i]
+        index = self.index
+        for key in keys:
+            if key in lru:
+                lru.move_to_end(key)
+            else:
+                lru[key] = None
+                h = index.get(key)
+                if h is None:
+                    index[key] = {i}
+                else:
+                    h.add(i)
+        while len(lru) > self.capacity_keys:
+            key, _ = lru.popitem(last=False)
+            h = index[key]
+            h.discard(i)
+            if not h:
+                del index[key]
+        return i
+
+
+# ----------------------------------------------------------------------------- precise-prefix
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecisePrefixSettings:
+    precise_weight: float = 2.0
+    queue_weight: float = 1.0
+    kv_cache_weight: float = 0.0
+    cache_signal_delay_s: float = 0.05
+
+
+class PrecisePrefix(_CacheRouting):
+    """llm-d's precise prefix-cache scorer (`llm-d/llm-d-inference-scheduler`,
+    `pkg/plugins/scorer/precise_prefix_cache.go`, normalised by `pkg/plugins/scorer/utils.go`),
+    with the queue scorer, as in `deploy/config/epp-precise-prefix-cache-config.yaml`.
+
+    A replica's raw score is the number of leading prompt blocks its engine holds
+    (`PrefixCache.cached_prompt_blocks`), as the router's index learns them from the engines'
+    KV events; raw scores are min-max normalised over the replicas (all equal: 1.0 each), and
+    `precise_weight * prefix + queue_weight * queue (+ kv_cache_weight * (1 - KV used))` picks
+    the highest, ties to the first at or after a round-robin pointer (the source: random).
+
+    The events' lag, `cache_signal_delay_s`, is modelled per replica and trace block: a block is
+    visible to the router only once a request holding it, routed to that replica, started
+    (`Seq.start_s`: its first scheduled step, when vLLM registers the blocks it computes or
+    hits) at least `cache_signal_delay_s` ago. The router keeps, per replica, each routed key's
+    visibility time (or, until one has started, the requests waiting to store it), and the
+    score is the real cached run cut at the first key not yet visible. Cost: the walk stops at
+    the first miss, and only replicas the request's first key was routed to are looked at.
+
+    Not modelled: removal events are seen at once (the real cache is read now, so a block
+    evicted less than the delay ago is not reported stale), a block stored again after an
+    eviction is visible at once (the key's first visibility time is kept), later chunks of a
+    chunked prefill are visible with its first, and the tail past the last whole trace block
+    is visible when all the whole ones are. A request shorter than one trace block scores 0
+    everywhere. Defaults: the sample config's weights (precise 2, queue 1; its KV-utilisation
+    weight 1 is off by default, `kv_cache_weight = 1.0` adds it); the source has no delay
+    model, 0.05 s stands for about one engine step plus transport.
+    """
+
+    name: ClassVar[str] = "precise-prefix"
+    Settings: ClassVar[type] = PrecisePrefixSettings
+
+    def __init__(self, settings, replicas: list, outstanding: list[int], seed: int) -> None:
+        super().__init__(settings, replicas, outstanding, seed)
+        # per replica: key -> the time it becomes visible, or a list of routed requests none
+        # of which has started yet
+        self.visible: list[dict] = [{} for _ in range(self.n)]
+        self.index: dict = {}  # key -> replicas it was routed to
+
+    def validate(self, s) -> None:
+        owner = f"balancer {self.name!r}"
+        for key in ("precise_weight", "queue_weight", "kv_cache_weight"):
+            _finite_weight(owner, key, getattr(s, key))
+        _in_range(owner, "cache_signal_delay_s", s.cache_signal_delay_s, 0.0)
+
+    def _visible_depth(self, i: int, keys: list, now_s: float) -> int:
+        """Leading keys the router has seen stored on replica i by `now_s`."""
+        vis = self.visible[i]
+        delay = self.settings.cache_signal_delay_s
+        depth = 0
+        for key in keys:
+            v = vis.get(key)
+            if v is None:
+                break
+            if v.__class__ is list:  # resolve: the earliest start fixes the time for good
+                starts = [s.start_s for s in v if s.start_s is not None]
+                if not starts:
+                    break
+                v = vis[key] = min(starts) + delay
+            if v > now_s:
+                break
+            depth += 1
+        return depth
+
+    def raw_scores(self, seq, now_s: float, keys: list) -> list[int]:
+        raw = [0] * self.n
+        if not keys:
+            return raw
+        candidates = self.index.get(keys[0])
+        if not candidates:
+            return raw
+        tb = self.trace_block
+        for i in candidates:
+            depth = self._visible_depth(i, keys, now_s)
+            if not depth:
+                continue
+            prefix = self.replicas[i].prefix
+            if prefix is None:
+                continue
+            real = prefix.cached_prompt_blocks(seq)
+            if depth < len(keys):
+                seen = depth * tb // prefix.block_size
+                real = real if real < seen else seen
+            raw[i] = real
+        return raw
+
+    def scores(self, seq, now_s: float, keys: list | None = None) -> list[float]:
+        s = self.settings
+        if keys is None:
+            keys = prompt_block_keys(seq, self.trace_block)
+        raw = self.raw_scores(seq, now_s, keys)
+        hi, lo = max(raw), min(raw)
+        prefix = [1.0] * self.n if hi == lo else [(r - lo) / (hi - lo) for r in raw]
+        queue = self._queue_scores()
+        pw, qw = s.precise_weight, s.queue_weight
+        total = [pw * p + qw * q for p, q in zip(prefix, queue, strict=True)]
+        if s.kv_cache_weight:
+            kw = s.kv_cache_weight
+            total = [t + kw * k for t, k in zip(total, self._kv_free_scores(now_s), strict=True)]
+        return total
+
+    def pick(self, seq, now_s: float) -> int:
+        keys = prompt_block_keys(seq, self.trace_block)
+        i = self._best(self.scores(seq, now_s, keys))
+        vis = self.visible[i]
+        index = self.index
+        for key in keys:
+            v = vis.get(key)
+            if v is None:
+                vis[key] = [seq]
+                h = index.get(key)
+                if h is None:
+                    index[key] = {i}
+                else:
+                    h.add(i)
+            elif v.__class__ is list:
+                v.append(seq)
+        return i
+
+
+# ----------------------------------------------------------------------------- kv-router
+
+
+@dataclasses.dataclass(frozen=True)
+class KvRouterSettings:
+    overlap_score_weight: float = 1.0
+
+
+class KvRouter(_CacheRouting):
+    """NVIDIA Dynamo's KV router at temperature 0 (`ai-dynamo/dynamo`,
+    `lib/llm/src/kv_router/scheduler.rs`, `DefaultWorkerSelector`): for each replica
+    `overlap_score_weight * (request_blocks - cached_blocks) + decode_blocks`, lowest wins.
+
+    `request_blocks = ceil(prompt / engine block)`; `cached_blocks` is the replica's real
+    cached run of leading prompt blocks (`PrefixCache.cached_prompt_blocks`, read now: Dynamo's
+    radix tree of KV events, without their lag; 0 with caching off). For Dynamo's "potential
+    active blocks" stands the KV the replica reports in use now (`kv_used_at(now_s)` times
+    `kv.capacity_blocks`: running and partly computed requests' blocks, shared ones once,
+    cached free blocks not at all). It leaves out what Dynamo adds: the candidate request's own
+    blocks and the blocks of requests routed but still queued (they hold no KV yet). Ties go
+    to the first at or after a round-robin pointer (Dynamo: random). No normalisation (one
+    version divides by the largest logit, which does not change the minimum). Default:
+    `--router-kv-overlap-score-weight` 1.
+    """
+
+    name: ClassVar[str] = "kv-router"
+    Settings: ClassVar[type] = KvRouterSettings
+
+    def validate(self, s) -> None:
+        _finite_weight(f"balancer {self.name!r}", "overlap_score_weight", s.overlap_score_weight)
+
+    def costs(self, seq, now_s: float) -> list[float]:
+        w = self.settings.overlap_score_weight
+        prompt = seq.prompt_tokens
+        keyed = seq.hashes is not None or seq.session_id is not None  # else nothing can hit
+        out = []
+        for r in self.replicas:
+            prefix = r.prefix
+            kv = r.kv
+            if prefix is not None:
+                bs = prefix.block_size
+                cached = prefix.cached_prompt_blocks(seq) if keyed else 0
+            else:
+                bs = kv.block_size
+                cached = 0
+            request_blocks = -(-prompt // bs)
+            decode = round(r.kv_used_at(now_s) * kv.capacity_blocks)
+            out.append(w * (request_blocks - cached) + decode)
+        return out
+
+    def pick(self, seq, now_s: float) -> int:
+        return self._least(self.costs(seq, now_s))
+
+
+CACHE_BALANCERS: dict[str, type] = {
+    cls.name: cls for cls in (CacheAware, PrefixAffinity, PrecisePrefix, KvRouter)
+}
