@@ -160,7 +160,9 @@ class VllmBatcher:
                 budget -= n
                 rep.chunks.append((part, n))
                 prefix = rep.prefix
-                if prefix is not None and prefix.keyed(part):
+                if prefix is not None and (
+                    part.hashes is not None or part.session_id is not None or part.preemptions
+                ):
                     prefix.flush(free)
                     prefix.register(part, (part.cached + n) // kv.block_size, False)
                     rep.timeline.cache(now_s, 0, prefix)
@@ -174,7 +176,10 @@ class VllmBatcher:
         while waiting and budget > 0 and running < self.max_num_seqs:
             seq = queue.head(waiting)
             n = seq.prompt_tokens + seq.generated
-            if prefix is not None and prefix.keyed(seq):
+            # (PrefixCache.keyed, inlined: once per admission.)
+            if prefix is not None and (
+                seq.hashes is not None or seq.session_id is not None or seq.preemptions
+            ):
                 if rep.blocked:
                     break
                 need = self._admit_cached(rep, prefix, seq, n, budget, free, now_s)

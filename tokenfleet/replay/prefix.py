@@ -107,6 +107,7 @@ class PrefixCache:
         "groups",
         "queue",
         "free",
+        "loose",
         "keyed_free",
         "cached_blocks",
         "evicted_blocks",
@@ -118,6 +119,9 @@ class PrefixCache:
         self.groups: dict = {}
         self.queue: deque[Run] = deque([Run(None, 0, capacity_blocks)])
         self.free = capacity_blocks  # blocks in the queue, before the lazy pops
+        # Uncached blocks given back since the queue last changed, not yet appended (nor in
+        # `free`): they belong at its tail, after everything in it (`_settle` appends them).
+        self.loose = 0
         self.keyed_free = 0  # cached blocks in the queue
         self.cached_blocks = 0  # blocks holding a key, held or free
         self.evicted_blocks = 0  # keys dropped by reuse, since the start
@@ -295,6 +299,7 @@ class PrefixCache:
             self.register(seq, tokens // self.block_size, not finished)
         held = seq.held
         registered = held[-1][0].j0 + held[-1][1] if held else 0
+        self._settle()
         self._append_uncached(blocks - registered)
         queue = self.queue
         kept = 0
@@ -326,6 +331,13 @@ class PrefixCache:
         seq.registered = 0
         return kept
 
+    def _settle(self) -> None:
+        """Append the loose blocks to the queue (before anything reads or extends it)."""
+        n = self.loose
+        if n:
+            self.loose = 0
+            self._append_uncached(n)
+
     def _append_uncached(self, n: int) -> None:
         if n <= 0:
             return
@@ -342,6 +354,7 @@ class PrefixCache:
     def flush(self, free: int) -> None:
         """Apply the allocations made since the last flush: pop the queue's head until `free`
         blocks are left, dropping the keys of cached blocks reused."""
+        self._settle()
         n = self.free - free
         if n < 0:
             raise RuntimeError(f"prefix cache: {free} free blocks asked, {self.free} queued")
@@ -375,6 +388,7 @@ class PrefixCache:
 
     def check(self, used_blocks: int, capacity_blocks: int) -> None:
         """Raise AssertionError where the structure breaks an invariant (for the tests)."""
+        self._settle()
         assert sum(r.hi - r.lo for r in self.queue) == self.free
         assert capacity_blocks - used_blocks <= self.free, (capacity_blocks, used_blocks)
         keyed = 0

@@ -415,11 +415,14 @@ class Replica(ReplicaViews):
             del self.decoding[seq]
             offset = seq.offset
             self.kv.remove_decoder(offset)
-            if self.prefix is not None:  # it computed the KV of all its tokens but the last
+            prefix = self.prefix
+            if prefix is not None:  # it computed the KV of all its tokens but the last
                 tokens = offset + s + 1
-                self.kv.other_blocks += self.prefix.release(
-                    seq, tokens, self.kv.blocks_for(tokens), True
-                )
+                blocks = -(-tokens // self.kv.block_size)
+                if seq.held or seq.hashes is not None or seq.session_id is not None:
+                    self.kv.other_blocks += prefix.release(seq, tokens, blocks, True)
+                else:  # nothing of it is cached (most requests of a trace without prefixes):
+                    prefix.loose += blocks  # they join the queue's tail (no call: 2% of a run)
             self.n_dec -= 1
             self.off_sum -= offset
             self._finish(seq, now)
@@ -437,8 +440,12 @@ class Replica(ReplicaViews):
         """A sequence that never decoded finishes: its blocks go back."""
         kv = self.kv
         kv.other_blocks -= seq.blocks
-        if self.prefix is not None:
-            kv.other_blocks += self.prefix.release(seq, seq.cached, seq.blocks, True)
+        prefix = self.prefix
+        if prefix is not None:
+            if seq.held or seq.hashes is not None or seq.session_id is not None:
+                kv.other_blocks += prefix.release(seq, seq.cached, seq.blocks, True)
+            else:
+                prefix.loose += seq.blocks
         seq.blocks = 0
 
     def _release_batch(self) -> None:
