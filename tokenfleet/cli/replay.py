@@ -24,7 +24,8 @@ from tokenfleet.cli.options import out_option, progress_enabled, quiet_option, s
 @click.option("--batcher", help="vllm, sarathi, orca, static, or a plugin's name.")
 @click.option(
     "--balancer",
-    help="round-robin, random, least-requests, least-tokens, least-kv, power-of-two, session.",
+    help="round-robin, random, least-requests, least-tokens, least-kv, power-of-two, session, "
+    "cache-aware, prefix-affinity, precise-prefix, kv-router.",
 )
 @click.option("--max-num-seqs", type=int, help="Sequences per step (batch cap).")
 @click.option("--max-batched-tokens", type=int, help="Token budget per step (vllm, sarathi).")
