@@ -157,34 +157,19 @@ class PrefixCache:
         request would hold, the key it was looked up by), blocks hit, hit blocks that are free
         now). Changes nothing but the lazy pops: a request that does not fit looks again."""
         self.flush(free)
-        cap = (tokens - 1) // self.block_size
-        groups = self.groups
-        hits = []
-        j = touched = 0
-        while j < cap:
-            key, end, _private = self._segment(seq, j)
-            group = groups.get(key)
-            if group is None and seq.hashes is not None and seq.session_id is not None:
-                group = self._session_copy(seq, j)
-            if group is None or group.j0 != j:
-                break
-            want = (end if end < cap else cap) - j
-            have = group.present if group.present < want else want
-            hits.append((group, have, key))
-            if have > group.top:
-                touched += have - group.top
-            j += have
-            if j < end:  # the group ends early, or the cap falls inside it
-                break
-        return hits, j, touched
+        return self._match(seq, (tokens - 1) // self.block_size)
 
     def cached_prompt_blocks(self, seq) -> int:
         """How many of the request's leading prompt blocks this replica holds now, as a router
         reading the engine's cache would see them (no cap, no pending evictions applied, no
         change to anything)."""
-        limit = seq.prompt_tokens // self.block_size
+        return self._match(seq, seq.prompt_tokens // self.block_size)[1]
+
+    def _match(self, seq, limit: int) -> tuple[list, int, int]:
+        """Walk the request's chain from block 0 to at most `limit` blocks: `lookup`'s answer."""
         groups = self.groups
-        j = 0
+        hits = []
+        j = touched = 0
         while j < limit:
             key, end, _private = self._segment(seq, j)
             group = groups.get(key)
@@ -194,10 +179,13 @@ class PrefixCache:
                 break
             want = (end if end < limit else limit) - j
             have = group.present if group.present < want else want
+            hits.append((group, have, key))
+            if have > group.top:
+                touched += have - group.top
             j += have
-            if have < want:
+            if j < end:  # the group ends early, or the limit falls inside it
                 break
-        return j
+        return hits, j, touched
 
     def _session_copy(self, seq, j: int) -> Group | None:
         """A hashed block missing under its id may be cached as the session's output (a
