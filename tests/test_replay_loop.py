@@ -169,6 +169,8 @@ def test_skip_mode_gives_the_same_records_as_step_by_step(
         t += gap
         rows.append((t, p, o, session))
     options = {"max_num_seqs": max_seqs}
+    if batcher == "sglang":  # SGLang's names; its pages are the blocks
+        options = {"max_running_requests": max_seqs, "page_size": block_size}
     if batcher in ("vllm", "sarathi"):
         options["max_num_batched_tokens"] = max(max_seqs, 64)
     common = dict(

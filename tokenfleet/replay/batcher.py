@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Protocol
 from tokenfleet.errors import UserError
 from tokenfleet.replay.plugins import build_settings, find_plugin
 from tokenfleet.replay.prefix import PrefixCache
+from tokenfleet.replay.sglang import SglangBatcher
 
 ENTRY_POINT_GROUP = "tokenfleet.batchers"
 
@@ -376,7 +377,8 @@ class StaticBatcher:
 
 
 BUILTIN_BATCHERS: dict[str, type] = {
-    cls.name: cls for cls in (VllmBatcher, SarathiBatcher, OrcaBatcher, StaticBatcher)
+    cls.name: cls
+    for cls in (VllmBatcher, SarathiBatcher, OrcaBatcher, StaticBatcher, SglangBatcher)
 }
 
 

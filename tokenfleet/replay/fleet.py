@@ -208,8 +208,11 @@ def _add_pool(
     if gpu.measured_on_cpu:  # a CPU profile is legitimate input, but never silently a GPU
         notify(f"pool {pool.name!r}: gpu = {pool.gpu} describes a CPU (calibrated with NumPy)")
     step_time = StepTime(model, gpu, pool.tp, dtype, kv_dtype, pool.engine or None)
+    batcher_table = (pool.batcher.policy, pool.batcher.settings, f"pool {pool.name!r} batcher")
+    # A batcher with its own KV page size (sglang's page_size) sets the pool's block size.
+    block_size = getattr(make_batcher(*batcher_table), "page_size", None) or pool.block_size
     plan = plan_memory(
-        model, gpu, pool.tp, dtype, kv_dtype, pool.gpu_memory_utilization, pool.block_size
+        model, gpu, pool.tp, dtype, kv_dtype, pool.gpu_memory_utilization, block_size
     )
     count = pool.replicas
     sizing = None
@@ -237,7 +240,6 @@ def _add_pool(
     biller = getattr(price, "billed_seconds", None) if rate.provisioned_usd_per_s else None
     first = len(fleet.replicas)
     members = list(range(first, first + (scale.max_replicas if scale.enabled else count)))
-    batcher_table = (pool.batcher.policy, pool.batcher.settings, f"pool {pool.name!r} batcher")
     new_cache = getattr(make_batcher(*batcher_table), "new_prefix_cache", None)
     caching = False
     for i in members:
@@ -247,7 +249,7 @@ def _add_pool(
             if new_cache
             else None
         )
-        caching = prefix is not None
+        caching = prefix is not None and not getattr(prefix, "disabled", False)
         fleet.replicas.append(
             Replica(
                 i,

@@ -76,6 +76,8 @@ class Replica(ReplicaViews):
         "hold_batch",
         "replan",
         "blocked",
+        "idle_decoders",
+        "on_chunk",
         "gpu_acc",
         "seg_start",
         "seg_end",
@@ -146,6 +148,12 @@ class Replica(ReplicaViews):
         # again (a lookup applies the cache's pending evictions: looking only when something
         # changed keeps them where skip mode and step-by-step mode both look).
         self.blocked = False
+        # Set by a batcher whose prefill steps exclude the decoders (SGLang runs a prefill batch
+        # or a decode batch): this step's decoders wait, and the decode clock `step_no` stays.
+        self.idle_decoders = False
+        # A prefix cache's hook after each prefill chunk that does not finish its request
+        # (SGLang's cache_unfinished_req): returns the blocks now counted twice.
+        self.on_chunk = getattr(prefix, "cache_unfinished", None)
         # Decode-time accumulator: closed segments' (duration / batch), plus the open segment.
         self.gpu_acc = 0.0
         self.seg_start = 0.0
@@ -216,8 +224,7 @@ class Replica(ReplicaViews):
             self._end_step(last)
         elif state == STEP:
             start = self.t_start
-            d = self.n_dec
-            gen = self.n_gen
+            d, gen = (0, 0) if self.idle_decoders else (self.n_dec, self.n_gen)
             chunks = self.chunks
             prefill = self.step_prefill
             # GPU time by token share: chunks directly, decoders through the accumulator.
@@ -303,6 +310,7 @@ class Replica(ReplicaViews):
         """Choose the step starting at `now`; return when the replica next needs the engine.
         (`chunks` is empty here: `_end_step` consumed the last step's.)"""
         self.replan = False
+        self.idle_decoders = False
         s = self.step_no
         kv = self.kv
         # The batcher is asked only when there is something to decide: a request waiting, a
@@ -348,19 +356,24 @@ class Replica(ReplicaViews):
         for seq, n in chunks:
             prefill += n
             pairs += n * (seq.cached + (n + 1) / 2)
+        if self.idle_decoders:
+            d = 0
         ctx = self.off_sum + d * s + d if d else 0
         self.state = STEP
         self.t_start = now
         self.step_prefill = prefill
-        self.step_kv = kv.other_blocks + kv.decoder_blocks(s + 1)
+        self.step_kv = kv.other_blocks + kv.decoder_blocks(s + (not self.idle_decoders))
         return now + self.step_s(prefill, pairs, d, ctx)
 
     def _end_step(self, now: float) -> int:
         """Tokens of step `step_no` land at `now`: prefills advance, sequences finish. Returns
         the first tokens sampled (at the end of a prefill)."""
         s = self.step_no
+        idle = self.idle_decoders
+        nxt = s if idle else s + 1  # the next decode step
         chunks = self.chunks
         sampled = 0
+        on_chunk = self.on_chunk
         if chunks:
             self.partial = None
             for seq, n in chunks:
@@ -368,6 +381,8 @@ class Replica(ReplicaViews):
                 seq.cached = cached
                 if cached < seq.prompt_tokens + seq.generated:
                     self.partial = seq
+                    if on_chunk is not None:
+                        self.kv.other_blocks -= on_chunk(seq, cached)
                     continue
                 out = seq.output_tokens
                 if out == 0:  # prefill only: the response is ready when the prompt is read
@@ -383,8 +398,10 @@ class Replica(ReplicaViews):
                     self._free_blocks(seq)
                     self._finish(seq, now)
                     continue
+                if on_chunk is not None:
+                    self.kv.other_blocks -= on_chunk(seq, cached)
                 # Joins the decode part from the next step on.
-                offset = cached - s - 1
+                offset = cached - nxt
                 seq.offset = offset
                 if not seq.reserved:
                     self.kv.other_blocks -= seq.blocks
@@ -395,12 +412,12 @@ class Replica(ReplicaViews):
                 self.n_dec += 1
                 self.n_gen += 1
                 self.off_sum += offset
-                seq.fin_step = fin = s + out - seq.generated
+                seq.fin_step = fin = nxt - 1 + out - seq.generated
                 heappush(self.fin_heap, (fin, seq.row, seq))
             self.chunks = []
             self.tokens_left -= sampled
         fin_heap = self.fin_heap
-        while fin_heap and fin_heap[0][0] == s:
+        while fin_heap and fin_heap[0][0] == s and not idle:
             seq = heappop(fin_heap)[2]
             seq.generated = seq.output_tokens
             self.n_gen -= 1
@@ -426,7 +443,7 @@ class Replica(ReplicaViews):
             self.n_dec -= 1
             self.off_sum -= offset
             self._finish(seq, now)
-        self.step_no = s + 1
+        self.step_no = nxt
         return sampled
 
     def _decode_acc(self) -> float:
