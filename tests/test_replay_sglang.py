@@ -114,29 +114,33 @@ def test_lpm_serves_the_longest_cached_match_first():
 
 
 def test_lpm_falls_back_to_fcfs_above_128_waiting():
-    """The same queue with 129 requests waiting: lpm leaves the arrival order."""
+    """129 requests wait behind a long prefill, the hot one (A's prompt, cached) last; a round
+    admits about ten (max_prefill_tokens 640). Above 128 waiting lpm keeps arrival order, so
+    the hot request misses the first round; with 101 waiting it sorts first and makes it."""
     rows = [row(0.0, 64, 1, [1, 2, 3, 4]), row(1.0, 4000, 5, list(range(100, 350)))]
     rows += [row(1.001 + i * 1e-6, 64, 1, [1000 + i]) for i in range(128)]
     rows.append(row(1.01, 65, 1, [1, 2, 3, 4]))
-    # 129 waiting (128 cold + the hot one): fcfs order, the hot request goes last.
-    done, _, _ = sg(rows, settings={"schedule_policy": "lpm", "chunked_prefill_size": 512})
-    assert done[-1].start_s > done[2].start_s
-    # 101 waiting: lpm puts it first.
-    few = rows[:102] + rows[-1:]
-    done, _, _ = sg(few, settings={"schedule_policy": "lpm", "chunked_prefill_size": 512})
-    assert done[-1].start_s < done[2].start_s
+    settings = {"schedule_policy": "lpm", "chunked_prefill_size": 512, "max_prefill_tokens": 640}
+    for queue, hot_first in ((rows, False), (rows[:102] + rows[-1:], True)):
+        done, _, _ = sg(queue, settings=settings)
+        first_round = min(s.start_s for s in done[2:])
+        assert (done[-1].start_s == first_round) is hot_first, len(queue)
+        assert done[-1].cached_tokens == 64
 
 
 def test_in_batch_prefix_check_prefills_a_shared_prefix_once():
-    """Four requests arriving together share 64 uncached tokens: under lpm only the first is
-    admitted in that round, the others hit its prefix afterwards; under fcfs all four
-    prefill it in one batch and none hits."""
+    """A1-A4 share 64 uncached tokens; U is unrelated; a round admits two (max_prefill_tokens
+    200). Under lpm the in-batch check holds A2-A4 back behind U, so all three hit A1's prefix
+    in the next round; under fcfs A2 prefills it again beside A1 and only A3 and A4 hit."""
     shared = [1, 2, 3, 4]
     rows = [row(0.0, 80, 2, shared + [10 + k]) for k in range(4)]
-    lpm, _, _ = sg(rows, settings={"schedule_policy": "lpm"})
-    fcfs, _, _ = sg(rows, settings={"schedule_policy": "fcfs"})
-    assert [s.cached_tokens for s in lpm] == [0, 64, 64, 64]
-    assert [s.cached_tokens for s in fcfs] == [0, 0, 0, 0]
+    rows.append(row(0.0, 80, 2, [90, 91, 92, 93, 94]))
+    settings = {"max_prefill_tokens": 200}
+    lpm, _, _ = sg(rows, settings={**settings, "schedule_policy": "lpm"})
+    fcfs, _, _ = sg(rows, settings={**settings, "schedule_policy": "fcfs"})
+    assert [s.cached_tokens for s in lpm] == [0, 64, 64, 64, 0]
+    assert [s.cached_tokens for s in fcfs] == [0, 0, 64, 64, 0]
+    assert lpm[4].start_s == lpm[0].start_s < lpm[1].start_s  # U went in with A1
 
 
 def test_new_token_ratio_decays_per_decode_step_and_resets_when_idle():
@@ -152,13 +156,18 @@ def test_new_token_ratio_decays_per_decode_step_and_resets_when_idle():
 
 
 def test_retraction_takes_fewest_outputs_then_longest_prompt_and_sets_the_ratio():
-    """Three requests decode in a cache that runs out: the one with the fewest outputs goes,
-    among equals the longest prompt; the ratio becomes (out + 20 n) / (max_new + 1)."""
-    rows = [row(0.0, 40, 60), row(0.0, 60, 60), row(0.0, 50, 60)]
-    done, _, reps = sg(rows, kv_blocks=260, settings={"schedule_policy": "fcfs"})
-    assert [s.preemptions for s in done] == [0, 1, 0]
-    b = reps[0].batcher
-    assert b.base_ratio <= 1.0 and b.base_ratio > b.min_ratio
+    """R0 decodes alone, then R1 (60-token prompt) and R2 (50) are admitted together; when the
+    decoders' next tokens no longer fit, the one with the fewest outputs goes, and between R1
+    and R2 (equal outputs) the longer prompt, R1. With a smaller cache R1, admitted alone
+    beside R0, has fewer outputs than R0 and goes. After a retraction the ratio jumps up from
+    its decayed value: min(1, (outputs + 20 n) / (max_new + 1)) of the survivors."""
+    rows = [row(0.0, 40, 100), row(0.5, 60, 60), row(0.5, 50, 60)]
+    for kv, together in ((355, True), (250, False)):
+        done, _, reps = sg(rows, kv_blocks=kv, settings={"schedule_policy": "fcfs"})
+        assert [s.preemptions for s in done] == [0, 1, 0], kv
+        assert (done[1].start_s == done[2].start_s) is together
+        b = reps[0].batcher
+        assert b.base_ratio == 1.0  # up from at most 0.7 before it
 
 
 def test_prefill_steps_hold_no_decodes():

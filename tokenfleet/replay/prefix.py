@@ -101,6 +101,10 @@ class PrefixCache:
     A request's `held` lists the groups it holds, (group, c) in chain order, covering its
     engine blocks [0, registered); its other blocks are uncached."""
 
+    # False: a finished request that holds nothing and has no key gives its blocks back
+    # through `loose`, without a call to `release` (the replica checks this first).
+    releases_every_request = False
+
     __slots__ = (
         "block_size",
         "trace_block",

@@ -116,6 +116,8 @@ class RadixCache:
         self.nids += 1
         return self.nids
 
+    releases_every_request = True  # SGLang inserts every finished request's KV
+
     @staticmethod
     def keyed(seq) -> bool:
         """Every request's KV enters the tree (SGLang inserts all of them)."""

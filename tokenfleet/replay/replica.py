@@ -111,7 +111,10 @@ class Replica(ReplicaViews):
         )
         self.step_by_step = step_by_step
         # The longest request (prompt + output) whose KV fits in an empty cache.
-        self.max_request_tokens = kv.capacity_blocks * kv.block_size
+        # (A batcher whose admission test is stricter says so: SGLang's needs one page spare.)
+        self.max_request_tokens = getattr(batcher, "request_token_limit", lambda n: n)(
+            kv.capacity_blocks * kv.block_size
+        )
         self.waiting = batcher.new_queue()
         self.decoding: dict[Seq, None] = {}  # decoding sequences in admission (running) order
         self.partial: Seq | None = None  # the one sequence whose prefill spans steps
@@ -436,7 +439,12 @@ class Replica(ReplicaViews):
             if prefix is not None:  # it computed the KV of all its tokens but the last
                 tokens = offset + s + 1
                 blocks = -(-tokens // self.kv.block_size)
-                if seq.held or seq.hashes is not None or seq.session_id is not None:
+                if (
+                    prefix.releases_every_request
+                    or seq.held
+                    or seq.hashes is not None
+                    or seq.session_id is not None
+                ):
                     self.kv.other_blocks += prefix.release(seq, tokens, blocks, True)
                 else:  # nothing of it is cached (most requests of a trace without prefixes):
                     prefix.loose += blocks  # they join the queue's tail (no call: 2% of a run)
@@ -459,7 +467,12 @@ class Replica(ReplicaViews):
         kv.other_blocks -= seq.blocks
         prefix = self.prefix
         if prefix is not None:
-            if seq.held or seq.hashes is not None or seq.session_id is not None:
+            if (
+                prefix.releases_every_request
+                or seq.held
+                or seq.hashes is not None
+                or seq.session_id is not None
+            ):
                 kv.other_blocks += prefix.release(seq, seq.cached, seq.blocks, True)
             else:
                 prefix.loose += seq.blocks

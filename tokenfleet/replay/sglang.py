@@ -131,6 +131,12 @@ class SglangBatcher:
     # Retracted requests join the end of the queue (`_add_request_to_queue(is_retracted=True)`).
     requeue = enqueue
 
+    def request_token_limit(self, capacity_tokens: int) -> int:
+        """The longest prompt + output a replica ever admits: SGLang refuses a request when
+        `ceil_page(extend) + max_new >= remaining` (`PrefillAdder.add_one_req`), so an empty
+        cache takes at most one page less than its size."""
+        return capacity_tokens - self.page_size
+
     def new_prefix_cache(
         self, capacity_blocks: int, block_size: int, trace_block: int | None
     ) -> RadixCache:
