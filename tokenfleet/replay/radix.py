@@ -231,6 +231,33 @@ class RadixCache:
             pos = m
         return pos, node
 
+    @property
+    def block_size(self) -> int:
+        """The page, as routers that read a replica's cache count blocks."""
+        return self.page
+
+    def cached_prompt_blocks(self, seq) -> int:
+        """Pages of the request's prompt the tree holds now, as a router reading the engine's
+        cache sees them: no cap, nothing stamped, counted or split."""
+        limit = seq.prompt_tokens // self.page * self.page
+        if self.disabled or limit <= 0:
+            return 0
+        segs = self.key(seq, limit)
+        node = self.root
+        pos = 0
+        while pos < limit:
+            child = self._child(node, segs, pos)
+            if child is None:
+                break
+            m = self._common(child, segs, limit)
+            if m <= pos:
+                break
+            pos = m
+            if m < child.end:
+                break
+            node = child
+        return pos // self.page
+
     def path_evictable(self, node: Node) -> int:
         """Unlocked tokens on the path to `node` (locking it takes them out of the evictable)."""
         total = 0
