@@ -69,7 +69,8 @@ def format_frontier(rows: list[dict]) -> str:
         return None if x is None else x * factor
 
     headers = ["run", "replicas", "GPUs", "$/Mtok", "tok/s/user", "TTFT p50 ms", "TTFT p99 ms"]
-    headers += [Column("goodput", lambda x: f"{x:.1%}"), "batch", "pareto"]
+    headers += [Column("goodput", lambda x: f"{x:.1%}"), "batch"]
+    headers += [Column("cached", lambda x: f"{x:.1%}"), "pareto"]
     return render_table(
         headers,
         [
@@ -83,6 +84,7 @@ def format_frontier(rows: list[dict]) -> str:
                 times(r["ttft_p99_s"], 1e3),
                 r["goodput_frac"],
                 r["mean_batch"],
+                r["cache_hit_rate"],
                 "*" if r["pareto"] else "",
             ]
             for r in rows

@@ -57,6 +57,7 @@ FIGURES: dict[str, tuple[str, ...]] = {
     "goodput_frac": ("economics", "fleet", "goodput_frac"),
     "output_tokens_per_s_per_gpu": ("throughput", "output_tokens_per_s_per_gpu"),
     "mean_batch": ("mean_batch",),
+    "cache_hit_rate": ("prefix_cache", "hit_rate_tokens"),
 }
 # Whole-fleet counts (all pools together), apart from a varied per-pool `replicas`.
 COUNTS: dict[str, tuple[str, ...]] = {
