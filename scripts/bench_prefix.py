@@ -92,10 +92,16 @@ def mooncake_trace(path: Path, requests: int, rekey: bool, longer: int, rate: fl
             ids = (ids[:, None] * longer + np.arange(longer)).reshape(-1)
         all_hashes.append(ids)
     ids = np.concatenate(all_hashes)
-    list_lengths = np.tile(lengths * longer, copies)[:requests]
+    prompts = np.tile(table.column("prompt_tokens").to_numpy() * longer, copies)[:requests]
+    full = np.tile(lengths * longer, copies)[:requests]
+    block = int(table.schema.metadata[b"tokenfleet.prefix_block_size"])
+    list_lengths = np.minimum(full, -(-prompts // block))  # a partial last block: fewer ids
+    starts = np.zeros(requests, np.int64)
+    np.cumsum(full[:-1], out=starts[1:])
+    keep = np.arange(int(full.sum())) - np.repeat(starts, full) < np.repeat(list_lengths, full)
+    ids = ids[: int(full.sum())][keep]
     list_offsets = np.zeros(requests + 1, np.int64)
     np.cumsum(list_lengths, out=list_offsets[1:])
-    prompts = np.tile(table.column("prompt_tokens").to_numpy() * longer, copies)[:requests]
     outputs = np.tile(table.column("output_tokens").to_numpy(), copies)[:requests]
     arrivals = np.arange(requests) / rate
     out = pa.table(
@@ -104,7 +110,7 @@ def mooncake_trace(path: Path, requests: int, rekey: bool, longer: int, rate: fl
             "prompt_tokens": pa.array(prompts, pa.int32()),
             "output_tokens": pa.array(outputs, pa.int32()),
             "prefix_hashes": pa.ListArray.from_arrays(
-                pa.array(list_offsets), pa.array(ids[: list_offsets[-1]], pa.int64())
+                pa.array(list_offsets), pa.array(ids, pa.int64())
             ),
         }
     ).replace_schema_metadata(table.schema.metadata)

@@ -222,7 +222,13 @@ def _spawn(target, *args) -> dict:
     queue = ctx.Queue()
     proc = ctx.Process(target=target, args=(*args, queue))
     proc.start()
-    result = queue.get()
+    while True:  # a child that died (its traceback is on stderr) never puts anything
+        try:
+            result = queue.get(timeout=5)
+            break
+        except Exception:
+            if not proc.is_alive():
+                sys.exit(f"error: the child process {target.__name__} failed (see above)")
     proc.join()
     return result
 
