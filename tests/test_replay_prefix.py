@@ -203,3 +203,31 @@ def test_mooncake_cached_tokens_equal_the_traces_reuse_to_the_token(mooncake_row
     assert reps[0].prefix.evicted_blocks == 0
     assert [s.cached_tokens for s in done] == expected
     assert sum(expected) > 0.6 * sum(r[1] for r in mooncake_rows)  # 65%: not a corner case
+
+
+def test_caching_on_changes_nothing_on_the_azure_conv_trace(conv_lengths):
+    """The Azure conversation trace has no prefix hashes and no sessions: with the cache on
+    (vLLM's default) every request's record equals the record with it off while nothing is
+    preempted. Under KV pressure a preempted request resumes on its own cached blocks, as
+    vLLM V1's do, so it recomputes less and the records part."""
+    prompts, outputs = conv_lengths
+    rows = [
+        (i * 0.02, int(p), int(o))
+        for i, (p, o) in enumerate(zip(prompts[:600], outputs[:600], strict=True))
+    ]
+    runs = {}
+    for kv_blocks in (100_000, 2_000):
+        for caching in (True, False):
+            runs[kv_blocks, caching], _, _ = run_rows(
+                rows,
+                kv_blocks=kv_blocks,
+                replicas=2,
+                step_time=REAL,
+                settings={"enable_prefix_caching": caching},
+            )
+    roomy_on, roomy_off = runs[100_000, True], runs[100_000, False]
+    assert not any(s.preemptions for s in roomy_on)
+    assert [record(s) for s in roomy_on] == [record(s) for s in roomy_off]
+    tight_on, tight_off = runs[2_000, True], runs[2_000, False]
+    assert any(s.preemptions for s in tight_off)
+    assert sum(s.prefill_s for s in tight_on) < sum(s.prefill_s for s in tight_off)
