@@ -147,8 +147,7 @@ def mooncake(args, tmp: Path) -> None:
         trace = tmp / f"mooncake-{rekey}-{longer}.parquet"
         mooncake_trace(trace, args.requests, rekey, longer, mooncake_rate(args.replicas, longer))
         runs = [
-            measure(trace, "h100-sxm", args.replicas, scenario=scenario)
-            for _ in range(args.repeat)
+            measure(trace, "h100-sxm", args.replicas, scenario=scenario) for _ in range(args.repeat)
         ]
         results[label] = best = fastest(runs)
         show(f"mooncake x{args.requests:,}, {label}", best)

@@ -28,9 +28,7 @@ from heapq import heapify, heappop, heappush
 from typing import ClassVar
 
 from tokenfleet.errors import UserError
-from tokenfleet.replay.prefix import prompt_block_keys
-
-DEFAULT_TRACE_BLOCK = 512  # tokens per router-side key when the replicas cache nothing
+from tokenfleet.replay.prefix import SYNTHETIC_TRACE_BLOCK, prompt_block_keys
 
 
 def _in_range(owner: str, key: str, value: float, lo: float, hi: float = math.inf) -> None:
@@ -58,7 +56,7 @@ class _CacheRouting:
         self.n = len(replicas)
         self.next = 0
         prefix = getattr(replicas[0], "prefix", None) if replicas else None
-        self.trace_block = prefix.trace_block if prefix is not None else DEFAULT_TRACE_BLOCK
+        self.trace_block = prefix.trace_block if prefix is not None else SYNTHETIC_TRACE_BLOCK
         self.validate(settings)
 
     def validate(self, settings) -> None:  # pragma: no cover - every subclass has its own

@@ -25,7 +25,7 @@ tail, the output) are keyed by the session, as `(session_id, b)`: a conversation
 the previous turn's prompt and output, so position b of a session holds the same tokens in every
 turn that reaches it (with hashes, a later turn's hashed block finds the session's copy under
 its new id). A request without a session keys them by itself, `(row, b)`: only it can hit them,
-after a preemption. Without hashes the trace blocks are 32 engine blocks long.
+after a preemption. Without hashes the trace blocks are 512 tokens long.
 
 **Representation.** The blocks under one key (a *group*) are held as counts, not one object per
 block: sub-blocks [0, present) of a group exist; a request holds a prefix [0, c) of them. The
@@ -51,9 +51,9 @@ from __future__ import annotations
 
 from collections import deque
 
-# Trace blocks of a trace without prefix hashes, in engine blocks (a size of ours: any size
-# gives the same hits; longer groups mean fewer per request).
-SYNTHETIC_GROUP_BLOCKS = 32
+# Tokens per trace block of a trace without prefix hashes (a size of ours, shared by the
+# caches and the routers: any size gives the same hits; longer blocks mean fewer per request).
+SYNTHETIC_TRACE_BLOCK = 512
 
 
 def prompt_block_keys(seq, trace_block: int) -> list:
@@ -119,7 +119,7 @@ class PrefixCache:
 
     def __init__(self, capacity_blocks: int, block_size: int, trace_block: int | None) -> None:
         self.block_size = block_size
-        self.trace_block = trace_block or SYNTHETIC_GROUP_BLOCKS * block_size
+        self.trace_block = trace_block or SYNTHETIC_TRACE_BLOCK
         self.groups: dict = {}
         self.queue: deque[Run] = deque([Run(None, 0, capacity_blocks)])
         self.free = capacity_blocks  # blocks in the queue, before the lazy pops

@@ -44,10 +44,8 @@ from __future__ import annotations
 from heapq import heapify, heappop, heappush
 
 from tokenfleet.errors import UserError
+from tokenfleet.replay.prefix import SYNTHETIC_TRACE_BLOCK
 
-# Trace block length, in tokens, of a trace without prefix hashes (any length gives the same
-# hits; longer means fewer segments per request).
-SYNTHETIC_BLOCK = 512
 EVICTION_POLICIES = ("lru", "lfu")
 
 
@@ -97,7 +95,7 @@ class RadixCache:
                 f"sglang: radix_eviction_policy = {eviction_policy!r}: use 'lru' or 'lfu'"
             )
         self.page = page_size
-        self.trace_block = trace_block or SYNTHETIC_BLOCK
+        self.trace_block = trace_block or SYNTHETIC_TRACE_BLOCK
         self.lfu = eviction_policy == "lfu"
         self.disabled = disabled  # --disable-radix-cache: nothing is matched or kept
         self.clock = 0
