@@ -34,3 +34,20 @@ def conv_lengths(shared_data) -> tuple[np.ndarray, np.ndarray]:
     outputs = table.column("GeneratedTokens").to_numpy().astype(np.int32)
     keep = prompts + outputs < 4000  # short enough for the small caches used below
     return prompts[keep][:2000], outputs[keep][:2000]
+
+
+@pytest.fixture(scope="session")
+def mooncake_rows(tmp_path_factory, shared_data) -> list[tuple]:
+    """The Mooncake synthetic trace as run_rows rows (arrival, prompt, output, no session,
+    standard tier, no tenant, prefix hashes), converted once for every test module."""
+    from tokenfleet.traces.convert import convert_trace
+    from tokenfleet.traces.reader import read_trace_batches
+
+    path = tmp_path_factory.mktemp("mooncake") / "mooncake.parquet"
+    convert_trace(TRACES / "mooncake_synthetic_trace.jsonl", path)
+    rows = []
+    columns = ["arrival_s", "prompt_tokens", "output_tokens", "prefix_hashes"]
+    for batch in read_trace_batches(path, columns=columns):
+        for t, p, o, h in zip(*(batch.column(c).to_pylist() for c in columns), strict=True):
+            rows.append((t, p, o, None, "standard", None, h))
+    return rows

@@ -7,32 +7,17 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from conftest import TRACES
 from test_replay_support import real_step_time, run_rows
 
 from tokenfleet.errors import UserError
 from tokenfleet.replay.balancer import BUILTIN_BALANCERS, make_balancer
 from tokenfleet.replay.cache_routing import CACHE_BALANCERS
-from tokenfleet.traces.convert import convert_trace
-from tokenfleet.traces.reader import read_trace_batches
 
 # --- the real Mooncake trace ------------------------------------------------------------------
 
 # 8 replicas of 100,000 16-token blocks (1.6M tokens each): a good share of the trace's reuse
 # fits, not all of it (round-robin hits 15% of prompt tokens, one endless cache 65%).
 FLEET = {"replicas": 8, "kv_blocks": 100_000, "prefix_block_size": 512}
-
-
-@pytest.fixture(scope="module")
-def mooncake_rows(tmp_path_factory) -> list[tuple]:
-    path = tmp_path_factory.mktemp("mooncake") / "mooncake.parquet"
-    convert_trace(TRACES / "mooncake_synthetic_trace.jsonl", path)
-    rows = []
-    columns = ["arrival_s", "prompt_tokens", "output_tokens", "prefix_hashes"]
-    for batch in read_trace_batches(path, columns=columns):
-        for t, p, o, h in zip(*(batch.column(c).to_pylist() for c in columns), strict=True):
-            rows.append((t, p, o, None, "standard", None, h))
-    return rows
 
 
 @pytest.fixture(scope="module")

@@ -4,14 +4,11 @@ and the real Mooncake trace's reuse reproduced to the token."""
 from __future__ import annotations
 
 import pytest
-from conftest import TRACES
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_replay_support import LinearStepTime, real_step_time, record, run_rows
 
 from tokenfleet.replay.replica import IDLE, Replica
-from tokenfleet.traces.convert import convert_trace
-from tokenfleet.traces.reader import read_trace_batches
 
 REAL = real_step_time()
 BIG = {"max_num_batched_tokens": 1 << 20, "max_num_seqs": 256}
@@ -168,18 +165,6 @@ def test_skip_mode_equals_step_by_step_with_caching_under_pressure(
 
 
 # --- the real Mooncake trace --------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def mooncake_rows(tmp_path_factory) -> list[tuple]:
-    path = tmp_path_factory.mktemp("mooncake") / "mooncake.parquet"
-    convert_trace(TRACES / "mooncake_synthetic_trace.jsonl", path)
-    rows = []
-    columns = ["arrival_s", "prompt_tokens", "output_tokens", "prefix_hashes"]
-    for batch in read_trace_batches(path, columns=columns):
-        for t, p, o, h in zip(*(batch.column(c).to_pylist() for c in columns), strict=True):
-            rows.append(row(t, p, o, h))
-    return rows
 
 
 def test_mooncake_cached_tokens_equal_the_traces_reuse_to_the_token(mooncake_rows):

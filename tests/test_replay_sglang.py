@@ -4,7 +4,6 @@ mode under eviction and retraction, and the Mooncake trace's reuse counted indep
 from __future__ import annotations
 
 import pytest
-from conftest import TRACES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_replay_support import real_step_time, record, run_rows
@@ -13,8 +12,6 @@ from tokenfleet.errors import UserError
 from tokenfleet.replay.batcher import make_batcher
 from tokenfleet.replay.radix import RadixCache
 from tokenfleet.replay.request import Seq
-from tokenfleet.traces.convert import convert_trace
-from tokenfleet.traces.reader import read_trace_batches
 
 REAL = real_step_time()
 
@@ -261,18 +258,6 @@ def test_skip_mode_equals_step_by_step_under_eviction_and_retraction(
 
 
 # --- the real Mooncake trace --------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def mooncake_rows(tmp_path_factory) -> list[tuple]:
-    path = tmp_path_factory.mktemp("mooncake") / "mooncake.parquet"
-    convert_trace(TRACES / "mooncake_synthetic_trace.jsonl", path)
-    rows = []
-    columns = ["arrival_s", "prompt_tokens", "output_tokens", "prefix_hashes"]
-    for batch in read_trace_batches(path, columns=columns):
-        for t, p, o, h in zip(*(batch.column(c).to_pylist() for c in columns), strict=True):
-            rows.append(row(t, p, o, h))
-    return rows
 
 
 def test_mooncake_hits_equal_the_traces_reuse(mooncake_rows):
