@@ -10,7 +10,11 @@ compares the sha256 of requests.parquet and timeline.parquet, and summary.json a
 - a synthetic trace of 150,000 requests (seed 5) with 5 tenants and 3 tiers through the
   scenario `scripts/check_records.toml`: rate limits with client retries, a deferred tier that
   partly expires, tier routing, priorities, gateway latency, and an autoscaled on-demand pool
-  billed per minute next to an owned one.
+  billed per minute next to an owned one;
+- the Mooncake synthetic trace (its prefix hashes) and a synthetic chat trace of 40,000
+  requests (seed 7: 12 shared system prompts, conversations of 1 to 6 turns) through
+  `scripts/check_records_prefix.toml`: vLLM's prefix cache on 3 replicas behind the cache-aware
+  router, with hits, evictions and preemptions.
 
     python scripts/check_records.py --baseline DIR [--ignore-summary-key pools.timeline_cost_usd]
     python scripts/check_records.py --baseline DIR --simulation-only
@@ -37,7 +41,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = ROOT / "scripts" / "check_records.toml"
+PREFIX_SCENARIO = ROOT / "scripts" / "check_records_prefix.toml"
 AZURE_CONV = ROOT.parent / "shared" / "data" / "traces" / "AzureLLMInferenceTrace_conv.csv"
+MOONCAKE = ROOT.parent / "shared" / "data" / "traces" / "mooncake_synthetic_trace.jsonl"
 TENANTS = "acme=0.4,globex=0.25,initech=0.15,umbrella=0.12,hooli=0.08"
 TIERS = "fast=0.2,standard=0.6,batch=0.2"
 
@@ -61,7 +67,19 @@ def make_traces(tmp: Path) -> dict[str, tuple[Path, Path | None]]:
         ROOT, "traces", "synth", str(synth), "--requests", "150000", "--rate", "60",
         "--seed", "5", "--tenants", TENANTS, "--tiers", TIERS,
     )  # fmt: skip
-    return {"azure-conv": (conv, None), "tiers-150k": (synth, SCENARIO)}
+    moon, chat = tmp / "mooncake.parquet", tmp / "chat.parquet"
+    tokenfleet(ROOT, "traces", "convert", str(MOONCAKE), str(moon))
+    tokenfleet(
+        ROOT, "traces", "synth", str(chat), "--requests", "40000", "--rate", "10", "--seed", "7",
+        "--system-prompts", "12", "--system-prompt-tokens", "1024", "--prefix-zipf", "1.1",
+        "--turns", "uniform:1,6", "--think-time-s", "exponential:30",
+    )  # fmt: skip
+    return {
+        "azure-conv": (conv, None),
+        "tiers-150k": (synth, SCENARIO),
+        "mooncake": (moon, PREFIX_SCENARIO),
+        "chat-40k": (chat, PREFIX_SCENARIO),
+    }
 
 
 def replay(checkout: Path, trace: Path, scenario: Path | None, sbs: bool, out: Path) -> Path:

@@ -31,9 +31,15 @@ after a preemption. Without hashes the trace blocks are 512 tokens long.
 block: sub-blocks [0, present) of a group exist; a request holds a prefix [0, c) of them. The
 free queue holds *runs* (a group's sub-blocks [lo, hi), or a count of uncached blocks); freed
 together in reverse, a group's higher sub-blocks always sit nearer the head, so eviction takes a
-group's top sub-blocks first, as vLLM's order does block by block. A lookup, a hit and a release
-cost O(groups of the request), not O(blocks): 17 groups for a mean Mooncake prompt against 548
-blocks.
+group's top sub-blocks first, as vLLM's order does block by block. The trace's ids go further:
+one group (a *span*) holds a run of consecutive trace blocks of one chain, indexed by its first
+id, with the list of its ids; a request whose ids part from a span's ends its hit there, and
+what it adds branches off as a new span. This holds because a chain's blocks are cached and
+evicted as a prefix: a block is held only with all blocks before it, returned no earlier than
+they are and, in reverse order, queued nearer the head. A lookup, a hit, a release and an
+eviction cost O(spans of the request), not O(blocks) nor O(trace blocks): about 2 for a
+Mooncake prompt (17 trace blocks, 548 engine blocks), and a registration one C-level test of
+its new ids (`dict.keys().isdisjoint`).
 
 **Lazy eviction.** Allocations do not touch the queue: the replica's accounting already counts
 them. Their pops are applied (`flush`) only before something reads which blocks are cached: a
@@ -69,14 +75,31 @@ def prompt_block_keys(seq, trace_block: int) -> list:
 
 
 class Group:
-    """The cached blocks under one key: sub-blocks [0, present) from engine block `j0` on."""
+    """The cached blocks under one key: sub-blocks [0, present) from engine block `j0` on.
 
-    __slots__ = ("key", "alias", "j0", "present", "holders", "top", "runs", "private")
+    A group of the trace's ids is a *span*: `keys` lists the ids of the trace blocks
+    tb0, tb0 + 1, ... that its present sub-blocks reach (a chain, one request's run of blocks
+    no other copy branches from), and it is indexed by its first id only."""
 
-    def __init__(self, key, j0: int, private: bool) -> None:
+    __slots__ = (
+        "key",
+        "alias",
+        "j0",
+        "present",
+        "holders",
+        "top",
+        "runs",
+        "private",
+        "keys",
+        "tb0",
+    )
+
+    def __init__(self, key, j0: int, private: bool, keys: list | None = None, tb0: int = 0):
         self.key = key
         self.alias = None  # a second key it is known by (a session's output, now hashed)
         self.j0 = j0
+        self.keys = keys  # a span's trace ids, exactly those its present blocks reach
+        self.tb0 = tb0  # a span's first trace block
         self.present = 0
         self.holders: dict[int, int] = {}  # coverage c -> requests holding sub-blocks [0, c)
         self.top = 0  # the largest coverage held (0: nobody holds any)
@@ -172,15 +195,31 @@ class PrefixCache:
     def _match(self, seq, limit: int) -> tuple[list, int, int]:
         """Walk the request's chain from block 0 to at most `limit` blocks: `lookup`'s answer."""
         groups = self.groups
+        hashes = seq.hashes
         hits = []
         j = touched = 0
         while j < limit:
             key, end, _private = self._segment(seq, j)
             group = groups.get(key)
-            if group is None and seq.hashes is not None and seq.session_id is not None:
+            if group is None and hashes is not None and seq.session_id is not None:
                 group = self._session_copy(seq, j)
             if group is None or group.j0 != j:
                 break
+            keys = group.keys
+            if keys is not None:  # a span: on as far as its ids are the request's
+                tb0 = group.tb0
+                mine = hashes[tb0 : tb0 + len(keys)]
+                if mine == keys:  # (one list comparison, in C: the usual case)
+                    agree = len(keys)
+                else:
+                    agree = next(
+                        (i for i, (a, b) in enumerate(zip(mine, keys, strict=False)) if a != b),
+                        len(mine),
+                    )
+                end = (tb0 + agree) * self.trace_block // self.block_size
+                hashed_end = self._hashed_end(seq)
+                if end > hashed_end:
+                    end = hashed_end
             want = (end if end < limit else limit) - j
             have = group.present if group.present < want else want
             hits.append((group, have, key))
@@ -190,6 +229,13 @@ class PrefixCache:
             if j < end:  # the group ends early, or the limit falls inside it
                 break
         return hits, j, touched
+
+    def _hashed_end(self, seq) -> int:
+        """The engine block where the request's hashed prompt ends."""
+        tokens = len(seq.hashes) * self.trace_block
+        if tokens > seq.prompt_tokens:
+            tokens = seq.prompt_tokens
+        return tokens // self.block_size
 
     def _session_copy(self, seq, j: int) -> Group | None:
         """A hashed block missing under its id may be cached as the session's output (a
@@ -257,24 +303,48 @@ class PrefixCache:
                 break
             if end > full_blocks:
                 end = full_blocks
-            if held and key in (held[-1][0].key, held[-1][0].alias):  # its last group goes on
-                group, c = held[-1]
-                if group.present != c:  # another copy is cached past this request's part
+            group, c = held[-1] if held else (None, 0)
+            keys = group.keys if group is not None else None
+            hashed = seq.hashes is not None and j < self._hashed_end(seq)
+            if keys is not None and hashed:  # after a span of the trace's ids
+                i = ((j + 1) * self.block_size - 1) // self.trace_block - group.tb0
+                if i < len(keys) and keys[i] == key:  # the span goes on with this block
+                    if group.present != c:  # another copy is cached past this request's part
+                        seq.registered = -1
+                        return
+                elif key in groups:  # cached meanwhile by another request: not twice
                     seq.registered = -1
                     return
+                elif i == len(keys):  # the span's present blocks end here: it grows
+                    end = self._new_ids(seq, j, end, full_blocks, keys)
+                else:  # another copy goes on differently: a new span branches off here
+                    group = None
+            elif keys is None and group is not None and key in (group.key, group.alias):
+                if group.present != c:  # its last group goes on, unless another copy is past
+                    seq.registered = -1
+                    return
+            else:
+                group = None
+            if group is None:
+                if key in groups:  # cached meanwhile by another request: not twice
+                    seq.registered = -1
+                    return
+                if hashed:
+                    tb = ((j + 1) * self.block_size - 1) // self.trace_block
+                    keys = []
+                    end = self._new_ids(seq, j, end, full_blocks, keys)
+                    group = Group(key, j, False, keys, tb)
+                else:
+                    group = Group(key, j, is_private)
+                groups[key] = group
+                c = 0
+            else:
                 held.pop()
                 holders = group.holders
                 holders[c] -= 1
                 if not holders[c]:
                     del holders[c]
-            else:
-                group = groups.get(key)
-                if group is not None:  # cached meanwhile by another request: not twice
-                    seq.registered = -1
-                    return
-                group = groups[key] = Group(key, j, is_private)
-                c = 0
-                holders = group.holders
+            holders = group.holders
             new_c = end - group.j0
             self.cached_blocks += new_c - c
             group.present = group.top = new_c
@@ -282,6 +352,24 @@ class PrefixCache:
             held.append((group, new_c))
             j = end
         seq.registered = j
+
+    def _new_ids(self, seq, j: int, end: int, full_blocks: int, keys: list) -> int:
+        """Append to a span's `keys` the request's ids from engine block j (a trace block's
+        start, its id cached nowhere) on: all those up to `full_blocks` (or its hashed end)
+        when none is cached anywhere, else only the first. Returns where the span ends."""
+        bs, tbt = self.block_size, self.trace_block
+        tb = ((j + 1) * bs - 1) // tbt
+        last = self._hashed_end(seq)
+        if last > full_blocks:
+            last = full_blocks
+        tb_last = (last * bs - 1) // tbt  # the trace block holding block last - 1's last token
+        ids = seq.hashes[tb : tb_last + 1]
+        # One C-level test for the whole run (block by block, each id would be looked up alone).
+        if len(ids) > 1 and self.groups.keys().isdisjoint(ids[1:]):
+            keys.extend(ids)
+            return last
+        keys.append(ids[0])
+        return end
 
     def release(self, seq, tokens: int, blocks: int, finished: bool) -> int:
         """The request gives back its `blocks` blocks (it holds `tokens` computed tokens): they
@@ -358,10 +446,13 @@ class PrefixCache:
             take = k if k < n else n
             group = run.group
             if group is not None:  # the group's highest free run: its top sub-blocks go
-                group.present -= take
+                present = group.present = group.present - take
                 self.keyed_free -= take
                 self.cached_blocks -= take
                 self.evicted_blocks += take
+                keys = group.keys
+                if keys is not None and present:  # a span keeps the ids its blocks reach
+                    del keys[self._reach(group.j0 + present) - group.tb0 :]
             run.hi -= take
             n -= take
             if run.hi == run.lo:
@@ -370,6 +461,10 @@ class PrefixCache:
                     group.runs.pop()
                     if not group.present:
                         self._forget(group)
+
+    def _reach(self, blocks: int) -> int:
+        """How many trace blocks engine blocks [0, blocks) reach (the last one partly)."""
+        return (blocks * self.block_size - 1) // self.trace_block + 1
 
     def _forget(self, group: Group) -> None:
         del self.groups[group.key]
@@ -403,5 +498,8 @@ class PrefixCache:
                 assert run.lo == lo, (run.lo, lo)
                 lo = run.hi
             assert lo == group.present
+            if group.keys is not None:  # a span's ids: exactly the trace blocks it reaches
+                assert len(group.keys) == self._reach(group.j0 + group.present) - group.tb0
+                assert group.j0 == group.tb0 * self.trace_block // self.block_size
             cached += group.present
         assert cached == self.cached_blocks
