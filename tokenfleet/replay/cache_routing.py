@@ -145,11 +145,15 @@ class CacheAware(_CacheRouting):
 
     def __init__(self, settings, replicas: list, outstanding: list[int], seed: int) -> None:
         super().__init__(settings, replicas, outstanding, seed)
-        # key -> replicas holding that node. A replica holding a node holds its whole path
-        # (inserts add the path, evictions take leaves), so a non-empty entry is a live node.
+        # key -> the replicas holding that node, as a bit mask (an int: a set of one replica
+        # weighs 216 bytes, the mask 28). A replica holding a node holds its whole path
+        # (inserts add the path, evictions take leaves), so a key in here is a live node, and
+        # a request's keys held by anyone (or by one replica) are a prefix of its keys.
         self.holders: dict = {}
-        # per replica: key -> [last access, parent key, children it holds]
+        # per replica: key -> last access (one shared float per pick), and key -> parent key
+        # (read only by evictions, which count children then)
         self.trees: list[dict] = [{} for _ in range(self.n)]
+        self.parents: list[dict] = [{} for _ in range(self.n)]
         self.size = [0] * self.n  # tokens in each replica's tree
         self.next_eviction = settings.eviction_interval_s
 
@@ -165,15 +169,18 @@ class CacheAware(_CacheRouting):
         """(keys matched from the start in the shared tree, the replica chosen among the
         deepest matched node's; -1 when nothing matched)."""
         holders = self.holders
-        depth = 0
-        last = None
-        for key in keys:
-            h = holders.get(key)
-            if not h:
-                break
-            last = h
-            depth += 1
-        return depth, (min(last) if last else -1)
+        # The held keys are a prefix of `keys`: bisect for its length (O(log keys) lookups).
+        lo, hi = 0, len(keys)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if keys[mid] in holders:
+                lo = mid + 1
+            else:
+                hi = mid
+        if not lo:
+            return 0, -1
+        mask = holders[keys[lo - 1]]
+        return lo, (mask & -mask).bit_length() - 1  # the lowest replica index holding it
 
     def pick(self, seq, now_s: float) -> int:
         s = self.settings
@@ -190,36 +197,30 @@ class CacheAware(_CacheRouting):
         else:
             depth, tenant = self.match(keys)
             rate = depth * self.trace_block / seq.prompt_tokens if seq.prompt_tokens else 0.0
-            if tenant >= 0:
-                tree = self.trees[tenant]
-                for key in keys[:depth]:  # prefix_match refreshes the tenant's path
-                    node = tree.get(key)
-                    if node is not None:
-                        node[0] = now_s
+            if tenant >= 0:  # prefix_match refreshes the tenant's path (all in its tree)
+                self.trees[tenant].update(dict.fromkeys(keys[:depth], now_s))
             i = tenant if rate > s.cache_threshold else self._least(self.size)
         self.insert(i, keys, now_s)
         return i
 
     def insert(self, i: int, keys: list, now_s: float) -> None:
         tree = self.trees[i]
+        before = len(tree)
+        # One C-level update refreshes the path and adds the rest; the keys it added are the
+        # request's last ones (the tree held a prefix of them).
+        tree.update(dict.fromkeys(keys, now_s))
+        added = len(tree) - before
+        if not added:
+            return
+        start = len(keys) - added
+        new = keys[start:]
+        self.parents[i].update(
+            zip(new, [keys[start - 1] if start else None, *new[:-1]], strict=True)
+        )
         holders = self.holders
-        parent = None
-        added = 0
-        for key in keys:
-            node = tree.get(key)
-            if node is None:
-                tree[key] = [now_s, parent, 0]
-                if parent is not None:
-                    tree[parent][2] += 1
-                h = holders.get(key)
-                if h is None:
-                    holders[key] = {i}
-                else:
-                    h.add(i)
-                added += 1
-            else:
-                node[0] = now_s
-            parent = key
+        bit = 1 << i
+        for key in new:
+            holders[key] = holders.get(key, 0) | bit
         self.size[i] += added * self.trace_block
 
     def evict(self, max_size: int) -> None:
@@ -230,24 +231,32 @@ class CacheAware(_CacheRouting):
         for i, tree in enumerate(self.trees):
             if self.size[i] <= max_size:
                 continue
+            parents = self.parents[i]
+            children = dict.fromkeys(tree, 0)
+            for parent in parents.values():
+                if parent is not None:
+                    children[parent] += 1
             # (time, order, key): the order breaks time ties by insertion, and keys (ints,
             # tuples) are never compared
-            heap = [(node[0], k, key) for k, (key, node) in enumerate(tree.items()) if not node[2]]
+            heap = [(tree[key], k, key) for k, key in enumerate(tree) if not children[key]]
             heapify(heap)
             order = len(tree)
+            keep = ~(1 << i)
             while self.size[i] > max_size and heap:
                 _t, _k, key = heappop(heap)
-                node = tree.pop(key)
-                h = holders[key]
-                h.discard(i)
-                if not h:
+                del tree[key]
+                parent = parents.pop(key)
+                mask = holders[key] & keep
+                if mask:
+                    holders[key] = mask
+                else:
                     del holders[key]
                 self.size[i] -= tb
-                parent = tree.get(node[1]) if node[1] is not None else None
                 if parent is not None:
-                    parent[2] -= 1
-                    if not parent[2]:
-                        heappush(heap, (parent[0], order, node[1]))
+                    left = children[parent] - 1
+                    children[parent] = left
+                    if not left:
+                        heappush(heap, (tree[parent], order, parent))
                         order += 1
 
 
