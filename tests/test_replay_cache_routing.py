@@ -95,7 +95,7 @@ def test_cache_aware_follows_a_long_shared_prefix_and_sends_new_ones_to_the_smal
     assert b.pick(seq(4096, a), 4.0) == 0
     out[:] = [100, 0, 0]  # 100 - 0 > 64 and 100 > 1.5 * 0: least loaded, prefix still inserted
     i = b.pick(seq(4096, a), 5.0)
-    assert i in (1, 2) and all(k in b.trees[i] for k in a)
+    assert i in (1, 2) and set(a) <= set(b.tenant_keys(i))
 
 
 def test_cache_aware_evicts_least_recently_used_leaves_at_the_interval():
@@ -109,10 +109,35 @@ def test_cache_aware_evicts_least_recently_used_leaves_at_the_interval():
     assert b.pick(seq(4096, list(range(1, 9))), 0.0) == 0
     assert b.pick(seq(4096, [1, 2, 3, 4, 30, 31, 32, 33]), 0.5) == 0  # 4/8 matched
     assert b.size[0] == 12 * 512  # over, but nothing is evicted before t = 1
+    assert b.pick(seq(4096, [1, 2, 3, 4, 30, 31, 32, 33]), 0.7) == 0
     b.pick(seq(100), 1.0)
-    # leaves 8 (t=0) and 33 (t=0.5): 8, 7, 6, 5 go (each parent a leaf in turn), 4 keeps 30
-    assert sorted(b.trees[0]) == [1, 2, 3, 4, 30, 31, 32, 33]
-    assert b.size[0] == 8 * 512 and 8 not in b.holders
+    # The second pick's match refreshed the partly matched node [1..8] whole (prefix_match
+    # stamps the last node it reaches), then its insert split it: [1..4] -> [5..8] (t=0.5),
+    # [30..33] (t=0.7, refreshed by the third). The older leaf goes whole, to the size.
+    assert sorted(b.tenant_keys(0)) == [1, 2, 3, 4, 30, 31, 32, 33]
+    assert b.size[0] == 8 * 512 and 8 not in b.tenant_keys(1)
+    assert b.match(list(range(1, 9)))[0] == 4  # the evicted node left the shared tree
+
+
+def test_cache_aware_evicts_whole_nodes_and_keeps_other_replicas_parts():
+    """Eviction takes a replica's least recently used leaf node whole, even past the size
+    (the source's rule), and leaves a node other replicas hold."""
+    b = make_balancer(
+        "cache-aware",
+        {"max_tree_size": 6 * 512, "eviction_interval_s": 1.0, "cache_threshold": 0.9},
+        plain_replicas(2),
+        [0, 0],
+        0,
+    )
+    shared = list(range(1, 5))
+    assert b.pick(seq(4096, shared + [10, 11, 12, 13]), 0.0) == 0
+    assert b.pick(seq(4096, shared + [20, 21, 22, 23]), 0.1) == 1  # 4/8 < 0.9: smallest tree
+    assert b.pick(seq(4096, shared + [10, 11, 12, 13]), 0.2) == 0  # 8/8 matched
+    assert b.size == [8 * 512, 8 * 512]
+    b.pick(seq(100), 1.0)  # both over 6: each loses its one leaf, 4 blocks
+    assert sorted(b.tenant_keys(0)) == shared and sorted(b.tenant_keys(1)) == shared
+    assert b.size == [4 * 512, 4 * 512]
+    assert b.match(shared + [10])[0] == 4
 
 
 def test_prefix_affinity_adds_weighted_prefix_and_queue_scores():

@@ -123,21 +123,26 @@ class CacheAware(_CacheRouting):
     the deepest matched node, else to the replica whose tree is smallest. Either way its prefix
     is inserted under the chosen replica, with the pick's time as the nodes' access time.
 
-    Approximated: the router's tree is over request text (characters); here it is over the chain
-    of whole trace blocks (`prompt_block_keys`), each weighing `trace_block` tokens, so a
-    prompt's tail past its last whole trace block is neither matched nor inserted, and sizes
-    and `max_tree_size` count tokens. Tie-breaks: the source takes the first tenant of a
-    concurrent map (arbitrary); here the lowest index among the deepest node's replicas, and
-    the least loaded / smallest tree by `_least` (round-robin pointer shared by both, so an
-    all-imbalanced run picks exactly what least-requests picks). As in `prefix_match`, a match
-    refreshes the matched replica's access times along the path even when it is not chosen.
+    The tree is the source's: a radix tree shared by all replicas, each node an edge label (a
+    run of keys) with the replicas it was routed to and each one's last access; an insert
+    splits a node where the request's keys part from it and stamps its replica along the
+    path; a match counts keys into a partly matched last node, takes that node's replica and
+    refreshes its path. Approximated: the router's tree is over request text (characters);
+    here it is over the chain of whole trace blocks (`prompt_block_keys`), each weighing
+    `trace_block` tokens, so a prompt's tail past its last whole trace block is neither matched
+    nor inserted, and sizes and `max_tree_size` count tokens. Tie-breaks: the source takes the
+    first tenant of a concurrent map (arbitrary); here the lowest index among the node's
+    replicas, and the least loaded / smallest tree by `_least` (round-robin pointer shared by
+    both, so an all-imbalanced run picks exactly what least-requests picks).
 
-    Eviction: the router trims every replica's tree to `max_tree_size`, least recently used
-    leaves first (`Tree::evict_tenant_by_size`), from a background thread every
-    `eviction_interval_s` (0: never, as the source does). Here it runs at the first pick at or
-    after each multiple of the interval (sim time): the tree changes only at picks, so this is
-    what the thread would have left at that moment. Defaults: the router CLI's (the Rust
-    `CacheAwareConfig::default()` has 0.5, 32, 1.1, 30 s and 10,000).
+    Eviction: the router trims every replica's tree to `max_tree_size`
+    (`Tree::evict_tenant_by_size`): whole leaf nodes of that replica (nodes none of whose
+    children it holds), least recently used first, a parent joining when it becomes a leaf, a
+    node going when no replica holds it; a thread does it every `eviction_interval_s` (0:
+    never, as the source does). Here it runs at the first pick at or after each multiple of
+    the interval (sim time): the tree changes only at picks, so this is what the thread would
+    have left at that moment. Ties of access time go to the older leaf. Defaults: the router
+    CLI's (the Rust `CacheAwareConfig::default()` has 0.5, 32, 1.1, 30 s and 10,000).
     """
 
     name: ClassVar[str] = "cache-aware"
@@ -145,16 +150,8 @@ class CacheAware(_CacheRouting):
 
     def __init__(self, settings, replicas: list, outstanding: list[int], seed: int) -> None:
         super().__init__(settings, replicas, outstanding, seed)
-        # key -> the replicas holding that node, as a bit mask (an int: a set of one replica
-        # weighs 216 bytes, the mask 28). A replica holding a node holds its whole path
-        # (inserts add the path, evictions take leaves), so a key in here is a live node, and
-        # a request's keys held by anyone (or by one replica) are a prefix of its keys.
-        self.holders: dict = {}
-        # per replica: key -> last access (one shared float per pick), and key -> parent key
-        # (read only by evictions, which count children then)
-        self.trees: list[dict] = [{} for _ in range(self.n)]
-        self.parents: list[dict] = [{} for _ in range(self.n)]
-        self.size = [0] * self.n  # tokens in each replica's tree
+        self.root = _TreeNode([], None)
+        self.size = [0] * self.n  # tokens in each replica's part of the tree
         self.next_eviction = settings.eviction_interval_s
 
     def validate(self, s) -> None:
@@ -165,22 +162,23 @@ class CacheAware(_CacheRouting):
         _in_range(owner, "eviction_interval_s", s.eviction_interval_s, 0.0)
         _in_range(owner, "max_tree_size", s.max_tree_size, 1)
 
-    def match(self, keys: list) -> tuple[int, int]:
-        """(keys matched from the start in the shared tree, the replica chosen among the
-        deepest matched node's; -1 when nothing matched)."""
-        holders = self.holders
-        # The held keys are a prefix of `keys`: bisect for its length (O(log keys) lookups).
-        lo, hi = 0, len(keys)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if keys[mid] in holders:
-                lo = mid + 1
-            else:
-                hi = mid
-        if not lo:
-            return 0, -1
-        mask = holders[keys[lo - 1]]
-        return lo, (mask & -mask).bit_length() - 1  # the lowest replica index holding it
+    def match(self, keys: list) -> tuple[int, _TreeNode | None]:
+        """(keys matched from the start, into a partly matched last node; that last node, or
+        None when nothing matched): `Tree::prefix_match`'s walk."""
+        node, pos, n = self.root, 0, len(keys)
+        last = None
+        while pos < n:
+            child = node.children.get(keys[pos])
+            if child is None:
+                break
+            label = child.keys
+            shared = _shared(keys, pos, label)
+            pos += shared
+            last = child
+            if shared < len(label):  # partial match: stop here
+                break
+            node = child
+        return pos, last
 
     def pick(self, seq, now_s: float) -> int:
         s = self.settings
@@ -195,69 +193,120 @@ class CacheAware(_CacheRouting):
         if hi - lo > s.balance_abs_threshold and hi > lo * s.balance_rel_threshold:
             i = self._least(out)
         else:
-            depth, tenant = self.match(keys)
+            depth, last = self.match(keys)
             rate = depth * self.trace_block / seq.prompt_tokens if seq.prompt_tokens else 0.0
-            if tenant >= 0:  # prefix_match refreshes the tenant's path (all in its tree)
-                self.trees[tenant].update(dict.fromkeys(keys[:depth], now_s))
+            tenant = min(last.tenants) if last is not None and last.tenants else -1
+            if tenant >= 0:  # prefix_match refreshes the tenant's path to the root
+                node = last
+                while node is not None:
+                    node.tenants[tenant] = now_s
+                    node = node.parent
             i = tenant if rate > s.cache_threshold else self._least(self.size)
         self.insert(i, keys, now_s)
         return i
 
     def insert(self, i: int, keys: list, now_s: float) -> None:
-        tree = self.trees[i]
-        before = len(tree)
-        # One C-level update refreshes the path and adds the rest; the keys it added are the
-        # request's last ones (the tree held a prefix of them).
-        tree.update(dict.fromkeys(keys, now_s))
-        added = len(tree) - before
-        if not added:
-            return
-        start = len(keys) - added
-        new = keys[start:]
-        self.parents[i].update(
-            zip(new, [keys[start - 1] if start else None, *new[:-1]], strict=True)
-        )
-        holders = self.holders
-        bit = 1 << i
-        for key in new:
-            holders[key] = holders.get(key, 0) | bit
-        self.size[i] += added * self.trace_block
+        """`Tree::insert`: stamp replica i along the request's path, splitting the node where
+        the keys part from it and adding the rest as one new leaf."""
+        node, pos, n = self.root, 0, len(keys)
+        node.tenants[i] = now_s
+        tb = self.trace_block
+        while pos < n:
+            first = keys[pos]
+            child = node.children.get(first)
+            if child is None:  # no match: the rest is one new leaf
+                node.children[first] = _TreeNode(keys[pos:], node, {i: now_s})
+                self.size[i] += (n - pos) * tb
+                return
+            label = child.keys
+            shared = _shared(keys, pos, label)
+            if shared < len(label):  # split: [node] -> [upper] -> [child, shortened]
+                upper = _TreeNode(label[:shared], node, dict(child.tenants))
+                upper.children[label[shared]] = child
+                node.children[first] = upper
+                child.keys = label[shared:]
+                child.parent = upper
+                child = upper
+            if i not in child.tenants:
+                self.size[i] += shared * tb
+            child.tenants[i] = now_s
+            pos += shared
+            node = child
 
     def evict(self, max_size: int) -> None:
-        """Trim each replica's tree to `max_size` tokens, least recently used leaves first (a
-        parent becomes a leaf once its last child goes). Scans a tree only when it is over."""
+        """`Tree::evict_tenant_by_size`: trim each replica's part to `max_size` tokens, least
+        recently used leaf nodes first. Walks the tree only when some replica is over."""
+        if max(self.size, default=0) <= max_size:
+            return
         tb = self.trace_block
-        holders = self.holders
-        for i, tree in enumerate(self.trees):
-            if self.size[i] <= max_size:
+        heap = []
+        order = 0
+        stack = [self.root]
+        while stack:
+            node = stack.pop()
+            children = list(node.children.values())
+            stack.extend(children)
+            if node is self.root:
                 continue
-            parents = self.parents[i]
-            children = dict.fromkeys(tree, 0)
-            for parent in parents.values():
-                if parent is not None:
-                    children[parent] += 1
-            # (time, order, key): the order breaks time ties by insertion, and keys (ints,
-            # tuples) are never compared
-            heap = [(tree[key], k, key) for k, key in enumerate(tree) if not children[key]]
-            heapify(heap)
-            order = len(tree)
-            keep = ~(1 << i)
-            while self.size[i] > max_size and heap:
-                _t, _k, key = heappop(heap)
-                del tree[key]
-                parent = parents.pop(key)
-                mask = holders[key] & keep
-                if mask:
-                    holders[key] = mask
-                else:
-                    del holders[key]
-                self.size[i] -= tb
-                if parent is not None:
-                    left = children[parent] - 1
-                    children[parent] = left
-                    if not left:
-                        heappush(heap, (tree[parent], order, parent))
-                        order += 1
+            for tenant in _leaf_tenants(node, children):
+                heap.append((node.tenants[tenant], order, tenant, node))
+                order += 1
+        heapify(heap)
+        while heap:
+            _t, _k, tenant, node = heappop(heap)
+            if self.size[tenant] <= max_size or tenant not in node.tenants:
+                continue
+            self.size[tenant] -= len(node.keys) * tb
+            del node.tenants[tenant]
+            parent = node.parent
+            if not node.children and not node.tenants:
+                del parent.children[node.keys[0]]
+            if parent is not self.root and tenant in _leaf_tenants(
+                parent, parent.children.values()
+            ):
+                heappush(heap, (parent.tenants[tenant], order, tenant, parent))
+                order += 1
+
+    def tenant_keys(self, i: int) -> list:
+        """Every key of replica i's part of the tree (for tests and debugging)."""
+        found, stack = [], [self.root]
+        while stack:
+            node = stack.pop()
+            stack.extend(node.children.values())
+            if i in node.tenants:
+                found.extend(node.keys)
+        return found
+
+
+class _TreeNode:
+    """A node of the cache-aware router's radix tree: its edge label (keys), children by first
+    key, parent, and each replica routed through it with its last access."""
+
+    __slots__ = ("keys", "children", "parent", "tenants")
+
+    def __init__(self, keys: list, parent: _TreeNode | None, tenants: dict | None = None):
+        self.keys = keys
+        self.children: dict = {}
+        self.parent = parent
+        self.tenants: dict[int, float] = tenants if tenants is not None else {}
+
+
+def _shared(keys: list, pos: int, label: list) -> int:
+    """How many leading keys of `label` equal keys[pos:] (at least the first, by lookup)."""
+    if keys[pos : pos + len(label)] == label:  # one C-level comparison: the usual case
+        return len(label)
+    return next(
+        (k for k, (a, b) in enumerate(zip(label, keys[pos:], strict=False)) if a != b),
+        min(len(label), len(keys) - pos),
+    )
+
+
+def _leaf_tenants(node: _TreeNode, children) -> set:
+    """The replicas holding `node` but none of its children (`Tree::leaf_of`)."""
+    tenants = set(node.tenants)
+    for child in children:
+        tenants.difference_update(child.tenants)
+    return tenants
 
 
 # ----------------------------------------------------------------------------- prefix-affinity
