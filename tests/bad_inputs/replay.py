@@ -229,4 +229,9 @@ CASES = [
         POOL + '[pools.batcher]\npolicy = "vllm"\nenable_prefix_caching = "yes"\n',
         "enable_prefix_caching = 'yes' should be a bool like true",
     ),
+    scenario(
+        "with a pool block size the sglang page size contradicts",
+        POOL + 'block_size = 32\n[pools.batcher]\npolicy = "sglang"\n',
+        "pool 'default': block_size = 32 but the sglang batcher's page_size = 1 is its KV block;",
+    ),
 ]

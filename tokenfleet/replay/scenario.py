@@ -116,6 +116,10 @@ class AutoscaleConfig:
     interval_s: float = 15.0  # how often the autoscaler looks
 
 
+# vLLM's default KV block (tokens); the sglang batcher's `page_size` replaces it.
+DEFAULT_BLOCK_SIZE = 16
+
+
 @dataclass(frozen=True)
 class PoolConfig:
     name: str = "default"
@@ -124,7 +128,7 @@ class PoolConfig:
     replicas: int | str = field(default=AUTO, metadata={"accepts": (int, str)})  # or "auto"
     engine: str = ""  # engine preset of overheads; empty: the GPU profile's default
     gpu_memory_utilization: float = 0.9
-    block_size: int = 16
+    block_size: int = DEFAULT_BLOCK_SIZE  # a batcher with a page_size (sglang) uses that
     batcher: PolicyConfig = field(default_factory=lambda: PolicyConfig("vllm"))
     pricing: PricingConfig = field(default_factory=PricingConfig)
     autoscale: AutoscaleConfig = field(default_factory=AutoscaleConfig)
@@ -211,7 +215,14 @@ def validate(scenario: Scenario) -> Scenario:
         if pool.replicas != AUTO and pool.replicas < 1:
             raise UserError(f"{where}: replicas = {pool.replicas} must be >= 1")
         cls = batcher_class(pool.batcher.policy)
-        cls(build_settings(cls.Settings, pool.batcher.settings, f"{where} batcher"))
+        batcher = cls(build_settings(cls.Settings, pool.batcher.settings, f"{where} batcher"))
+        page = getattr(batcher, "page_size", None)  # a batcher whose page is the KV block
+        if page is not None and pool.block_size not in (page, DEFAULT_BLOCK_SIZE):
+            raise UserError(
+                f"{where}: block_size = {pool.block_size} but the {pool.batcher.policy} "
+                f"batcher's page_size = {page} is its KV block; set page_size in the batcher "
+                "table and drop block_size"
+            )
         # The GPU's own defaults are checked with the profile (fleet.py); stand-ins here that
         # cannot fail on their own, so an error names the user's key.
         idle = pool.pricing.gpu_idle_w
