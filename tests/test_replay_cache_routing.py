@@ -10,7 +10,7 @@ import pytest
 from test_replay_support import real_step_time, run_rows
 
 from tokenfleet.errors import UserError
-from tokenfleet.replay.balancer import BUILTIN_BALANCERS, make_balancer
+from tokenfleet.replay.balancer import BUILTIN_BALANCERS, Router, make_balancer
 from tokenfleet.replay.cache_routing import CACHE_BALANCERS
 
 # --- the real Mooncake trace ------------------------------------------------------------------
@@ -251,3 +251,38 @@ def test_bad_settings_are_one_line_user_errors(name, settings, words):
     message = str(err.value)
     assert words in message and "\n" not in message, message
     assert f"balancer {name!r}" in message
+
+
+def router_replicas(n: int) -> list:
+    return [SimpleNamespace(prefix=None, views=[]) for _ in range(n)]
+
+
+def test_a_rebuilt_router_keeps_what_it_learned_of_the_replicas_that_stay():
+    """An autoscaler adding a replica rebuilds the router: the cache-aware tree follows the
+    staying replicas to their new positions, and a replica that leaves takes its part."""
+    out = [0, 0, 0]
+    router = Router("cache-aware", {}, router_replicas(3), out, 0)
+    router.set_members([1, 2])
+    a, b = list(range(1, 9)), list(range(50, 58))
+    assert router.pick(seq(4096, a), 0.0) == 1
+    assert router.pick(seq(4096, b), 0.1) == 2  # new prompt: the smaller tree
+    router.set_members([0, 1, 2])  # replica 0 joins; 1 and 2 move to positions 1 and 2
+    assert router.pick(seq(4096, a), 0.2) == 1 and router.pick(seq(4096, b), 0.3) == 2
+    router.set_members([0, 2])  # replica 1 leaves: its prefix is forgotten, 2's is kept
+    assert router.balancer.match(a) == (0, None)
+    assert router.pick(seq(4096, b), 0.4) == 2
+
+
+@pytest.mark.parametrize("name", ["prefix-affinity", "precise-prefix"])
+def test_rebuilt_scorers_keep_their_replicas_maps(name):
+    out = [0, 0, 0]
+    router = Router(name, {}, router_replicas(3), out, 0)
+    router.set_members([1, 2])
+    router.pick(seq(4096, list(range(1, 9))), 0.0)
+    old = router.balancer
+    kept = old.lrus if name == "prefix-affinity" else old.visible
+    router.set_members([0, 1, 2])
+    new = router.balancer
+    now = new.lrus if name == "prefix-affinity" else new.visible
+    assert now[1:] == kept and not now[0]
+    assert new.index == {k: {i + 1 for i in h} for k, h in old.index.items()}

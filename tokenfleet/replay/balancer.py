@@ -217,12 +217,15 @@ class Router:
         self.members: list[int] = []
         self.view: list[int] = []
         self.pick = None
+        self.balancer = None  # the balancer behind `pick` (None: no replica)
 
     def set_members(self, members: list[int]) -> None:
-        """Route over these replica indices from now on (their order is the balancer's)."""
+        """Route over these replica indices from now on (their order is the balancer's); a
+        balancer that learns (the cache-aware ones) keeps what it knew of staying replicas."""
         for i in self.members:
             rep = self.all[i]
             rep.views = [v for v in rep.views if v[0] is not self.view]
+        before, previous = self.members, self.balancer
         self.members = list(members)
         self.rebuilds += 1
         if self.members == list(range(len(self.all))):
@@ -230,6 +233,7 @@ class Router:
             balancer = make_balancer(
                 self.policy, self.settings, self.all, self.view, self.seed + self.rebuilds - 1
             )
+            self._carry_over(previous, before, balancer)
             self.pick = balancer.pick
             return
         self.view = [self.fleet_outstanding[i] for i in self.members]
@@ -237,14 +241,24 @@ class Router:
         for pos, rep in enumerate(reps):
             rep.views.append((self.view, pos))
         if not reps:
-            self.pick = None
+            self.pick = self.balancer = None
             return
         balancer = make_balancer(
             self.policy, self.settings, reps, self.view, self.seed + self.rebuilds - 1
         )
+        self._carry_over(previous, before, balancer)
         members_ = self.members
 
         def pick(seq, now_s: float) -> int:
             return members_[balancer.pick(seq, now_s)]
 
         self.pick = pick
+
+    def _carry_over(self, previous, before: list[int], balancer) -> None:
+        """Hand `previous`'s state to its replacement, if both learn (`inherit`)."""
+        self.balancer = balancer
+        if previous is None or not hasattr(balancer, "inherit"):
+            return
+        position = {r: k for k, r in enumerate(self.members)}
+        moved = {j: position[r] for j, r in enumerate(before) if r in position}
+        balancer.inherit(previous, moved)

@@ -62,6 +62,13 @@ class _CacheRouting:
     def validate(self, settings) -> None:  # pragma: no cover - every subclass has its own
         pass
 
+    def inherit(self, old: _CacheRouting, moved: dict[int, int]) -> None:
+        """Take over what `old` (the balancer this one replaces when the router's replicas
+        change, e.g. an autoscaler adding one) learned about the replicas both route to;
+        `moved` maps their index in `old` to their index here. The real routers keep their
+        state when workers join or leave (sgl-router drops a leaving worker's part of the
+        tree, `Tree::remove_tenant`); without this a rebuild would start them empty."""
+
     def _least(self, loads: list) -> int:
         """The least of `loads`; ties go to the first at or after a round-robin pointer (as
         `balancer._LeastOf._least`, so a tie goes where least-requests would send it)."""
@@ -267,6 +274,25 @@ class CacheAware(_CacheRouting):
                 heappush(heap, (parent.tenants[tenant], order, tenant, parent))
                 order += 1
 
+    def inherit(self, old: CacheAware, moved: dict[int, int]) -> None:
+        """The old tree with each replica renumbered; a replica that left is removed from it
+        (`Tree::remove_tenant`), and nodes nobody holds any more go."""
+        self.root = old.root
+        self.next_eviction = old.next_eviction
+        for j, size in enumerate(old.size):
+            if j in moved:
+                self.size[moved[j]] = size
+        stack = [self.root]
+        order = []
+        while stack:
+            node = stack.pop()
+            order.append(node)
+            node.tenants = {moved[t]: at for t, at in node.tenants.items() if t in moved}
+            stack.extend(node.children.values())
+        for node in reversed(order):  # children before parents
+            if node is not self.root and not node.tenants and not node.children:
+                del node.parent.children[node.keys[0]]
+
     def tenant_keys(self, i: int) -> list:
         """Every key of replica i's part of the tree (for tests and debugging)."""
         found, stack = [], [self.root]
@@ -299,6 +325,19 @@ def _shared(keys: list, pos: int, label: list) -> int:
         (k for k, (a, b) in enumerate(zip(label, keys[pos:], strict=False)) if a != b),
         min(len(label), len(keys) - pos),
     )
+
+
+def _index_of(per_replica: list[dict]) -> dict:
+    """key -> the replicas whose map holds it."""
+    index: dict = {}
+    for i, keys in enumerate(per_replica):
+        for key in keys:
+            h = index.get(key)
+            if h is None:
+                index[key] = {i}
+            else:
+                h.add(i)
+    return index
 
 
 def _leaf_tenants(node: _TreeNode, children) -> set:
@@ -367,6 +406,12 @@ class PrefixAffinity(_CacheRouting):
             _finite_weight(owner, key, getattr(s, key))
         for key in ("block_size_tokens", "max_prefix_blocks", "lru_capacity_per_server"):
             _in_range(owner, key, getattr(s, key), 1)
+
+    def inherit(self, old: PrefixAffinity, moved: dict[int, int]) -> None:
+        """Each staying replica keeps its LRU."""
+        for j, i in moved.items():
+            self.lrus[i] = old.lrus[j]
+        self.index = _index_of(self.lrus)
 
     def prefix_scores(self, seq, keys: list) -> list[float]:
         total = min(seq.prompt_tokens // self.settings.block_size_tokens,
@@ -475,6 +520,12 @@ class PrecisePrefix(_CacheRouting):
         for key in ("precise_weight", "queue_weight", "kv_cache_weight"):
             _finite_weight(owner, key, getattr(s, key))
         _in_range(owner, "cache_signal_delay_s", s.cache_signal_delay_s, 0.0)
+
+    def inherit(self, old: PrecisePrefix, moved: dict[int, int]) -> None:
+        """Each staying replica keeps what its KV events have told (and will tell)."""
+        for j, i in moved.items():
+            self.visible[i] = old.visible[j]
+        self.index = _index_of(self.visible)
 
     def _visible_depth(self, i: int, keys: list, now_s: float) -> int:
         """Leading keys the router has seen stored on replica i by `now_s`."""
