@@ -4,9 +4,12 @@ rule on hand-built states, and bad settings."""
 
 from __future__ import annotations
 
+from heapq import heapify, heappop, heappush
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_replay_support import real_step_time, run_rows
 
 from tokenfleet.errors import UserError
@@ -286,3 +289,65 @@ def test_rebuilt_scorers_keep_their_replicas_maps(name):
     now = new.lrus if name == "prefix-affinity" else new.visible
     assert now[1:] == kept and not now[0]
     assert new.index == {k: {i + 1 for i in h} for k, h in old.index.items()}
+
+
+def reference_evict(b, max_size: int) -> None:
+    """`Tree::evict_tenant_by_size` as the source writes it: every leaf of every replica into
+    one heap at once, popped by access time, a parent pushed when it becomes a leaf."""
+
+    def leaf(node, t):
+        return not any(t in c.tenants for c in node.children.values())
+
+    heap, stack, order = [], [b.root], 0
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children.values())
+        for t in node.tenants if node is not b.root else ():
+            if leaf(node, t):
+                heap.append((node.tenants[t], order, t, node))
+                order += 1
+    heapify(heap)
+    while heap:
+        _, _, t, node = heappop(heap)
+        if b.size[t] <= max_size or t not in node.tenants:
+            continue
+        b.size[t] -= len(node.keys) * b.trace_block
+        del node.tenants[t]
+        parent = node.parent
+        if not node.children and not node.tenants:
+            del parent.children[node.keys[0]]
+        if parent is not b.root and t in parent.tenants and leaf(parent, t):
+            heappush(heap, (parent.tenants[t], order, t, parent))
+            order += 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    prompts=st.lists(
+        st.tuples(st.integers(0, 3), st.integers(0, 6), st.integers(0, 4)), min_size=1, max_size=40
+    ),
+    max_blocks=st.integers(1, 12),
+    every=st.integers(1, 6),
+)
+def test_cache_aware_eviction_by_leaf_heaps_equals_the_sources_full_walk(
+    prompts, max_blocks, every
+):
+    """The incremental eviction (one lazily kept heap of leaves per replica) leaves exactly
+    the tree the source's walk over every leaf does, on random prompts that share chains and
+    part inside nodes (times strictly increase, so no two leaves of a replica tie)."""
+    settings_ = {"eviction_interval_s": 0.0, "max_tree_size": max_blocks * 512}
+    settings_["cache_threshold"] = 0.2
+    mine = make_balancer("cache-aware", settings_, plain_replicas(3), [0, 0, 0], 0)
+    theirs = make_balancer("cache-aware", settings_, plain_replicas(3), [0, 0, 0], 0)
+    for k, (chain, shared, own) in enumerate(prompts):
+        keys = [100 * chain + j for j in range(shared)] + [10_000 + 10 * k + j for j in range(own)]
+        t = float(k)
+        assert mine.pick(seq(512 * max(len(keys), 1), keys), t) == theirs.pick(
+            seq(512 * max(len(keys), 1), keys), t
+        )
+        if k % every == every - 1:
+            mine.evict(settings_["max_tree_size"])
+            reference_evict(theirs, settings_["max_tree_size"])
+            assert mine.size == theirs.size
+            for r in range(3):
+                assert sorted(mine.tenant_keys(r)) == sorted(theirs.tenant_keys(r))

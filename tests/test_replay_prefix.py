@@ -94,12 +94,16 @@ shared_requests = st.lists(
 )
 
 
-def _rows(reqs, block: int) -> list[tuple]:
+def _rows(reqs, block: int, nested: bool = False) -> list[tuple]:
+    """Rows with hashes in trace blocks of `block` tokens. The system prompts are four apart,
+    or (`nested`) each the start of the next, so that one request's chain of ids parts from
+    another's inside it."""
     rows, t = [], 0.0
     for i, (gap, system, own, output, session) in enumerate(reqs):
         t += gap
         prompt = system * block + own
-        hashes = [1000 * system + k for k in range(system)]  # shared system-prompt blocks
+        first = 1000 * (0 if nested else system)
+        hashes = [first + k for k in range(system)]  # shared system-prompt blocks
         hashes += [10_000 * (i + 1) + k for k in range(prompt // block - system)]
         rows.append(row(t, prompt, output, hashes or None, session))
     return rows
@@ -112,6 +116,8 @@ def _rows(reqs, block: int) -> list[tuple]:
     max_seqs=st.integers(1, 8),
     replicas=st.integers(1, 2),
     balancer=st.sampled_from(["round-robin", "least-kv", "session"]),
+    trace_block=st.sampled_from([16, 16, 64]),
+    nested=st.booleans(),
 )
 @example(  # a head that does not fit, looked up again every step only in step-by-step mode
     reqs=[(0, 0, 186, 73, None), (0.001, 0, 128, 65, 2), (0.01, 0, 71, 96, None),
@@ -119,15 +125,16 @@ def _rows(reqs, block: int) -> list[tuple]:
           (0.05, 0, 10, 91, 1), (0, 0, 174, 24, 1), (0.3, 3, 100, 93, 1), (0.001, 3, 18, 105, 1),
           (0, 3, 72, 2, None), (0, 2, 55, 73, 2), (0, 0, 30, 16, 2), (0, 2, 32, 44, None),
           (0, 0, 118, 81, None)],
-    kv_blocks=37, max_seqs=5, replicas=1, balancer="round-robin",
+    kv_blocks=37, max_seqs=5, replicas=1, balancer="round-robin", trace_block=16, nested=False,
 )  # fmt: skip
 def test_skip_mode_equals_step_by_step_with_caching_under_pressure(
-    reqs, kv_blocks, max_seqs, replicas, balancer
+    reqs, kv_blocks, max_seqs, replicas, balancer, trace_block, nested
 ):
     """Shared prefixes and sessions through a cache small enough to evict and preempt: both
     modes give the same records, every request ends once, referenced blocks never exceed the
-    capacity, and the cache's structure stays sound after every event."""
-    rows = _rows(reqs, 16)
+    capacity, and the cache's structure stays sound after every event (spans of trace ids
+    included: trace blocks of 1 or 4 engine blocks, chains that part inside a span)."""
+    rows = _rows(reqs, trace_block, nested)
     checked = []
     plain = Replica.on_event
 
@@ -145,7 +152,7 @@ def test_skip_mode_equals_step_by_step_with_caching_under_pressure(
         kv_blocks=kv_blocks,
         replicas=replicas,
         balancer=balancer,
-        prefix_block_size=16,
+        prefix_block_size=trace_block,
         step_time=REAL,
     )
     with pytest.MonkeyPatch.context() as patch:
