@@ -155,17 +155,14 @@ class PrefixCache:
 
     # ------------------------------------------------------------------ keys
 
-    def _segment(self, seq, j: int) -> tuple[object, int, bool]:
+    def _segment(self, seq, j: int, hashed_end: int) -> tuple[object, int, bool]:
         """(key, end, private): the group holding the request's engine block j, and the
-        request's last block in it (exclusive)."""
+        request's last block in it (exclusive); `hashed_end` is `_hashed_end(seq)`."""
         bs, tb_tokens = self.block_size, self.trace_block
         tb = ((j + 1) * bs - 1) // tb_tokens  # the trace block holding block j's last token
         end = (tb + 1) * tb_tokens // bs
-        hashes = seq.hashes
-        if hashes is not None:
-            hashed_end = min(len(hashes) * tb_tokens, seq.prompt_tokens) // bs
-            if j < hashed_end:
-                return hashes[tb], end if end < hashed_end else hashed_end, False
+        if j < hashed_end:
+            return seq.hashes[tb], end if end < hashed_end else hashed_end, False
         if seq.session_id is not None:
             return ("s", seq.session_id, tb), end, False
         return ("r", seq.row, tb), end, True
@@ -196,10 +193,11 @@ class PrefixCache:
         """Walk the request's chain from block 0 to at most `limit` blocks: `lookup`'s answer."""
         groups = self.groups
         hashes = seq.hashes
+        hashed_end = self._hashed_end(seq)
         hits = []
         j = touched = 0
         while j < limit:
-            key, end, _private = self._segment(seq, j)
+            key, end, _private = self._segment(seq, j, hashed_end)
             group = groups.get(key)
             if group is None and hashes is not None and seq.session_id is not None:
                 group = self._session_copy(seq, j)
@@ -217,7 +215,6 @@ class PrefixCache:
                         len(mine),
                     )
                 end = (tb0 + agree) * self.trace_block // self.block_size
-                hashed_end = self._hashed_end(seq)
                 if end > hashed_end:
                     end = hashed_end
             want = (end if end < limit else limit) - j
@@ -231,7 +228,9 @@ class PrefixCache:
         return hits, j, touched
 
     def _hashed_end(self, seq) -> int:
-        """The engine block where the request's hashed prompt ends."""
+        """The engine block where the request's hashed prompt ends (0: it has no hashes)."""
+        if seq.hashes is None:
+            return 0
         tokens = len(seq.hashes) * self.trace_block
         if tokens > seq.prompt_tokens:
             tokens = seq.prompt_tokens
@@ -297,15 +296,16 @@ class PrefixCache:
             return
         groups = self.groups
         held = seq.held
+        hashed_end = self._hashed_end(seq)
         while j < full_blocks:
-            key, end, is_private = self._segment(seq, j)
+            key, end, is_private = self._segment(seq, j, hashed_end)
             if is_private and not private:
                 break
             if end > full_blocks:
                 end = full_blocks
             group, c = held[-1] if held else (None, 0)
             keys = group.keys if group is not None else None
-            hashed = seq.hashes is not None and j < self._hashed_end(seq)
+            hashed = j < hashed_end
             if keys is not None and hashed:  # after a span of the trace's ids
                 i = ((j + 1) * self.block_size - 1) // self.trace_block - group.tb0
                 if i < len(keys) and keys[i] == key:  # the span goes on with this block
@@ -316,7 +316,7 @@ class PrefixCache:
                     seq.registered = -1
                     return
                 elif i == len(keys):  # the span's present blocks end here: it grows
-                    end = self._new_ids(seq, j, end, full_blocks, keys)
+                    end = self._new_ids(seq, j, end, min(full_blocks, hashed_end), keys)
                 else:  # another copy goes on differently: a new span branches off here
                     group = None
             elif keys is None and group is not None and key in (group.key, group.alias):
@@ -332,7 +332,7 @@ class PrefixCache:
                 if hashed:
                     tb = ((j + 1) * self.block_size - 1) // self.trace_block
                     keys = []
-                    end = self._new_ids(seq, j, end, full_blocks, keys)
+                    end = self._new_ids(seq, j, end, min(full_blocks, hashed_end), keys)
                     group = Group(key, j, False, keys, tb)
                 else:
                     group = Group(key, j, is_private)
@@ -353,15 +353,12 @@ class PrefixCache:
             j = end
         seq.registered = j
 
-    def _new_ids(self, seq, j: int, end: int, full_blocks: int, keys: list) -> int:
+    def _new_ids(self, seq, j: int, end: int, last: int, keys: list) -> int:
         """Append to a span's `keys` the request's ids from engine block j (a trace block's
-        start, its id cached nowhere) on: all those up to `full_blocks` (or its hashed end)
-        when none is cached anywhere, else only the first. Returns where the span ends."""
+        start, its id cached nowhere) on: all those up to engine block `last` when none is
+        cached anywhere, else only the first. Returns where the span ends."""
         bs, tbt = self.block_size, self.trace_block
         tb = ((j + 1) * bs - 1) // tbt
-        last = self._hashed_end(seq)
-        if last > full_blocks:
-            last = full_blocks
         tb_last = (last * bs - 1) // tbt  # the trace block holding block last - 1's last token
         ids = seq.hashes[tb : tb_last + 1]
         # One C-level test for the whole run (block by block, each id would be looked up alone).
@@ -434,7 +431,8 @@ class PrefixCache:
     def flush(self, free: int) -> None:
         """Apply the allocations made since the last flush: pop the queue's head until `free`
         blocks are left, dropping the keys of cached blocks reused."""
-        self._settle()
+        if self.loose:
+            self._settle()
         n = self.free - free
         if n < 0:
             raise RuntimeError(f"prefix cache: {free} free blocks asked, {self.free} queued")
