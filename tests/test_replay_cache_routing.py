@@ -351,3 +351,20 @@ def test_cache_aware_eviction_by_leaf_heaps_equals_the_sources_full_walk(
             assert mine.size == theirs.size
             for r in range(3):
                 assert sorted(mine.tenant_keys(r)) == sorted(theirs.tenant_keys(r))
+
+
+def test_precise_prefix_lets_go_of_started_requests():
+    """Keys no later request reaches would hold their requests to the end of the run: once
+    the lists pass 4,096, those of started requests become visibility times, as a walk would
+    make them, and the requests are let go."""
+    b = make_balancer("precise-prefix", {}, plain_replicas(2), [0, 0], 0)
+    routed = []
+    for k in range(5000):
+        s = seq(1024, [10 * k, 10 * k + 1], start_s=None)
+        b.pick(s, float(k))
+        s.start_s = k + 0.5  # it starts before the next request is routed
+        routed.append(s)
+    lists = [v for vis in b.visible for v in vis.values() if isinstance(v, list)]
+    assert len(lists) < 2 * 5000 - 4096  # most were resolved
+    times = {v for vis in b.visible for v in vis.values() if not isinstance(v, list)}
+    assert min(times) == 0.5 + 0.05  # request 0's start plus the delay

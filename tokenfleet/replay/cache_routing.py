@@ -517,6 +517,10 @@ class PrecisePrefix(_CacheRouting):
         # of which has started yet
         self.visible: list[dict] = [{} for _ in range(self.n)]
         self.index: dict = {}  # key -> replicas it was routed to
+        # (replica, key) of the lists made, to resolve in bulk (`_resolve`): a key no later
+        # request reaches would hold its requests, and their prompts, to the end of the run
+        self.unresolved: list[tuple[int, object]] = []
+        self.resolve_at = 4096
 
     def validate(self, s) -> None:
         owner = f"balancer {self.name!r}"
@@ -529,6 +533,7 @@ class PrecisePrefix(_CacheRouting):
         for j, i in moved.items():
             self.visible[i] = old.visible[j]
         self.index = _index_of(self.visible)
+        self.unresolved = [(moved[j], key) for j, key in old.unresolved if j in moved]
 
     def _visible_depth(self, i: int, keys: list, now_s: float) -> int:
         """Leading keys the router has seen stored on replica i by `now_s`."""
@@ -591,10 +596,12 @@ class PrecisePrefix(_CacheRouting):
         i = self._best(self.scores(seq, now_s, keys))
         vis = self.visible[i]
         index = self.index
+        unresolved = self.unresolved
         for key in keys:
             v = vis.get(key)
             if v is None:
                 vis[key] = [seq]
+                unresolved.append((i, key))
                 h = index.get(key)
                 if h is None:
                     index[key] = {i}
@@ -602,7 +609,27 @@ class PrecisePrefix(_CacheRouting):
                     h.add(i)
             elif v.__class__ is list:
                 v.append(seq)
+        if len(unresolved) > self.resolve_at:
+            self._resolve()
         return i
+
+    def _resolve(self) -> None:
+        """Turn every list with a started request into its visibility time, as a walk would
+        (a request routed later starts later, so the earliest start is already known)."""
+        delay = self.settings.cache_signal_delay_s
+        left = []
+        for i, key in self.unresolved:
+            vis = self.visible[i]
+            v = vis.get(key)
+            if v.__class__ is not list:
+                continue
+            starts = [s.start_s for s in v if s.start_s is not None]
+            if starts:
+                vis[key] = min(starts) + delay
+            else:
+                left.append((i, key))
+        self.unresolved = left
+        self.resolve_at = max(4096, 2 * len(left))
 
 
 # ----------------------------------------------------------------------------- kv-router
