@@ -28,6 +28,13 @@ PUBLISHED_TOTAL = {
     "deepseek-v3": 671e9,
     "gpt-oss-120b": 116.83e9,
     "bloom-176b": 176_247_271_424,  # the BLOOM model card's exact count
+    # the models of ../shared/data/measured/vllm_h100_runs.json
+    "llama-2-7b": 6.74e9,
+    "codellama-34b": 33.7e9,
+    "mistral-nemo-12b": 12.2e9,
+    "qwen2.5-7b": 7.61e9,  # Qwen's card: 7.61B
+    "yi-34b": 34.4e9,
+    "llama-4-scout": 108e9,  # the text model; Meta's 109B adds the vision encoder
 }
 
 
@@ -172,6 +179,50 @@ def test_a_local_hf_config_gives_the_built_in_figures(tmp_path: Path, config, bu
         assert spec.params_total == ref.params_total
         assert spec.params_active == ref.params_active
         assert spec.kv_bytes_per_token() == ref.kv_bytes_per_token()
+
+
+# meta-llama/Llama-4-Scout-17B-16E-Instruct config.json: the language model under text_config.
+LLAMA_4_SCOUT_CONFIG = {
+    "model_type": "llama4",
+    "architectures": ["Llama4ForConditionalGeneration"],
+    "text_config": {
+        "model_type": "llama4_text",
+        "hidden_size": 5120,
+        "intermediate_size": 8192,
+        "intermediate_size_mlp": 16384,
+        "num_hidden_layers": 48,
+        "num_attention_heads": 40,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "num_local_experts": 16,
+        "num_experts_per_tok": 1,
+        "interleave_moe_layer_step": 1,
+        "vocab_size": 202048,
+        "max_position_embeddings": 10485760,
+        "tie_word_embeddings": False,
+    },
+    "vision_config": {"model_type": "llama4_vision_model", "hidden_size": 1408},
+}
+
+
+def test_a_nested_llama_4_config_gives_the_built_in(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(LLAMA_4_SCOUT_CONFIG))
+    spec, ref = get_model(str(path)), get_model("llama-4-scout")
+    assert spec.params_total == ref.params_total
+    assert spec.params_active == ref.params_active
+    assert spec.kv_bytes_per_token() == ref.kv_bytes_per_token()
+    # Meta's "17B active" counts the embedding table
+    assert spec.params_active + spec.embedding_params == pytest.approx(17.2e9, rel=0.01)
+
+
+def test_interleaved_llama_4_layers_are_half_dense_at_step_2(tmp_path: Path) -> None:
+    config = json.loads(json.dumps(LLAMA_4_SCOUT_CONFIG))
+    config["text_config"]["interleave_moe_layer_step"] = 2
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    spec = get_model(str(path))
+    assert (spec.n_moe_layers, spec.n_dense_ffn_layers, spec.ffn_size) == (24, 24, 16384)
 
 
 def test_bloom_config_json_with_its_n_embed_key_gives_the_built_in(tmp_path: Path) -> None:

@@ -104,10 +104,14 @@ def _hf(doc: dict, where: Path, *keys: str, default: int | None = None) -> int:
 
 
 def spec_from_hf_config(doc: dict[str, Any], where: Path) -> ModelSpec:
-    """A ModelSpec from a Hugging Face config.json (Llama, Mistral, Mixtral, Qwen2/3, DeepSeek
-    V2/V3, gpt-oss, BLOOM and look-alikes)."""
+    """A ModelSpec from a Hugging Face config.json (Llama 2-4, Mistral, Mixtral, Qwen2/3,
+    DeepSeek V2/V3, gpt-oss, BLOOM and look-alikes). A multimodal config (Llama 4) nests the
+    language model under `text_config`: that is the model read."""
+    name = str(doc.get("_name_or_path") or where.parent.name or doc.get("model_type") or "model")
+    text = doc.get("text_config")
+    if isinstance(text, dict) and not any(k in doc for k in ("hidden_size", "n_embed", "d_model")):
+        doc = text
     model_type = str(doc.get("model_type", ""))
-    name = str(doc.get("_name_or_path") or where.parent.name or model_type or "model")
     hidden = _hf(doc, where, "hidden_size", "n_embed", "n_embd", "d_model")
     heads = _hf(doc, where, "num_attention_heads", "n_head")
     is_bloom = model_type == "bloom"
@@ -145,6 +149,16 @@ def spec_from_hf_config(doc: dict[str, Any], where: Path) -> ModelSpec:
         )
     if model_type == "gpt_oss":
         values.update(ffn_bias=True, attn_sinks=True)
+    if model_type in ("llama4", "llama4_text") and experts:
+        # transformers' Llama4TextConfig: MoE layers every interleave_moe_layer_step (the
+        # others dense, of intermediate_size_mlp), each with one shared expert. The dense
+        # ones are counted as leading layers: for the cost only their number matters.
+        step = _hf(doc, where, "interleave_moe_layer_step", default=1) or 1
+        values.update(
+            ffn_size=_hf(doc, where, "intermediate_size_mlp", default=values["ffn_size"]),
+            n_shared_experts=1,
+            first_dense_layers=values["n_layers"] - values["n_layers"] // step,
+        )
     if doc.get("kv_lora_rank"):
         nope = _hf(doc, where, "qk_nope_head_dim")
         rope = _hf(doc, where, "qk_rope_head_dim")
