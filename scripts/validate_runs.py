@@ -3,7 +3,8 @@
 Replays each of the 21 measured vLLM v0.15.1 runs on H100 as tokenfleet serves it
 (`tokenfleet.study.measured_runs.py` says how a run becomes a trace and a scenario) and prints, per
 run and load stage, the predicted and measured client figures (E2E, TTFT: mean, p90, p99; ITL
-mean), their errors, and the median and maximum absolute error of each figure over all stages.
+mean), their errors, and the median and maximum absolute error of each figure over all stages;
+then each replica's KV blocks as tokenfleet plans them beside the count vLLM logged.
 Runs the file marks saturated are shown and counted apart. A run takes about a second.
 
     python scripts/validate_runs.py [--engine vllm-v1] [--runs ID,ID,...] [--json OUT]
@@ -24,6 +25,7 @@ from tokenfleet.study.measured_runs import (
     errors_pct,
     implied_outputs,
     load_runs,
+    planned_kv_blocks,
     predict,
 )
 
@@ -75,6 +77,11 @@ def main() -> int:
                  "saturated": run.saturated, "output_count_implied": implied_outputs(meas),
                  "measured": meas, "predicted": pred, "error_pct": err}
             )  # fmt: skip
+    print("KV blocks of one replica, tokenfleet's memory plan against vLLM's log:")
+    for run in runs:
+        planned = planned_kv_blocks(run)
+        logged = f"{run.kv_blocks:,} ({planned / run.kv_blocks - 1:+.1%})" if run.kv_blocks else "-"
+        print(f"  {run.id[:34]:<34} {run.model:<16} tp {run.tp}: {planned:,} against {logged}")
     summary = error_summary(errors) if errors else {}
     print(f"over {len(errors)} stages of unsaturated runs (|error|, %):")
     for figure, s in summary.items():

@@ -34,6 +34,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tokenfleet.errors import UserError
+from tokenfleet.hardware.profile import load_profile
+from tokenfleet.models import get_model
+from tokenfleet.perf.memory import plan_memory
 from tokenfleet.replay.run import run_replay
 from tokenfleet.replay.scenario import Scenario, scenario_from_dict, validate
 from tokenfleet.traces.schema import PREFIX_BLOCK_SIZE_KEY
@@ -279,6 +282,21 @@ def predict(run: MeasuredRun, engine: str = "") -> tuple[dict[str, float], ...]:
         figures["itl_mean_ms"] = (figures["e2e_mean_ms"] - figures["ttft_mean_ms"]) / (counted - 1)
         out.append(figures)
     return tuple(out)
+
+
+def planned_kv_blocks(run: MeasuredRun) -> int:
+    """The KV blocks tokenfleet's memory plan gives the run's replica (fleet.py's call), to
+    set beside the count vLLM logged (`kv_blocks`)."""
+    plan = plan_memory(
+        get_model(run.model),
+        load_profile(run.gpu),
+        run.tp,
+        run.dtype,
+        None,
+        run.gpu_memory_utilization,
+        run.block_size,
+    )
+    return plan.kv_blocks
 
 
 def implied_outputs(measured: dict[str, float]) -> float:
