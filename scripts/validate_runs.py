@@ -4,7 +4,9 @@ Replays each of the 21 measured vLLM v0.15.1 runs on H100 as tokenfleet serves i
 (`tokenfleet.study.measured_runs.py` says how a run becomes a trace and a scenario) and prints, per
 run and load stage, the predicted and measured client figures (E2E, TTFT: mean, p90, p99; ITL
 mean), their errors, and the median and maximum absolute error of each figure over all stages;
-then each replica's KV blocks as tokenfleet plans them beside the count vLLM logged.
+then, per stage, the decode step StepTime prices at the batch the measurements imply (Little's
+law) beside the measured ITL, and each replica's KV blocks as tokenfleet plans them beside the
+count vLLM logged.
 Runs the file marks saturated are shown and counted apart. A run takes about a second.
 
     python scripts/validate_runs.py [--engine vllm-v1] [--runs ID,ID,...] [--json OUT]
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from tokenfleet.atomic import atomic_path
 from tokenfleet.errors import UserError
 from tokenfleet.study.measured_runs import (
     FIGURES,
+    decode_check,
     error_summary,
     errors_pct,
     implied_outputs,
@@ -77,6 +81,23 @@ def main() -> int:
                  "saturated": run.saturated, "output_count_implied": implied_outputs(meas),
                  "measured": meas, "predicted": pred, "error_pct": err}
             )  # fmt: skip
+    print("Decode step at the batch the measurements imply (rate x (E2E - TTFT)) against ITL:")
+    decode = []
+    for run in runs:
+        for k, check in enumerate(decode_check(run, args.engine)):
+            if not run.saturated:
+                decode.append(check["error_pct"])
+            print(
+                f"  {run.id[:34]:<34} {run.model:<16} tp {run.tp} stage {k + 1}: batch "
+                f"{check['batch']:6.1f}, ITL {check['itl_measured_ms']:6.2f} ms measured, "
+                f"step {check['decode_step_ms']:6.2f} ms ({check['error_pct']:+.1f}%)"
+                f"{'  saturated' if run.saturated else ''}"
+            )
+    if decode:
+        print(
+            f"  over {len(decode)} unsaturated stages: median |error| "
+            f"{statistics.median(abs(e) for e in decode):.1f}%, max {max(map(abs, decode)):.1f}%"
+        )
     print("KV blocks of one replica, tokenfleet's memory plan against vLLM's log:")
     for run in runs:
         planned = planned_kv_blocks(run)

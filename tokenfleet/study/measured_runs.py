@@ -37,6 +37,7 @@ from tokenfleet.errors import UserError
 from tokenfleet.hardware.profile import load_profile
 from tokenfleet.models import get_model
 from tokenfleet.perf.memory import plan_memory
+from tokenfleet.perf.steptime import StepTime
 from tokenfleet.replay.run import run_replay
 from tokenfleet.replay.scenario import Scenario, scenario_from_dict, validate
 from tokenfleet.traces.schema import PREFIX_BLOCK_SIZE_KEY
@@ -297,6 +298,30 @@ def planned_kv_blocks(run: MeasuredRun) -> int:
         run.block_size,
     )
     return plan.kv_blocks
+
+
+def decode_check(run: MeasuredRun, engine: str = "") -> list[dict[str, float]]:
+    """Per stage, the decode step StepTime prices at the batch the measurements imply, beside
+    the measured ITL: by Little's law the requests decoding at once are rate x (E2E - TTFT),
+    each at about its prompt plus half its output of context. The new prompts' prefill
+    (one cached-but-last block each, a few tokens a step) is left out. This checks the step
+    model alone, with no queueing or scheduling in between."""
+    step = StepTime(get_model(run.model), load_profile(run.gpu), run.tp, run.dtype, engine=engine)
+    out = []
+    for (rate, _seconds), measured in zip(run.stages, run.measured, strict=True):
+        batch = rate * (measured["e2e_mean_ms"] - measured["ttft_mean_ms"]) / 1e3
+        seqs = max(1, round(batch))
+        context = run.prompt_tokens + implied_outputs(measured) / 2
+        predicted = 1e3 * step.step_s(0, 0.0, seqs, round(seqs * context))
+        out.append(
+            {
+                "batch": batch,
+                "itl_measured_ms": measured["itl_mean_ms"],
+                "decode_step_ms": predicted,
+                "error_pct": 100 * (predicted - measured["itl_mean_ms"]) / measured["itl_mean_ms"],
+            }
+        )
+    return out
 
 
 def implied_outputs(measured: dict[str, float]) -> float:
