@@ -66,6 +66,8 @@ Engine preset TOML (built-ins in profiles/engines/, or the [engine] table above)
     act_passes = 10.0                   # memory-bound non-GEMM traffic per token per layer
                                         # (norms, residuals, rotary, casts) in hidden-size
                                         # 16-bit vectors, on every TP rank; ~10 when fused
+    frontend_in_ms = 0.0                # optional: per request, client send -> engine queue
+    frontend_out_ms = 0.0               # optional: per token, step end -> client (CLIENT_KEYS)
 
 StepTime's formula, with every coefficient in place, is in tokenfleet/perf/steptime.py.
 
@@ -124,6 +126,16 @@ ENGINE_KEYS = (
     "act_passes",
 )
 
+# Optional engine keys for the serving frontend, per request, not per step (vLLM V1: the API
+# server process in front of the engine core). `frontend_in_ms`: from the client's send to the
+# engine core's queue: HTTP, chat template and tokenisation (vllm/entrypoints/openai/,
+# vllm/v1/engine/input_processor.py), the hop to the engine core process
+# (vllm/v1/engine/core_client.py). `frontend_out_ms`: from the end of the step that sampled a
+# token to the client: the hop back, detokenisation (vllm/v1/engine/output_processor.py) and
+# the streamed write; every token of a request is that late, so TTFT and E2E grow by it and
+# the time between tokens does not.
+CLIENT_KEYS = ("frontend_in_ms", "frontend_out_ms")
+
 
 @dataclass(frozen=True)
 class EnginePreset:
@@ -137,6 +149,9 @@ class EnginePreset:
     layer_graph_us: float
     allreduce_overhead_us: float
     act_passes: float = 0.0
+    # What a client sees beyond the engine's steps (CLIENT_KEYS), 0 where not fitted.
+    frontend_in_ms: float = 0.0
+    frontend_out_ms: float = 0.0
     description: str = ""
     aliases: tuple[str, ...] = ()
 
@@ -224,7 +239,7 @@ def _string(table: dict, key: str, where: str, default: str = "") -> str:
 
 
 def _engine_from_table(table: dict, where: str) -> EnginePreset:
-    allowed = ("format", "name", "aliases", "description", *ENGINE_KEYS)
+    allowed = ("format", "name", "aliases", "description", *ENGINE_KEYS, *CLIENT_KEYS)
     _check_keys(table, allowed, ("name", *ENGINE_KEYS), where)
     if "format" in table and table["format"] != ENGINE_FORMAT:
         raise UserError(f"{where}: key 'format' must be {ENGINE_FORMAT!r}, got {table['format']!r}")
@@ -234,6 +249,11 @@ def _engine_from_table(table: dict, where: str) -> EnginePreset:
     if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
         raise UserError(f"{where}: key 'aliases' must be a list of strings")
     numbers = {k: _number(table, k, where) for k in ENGINE_KEYS if k != "cuda_graphs"}
+    for key in CLIENT_KEYS:
+        if key in table:
+            numbers[key] = _number(table, key, where)
+            if numbers[key] < 0:
+                raise UserError(f"{where}: key {key!r} must be >= 0, got {numbers[key]!r}")
     return EnginePreset(
         name=_string(table, "name", where),
         description=_string(table, "description", where),

@@ -109,9 +109,11 @@ def _flush(ended: list[Seq], write_requests: Callable, timeline: Timeline) -> No
     timeline.fold_counts()
 
 
-def _dispatcher(gateway, replicas: list[Replica], heap: list, ended: list[Seq]):
+def _dispatcher(gateway, replicas: list[Replica], events: EventQueue, ended: list[Seq]):
     """`dispatch(seq, now)`: send an admitted request to a replica of its tier's pools (or end
-    it as too long for that replica's KV cache)."""
+    it as too long for that replica's KV cache), through the engine's frontend where it takes
+    time (`Replica.frontend_in_s`)."""
+    heap = events.heap
     routers = gateway.routers
     # A pass-through gateway has one router for every tier, never rebuilt: no lookup per request.
     only = next(iter(routers.values())) if gateway.passthrough else None
@@ -126,7 +128,19 @@ def _dispatcher(gateway, replicas: list[Replica], heap: list, ended: list[Seq]):
             seq.status = TOO_LONG
             ended.append(seq)
             return
+        if rep.frontend_in_s:  # routed (and counted) now, queued at the engine later
+            seq.replica = r
+            rep.count_in()
+            events.push_timer(now + rep.frontend_in_s, reach_engine, seq)
+            return
         nt = rep.on_arrival(seq, now)
+        if nt is not None:
+            heappush(heap, (nt, REPLICA, r, rep.version))
+
+    def reach_engine(now: float, seq: Seq) -> None:
+        r = seq.replica
+        rep = replicas[r]
+        nt = rep.on_arrival(seq, now, counted=True)
         if nt is not None:
             heappush(heap, (nt, REPLICA, r, rep.version))
 
@@ -153,7 +167,7 @@ def simulate(
     arrivals (and the timeline through the drain)."""
     heap = events.heap
     eager = not gateway.passthrough  # timers, too, exist only then
-    dispatch = _dispatcher(gateway, replicas, heap, ended)
+    dispatch = _dispatcher(gateway, replicas, events, ended)
     gateway.dispatch = dispatch
     arrive = gateway.arrive if eager else dispatch
     tier_named = gateway.tiers.get

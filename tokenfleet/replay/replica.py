@@ -76,6 +76,8 @@ class Replica(ReplicaViews):
         "hold_batch",
         "replan",
         "blocked",
+        "frontend_in_s",
+        "frontend_out_s",
         "idle_decoders",
         "on_chunk",
         "gpu_acc",
@@ -106,6 +108,11 @@ class Replica(ReplicaViews):
         self.prefix = prefix  # the prefix cache's blocks and free queue (None: caching off)
         self.batcher = batcher
         self.step_s = step_time.step_s
+        # The engine's frontend (hardware/profile.py CLIENT_KEYS): a request reaches the queue
+        # this late after it was routed, and each token the client this late after its step.
+        engine = getattr(step_time, "engine", None)
+        self.frontend_in_s = getattr(engine, "frontend_in_ms", 0.0) * 1e-3
+        self.frontend_out_s = getattr(engine, "frontend_out_ms", 0.0) * 1e-3
         self.piece = DecodePiece(
             getattr(step_time, "decode_piece", None) or one_step_pieces(step_time.step_s)
         )
@@ -166,14 +173,16 @@ class Replica(ReplicaViews):
 
     # ------------------------------------------------------------------ the loop's interface
 
-    def on_arrival(self, seq: Seq, now: float) -> float | None:
-        """Queue a request; return the replica's new event time if it changed, else None."""
+    def on_arrival(self, seq: Seq, now: float, counted: bool = False) -> float | None:
+        """Queue a request; return the replica's new event time if it changed, else None.
+        (`counted`: the balancers counted it already, when it was routed to the frontend.)"""
         index = seq.replica = self.index
         # One more request here, as the balancers count (written out here and in _finish, not
         # as a method: a call per arrival and per finish was 1.5% of a replay's instructions).
-        self.outstanding[index] += 1
-        for view, i in self.views:
-            view[i] += 1
+        if not counted:
+            self.outstanding[index] += 1
+            for view, i in self.views:
+                view[i] += 1
         self.timeline.arrivals.append(now)
         self.blocked = False
         self.tokens_left += seq.prompt_tokens + seq.output_tokens
@@ -244,6 +253,13 @@ class Replica(ReplicaViews):
             sampled = self._end_step(now)
             self.timeline.step(start, now, batch, prefill, gen, self.step_kv, sampled)
         return self._plan(now)
+
+    def count_in(self) -> None:
+        """One more request here, as the balancers count: what `on_arrival` does inline, for a
+        request routed here that the frontend holds first."""
+        self.outstanding[self.index] += 1
+        for view, i in self.views:
+            view[i] += 1
 
     # ------------------------------------------------------------------ batch changes
 
@@ -390,13 +406,13 @@ class Replica(ReplicaViews):
                 out = seq.output_tokens
                 if out == 0:  # prefill only: the response is ready when the prompt is read
                     self._free_blocks(seq)
-                    seq.first_token_s = now
+                    seq.first_token_s = now + self.frontend_out_s
                     self._finish(seq, now)
                     continue
                 seq.generated += 1
                 sampled += 1
                 if seq.first_token_s is None:
-                    seq.first_token_s = now
+                    seq.first_token_s = now + self.frontend_out_s
                 if seq.generated == out:
                     self._free_blocks(seq)
                     self._finish(seq, now)
@@ -489,7 +505,7 @@ class Replica(ReplicaViews):
         self.off_sum = 0
 
     def _finish(self, seq: Seq, now: float) -> None:
-        seq.finish_s = now
+        seq.finish_s = now + self.frontend_out_s  # as the client sees it
         seq.fin_step = -1
         self.blocked = False
         self.tokens_left -= seq.prompt_tokens
