@@ -17,7 +17,7 @@ ALLOWED = {
     "perf": {"models", "hardware"},
     "calibrate": {"perf", "models", "hardware", "traces"},
     "replay": {"perf", "models", "hardware", "traces"},
-    "study": {"replay", "perf", "models", "hardware", "traces"},
+    "study": {"replay", "calibrate", "perf", "models", "hardware", "traces"},
     "cli": {"models", "hardware", "traces", "perf", "calibrate", "replay", "study"},
 }
 
