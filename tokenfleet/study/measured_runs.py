@@ -122,13 +122,13 @@ def _run(path: Path, index: int, r) -> MeasuredRun:
             raise UserError(f"{path}: run {name!r}: field {where}{key} is missing")
         return table[key]
 
-    def number(table: dict, key: str, where: str = "", positive: bool = True) -> float:
+    def number(table: dict, key: str, where: str = "") -> float:
+        """A field that must be a finite number > 0 (every figure and setting read is)."""
         value = field(table, key, where)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise UserError(f"{path}: run {name!r}: field {where}{key} = {value!r} is no number")
-        if not math.isfinite(value) or value < 0 or (positive and value == 0):
-            bound = "> 0" if positive else ">= 0"
-            raise UserError(f"{path}: run {name!r}: field {where}{key} = {value} must be {bound}")
+        if not (math.isfinite(value) and value > 0):
+            raise UserError(f"{path}: run {name!r}: field {where}{key} = {value} must be > 0")
         return float(value)
 
     model = field(r, "model")
