@@ -87,11 +87,17 @@ def main() -> int:
         for k, check in enumerate(decode_check(run, args.engine)):
             if not run.saturated:
                 decode.append(check["error_pct"])
+            terms = check["terms_ms"]
+            named = ("overhead", "weights_or_gemm", "experts", "attention", "allreduce")
+            other = sum(terms.values()) - sum(terms[k] for k in named)
             print(
                 f"  {run.id[:34]:<34} {run.model:<16} tp {run.tp} stage {k + 1}: batch "
                 f"{check['batch']:6.1f}, ITL {check['itl_measured_ms']:6.2f} ms measured, "
                 f"step {check['decode_step_ms']:6.2f} ms ({check['error_pct']:+.1f}%)"
-                f"{'  saturated' if run.saturated else ''}"
+                f"{'  saturated' if run.saturated else ''}\n      = overhead "
+                f"{terms['overhead']:.2f} + weights/GEMM {terms['weights_or_gemm']:.2f} + "
+                f"experts {terms['experts']:.2f} + attention {terms['attention']:.2f} + "
+                f"all-reduce {terms['allreduce']:.2f} + other {other:.2f} ms"
             )
     if decode:
         print(

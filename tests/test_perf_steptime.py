@@ -287,3 +287,20 @@ def test_a_model_that_does_not_fit_is_refused_and_writes_nothing(tmp_path: Path,
         cli, ["steptime", "--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--tp", "3"]
     )
     assert result.exit_code == 2 and "tp = 3 does not divide" in result.output
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    name=st.sampled_from(["llama-2-7b", "llama-3.1-70b", "mixtral-8x7b", "gpt-oss-120b"]),
+    tp=st.sampled_from([1, 2, 4]),
+    engine=st.sampled_from(["vllm-v1", "vllm-v0-2023"]),
+    seqs=st.integers(1, 300),
+    context=st.integers(1, 4000),
+)
+def test_decode_terms_sum_to_the_decode_step(name, tp, engine, seqs, context):
+    """The named parts of a decode step (overhead, weights, experts, attention, all-reduce,
+    ...) add up to the step StepTime prices, graphed (vllm-v1) or eager (vllm-v0-2023)."""
+    step_time = StepTime(get_model(name), load_profile("h100-sxm"), tp, engine=engine)
+    terms = step_time.decode_terms(seqs, seqs * context)
+    assert all(v >= 0 for v in terms.values())
+    assert sum(terms.values()) == pytest.approx(step_time.step_s(0, 0, seqs, seqs * context))

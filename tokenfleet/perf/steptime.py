@@ -281,6 +281,36 @@ class StepTime:
             return fixed + launch, 0.0, 0, max(end, k + 1)
         return fixed + (gpu + a), b, 0, max(end, k + 1)
 
+    def decode_terms(self, decode_seqs: int, context_tokens: int) -> dict[str, float]:
+        """A decode-only step of `decode_seqs` sequences whose contexts total `context_tokens`,
+        in named parts (seconds) that sum to `step_s(0, 0, decode_seqs, context_tokens)` (to
+        rounding): what a check against measured steps reads to find the term that is off."""
+        d = decode_seqs
+        eff = self._emax * d / (d + self._half)
+        dense = max(d * self._dec_s / eff, self._weights_s)
+        experts = 0.0
+        if self._n_experts:
+            touched = self._n_experts * (1.0 - math.pow(self._miss, d))
+            per_expert = d * self._k_per_e * self._n_experts / touched
+            eff_e = self._emax * per_expert / (per_expert + self._half)
+            experts = max(d * self._exp_s / eff_e, touched * self._expert_s)
+        gemm = dense + experts
+        throttle = (gemm - self._boost_s) * self._throttle if gemm > self._boost_s else 0.0
+        terms = {
+            "overhead": self._step_s + d * self._seq_s,
+            "weights_or_gemm": dense,
+            "experts": experts,
+            "clock_throttle": throttle,
+            "attention": self._context_s(context_tokens, d, d),
+            "allreduce": self._comm_fixed_s + d * self._comm_tok_s,
+            "activations": d * self._act_s,
+        }
+        gpu = sum(terms.values()) - terms["overhead"]
+        graphed = self._graph_s >= 0.0
+        terms["graph_gaps"] = self._graph_s if graphed else 0.0
+        terms["launch_wait"] = 0.0 if graphed else max(0.0, self._launch_s - gpu)
+        return terms
+
     def decode_gemm_s(self, decode_seqs: int) -> tuple[float, float]:
         """(compute, weight read) seconds of the GEMMs of a decode step of `decode_seqs`."""
         n = float(decode_seqs)

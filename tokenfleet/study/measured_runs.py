@@ -305,20 +305,23 @@ def decode_check(run: MeasuredRun, engine: str = "") -> list[dict[str, float]]:
     the measured ITL: by Little's law the requests decoding at once are rate x (E2E - TTFT),
     each at about its prompt plus half its output of context. The new prompts' prefill
     (one cached-but-last block each, a few tokens a step) is left out. This checks the step
-    model alone, with no queueing or scheduling in between."""
+    model alone, with no queueing or scheduling in between; `terms_ms` splits the step
+    (`StepTime.decode_terms`) to show which part is off."""
     step = StepTime(get_model(run.model), load_profile(run.gpu), run.tp, run.dtype, engine=engine)
     out = []
     for (rate, _seconds), measured in zip(run.stages, run.measured, strict=True):
         batch = rate * (measured["e2e_mean_ms"] - measured["ttft_mean_ms"]) / 1e3
         seqs = max(1, round(batch))
         context = run.prompt_tokens + implied_outputs(measured) / 2
-        predicted = 1e3 * step.step_s(0, 0.0, seqs, round(seqs * context))
+        tokens = round(seqs * context)
+        predicted = 1e3 * step.step_s(0, 0.0, seqs, tokens)
         out.append(
             {
                 "batch": batch,
                 "itl_measured_ms": measured["itl_mean_ms"],
                 "decode_step_ms": predicted,
                 "error_pct": 100 * (predicted - measured["itl_mean_ms"]) / measured["itl_mean_ms"],
+                "terms_ms": {k: 1e3 * v for k, v in step.decode_terms(seqs, tokens).items()},
             }
         )
     return out
