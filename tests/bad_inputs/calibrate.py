@@ -3,10 +3,13 @@ would replace an input, shapes no deployment has, no GPU, and broken step logs. 
 comes before any measurement or fit, so each case takes milliseconds."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 from bad_inputs import case
 from tokenfleet.hardware.profile import PROFILES_DIR
+
+SHARED_MEASURED = Path(__file__).resolve().parents[3] / "shared" / "data" / "measured"
 
 RUN = "calibrate --backend numpy --quick"
 FIT = "calibrate fit-steps steps.csv --gpu a100-80gb --model llama-3.1-8b"
@@ -330,6 +333,58 @@ CASES = [
         FIT.replace("steps.csv", "p.steps-fit.parquet") + " --out p.toml",
         "points file p.steps-fit.parquet: is the same file as STEPS p.steps-fit.parquet",
         files={"p.steps-fit.parquet": b"PAR1"},
+    ),
+]
+
+
+# calibrate fit-runs: a measured-runs file with a bad run, unknown models, outputs.
+RUNS = json.loads((SHARED_MEASURED / "vllm_h100_runs.json").read_text())
+FIT_RUNS = "calibrate fit-runs runs.json --out fitted.toml"
+
+
+def runs_file(change) -> dict[str, str]:
+    """runs.json: the real measured runs with `change` applied to the first run."""
+    doc = json.loads(json.dumps(RUNS))
+    change(doc["runs"][0])
+    return {"runs.json": json.dumps(doc)}
+
+
+CASES += [
+    case(
+        "calibrate fit-runs: a run without its tp",
+        FIT_RUNS,
+        "run '17': field tp is missing",
+        files=runs_file(lambda r: r.pop("tp")),
+    ),
+    case(
+        "calibrate fit-runs: TTFT above E2E",
+        FIT_RUNS,
+        "run '17': field measured.stages[0].ttft_mean_ms = 9000.0 is above e2e_mean_ms",
+        files=runs_file(lambda r: r["measured"]["stages"][0].update(ttft_mean_ms=9000.0)),
+    ),
+    case(
+        "calibrate fit-runs: an unknown GPU",
+        FIT_RUNS,
+        "run '17': field gpu = 'TPUv9' is unknown",
+        files=runs_file(lambda r: r.update(gpu="TPUv9")),
+    ),
+    case(
+        "calibrate fit-runs: --train names a model with no runs",
+        f"{FIT_RUNS} --train llama-9-huge",
+        "--train: no runs of llama-9-huge",
+        files=runs_file(lambda r: None),
+    ),
+    case(
+        "calibrate fit-runs: an unknown base preset",
+        f"{FIT_RUNS} --base vllm-v9",
+        "unknown engine 'vllm-v9'",
+        files=runs_file(lambda r: None),
+    ),
+    case(
+        "calibrate fit-runs: --out is the runs file",
+        "calibrate fit-runs runs.json --out runs.json",
+        "--out runs.json: an engine preset is TOML, name it something.toml",
+        files=runs_file(lambda r: None),
     ),
 ]
 

@@ -176,12 +176,12 @@ def _dtype_list(dtypes: str | None) -> tuple[str, ...] | None:
     return listed
 
 
-def _check_writable(out: str | Path) -> None:
+def _check_writable(out: str | Path, kind: str = "a profile") -> None:
     """Refuse an output path before minutes of benchmarking, not after: a file is created and
     removed in its directory, since a directory may look writable and refuse files (/proc)."""
     out = Path(out)
     if out.suffix != ".toml":
-        raise UserError(f"--out {out}: a profile is TOML, name it something.toml")
+        raise UserError(f"--out {out}: {kind} is TOML, name it something.toml")
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise UserError(f"--out {out}: directory {parent} does not exist; create it first")
@@ -339,3 +339,89 @@ def fit_steps(steps, gpu, model, tp, dtype, engine, name, fmt, columns, out, as_
             f"  {key:<24}{getattr(base, key):>10.4g}    kept: no effect of its own on these steps"
         )
     click.echo(f"wrote {out} and {Path(points_file).name}")
+
+
+@calibrate.command("fit-runs")
+@click.argument("runs_file", metavar="RUNS", type=click.Path())
+@click.option("--base", default="vllm-v1", show_default=True, help="Engine preset to start from.")
+@click.option(
+    "--train",
+    default=None,
+    metavar="MODEL,...",
+    help="Fit to these models' runs only and check on the rest (default: fit to all).",
+)
+@click.option("--name", default=None, help="Name of the fitted preset (default: <base>-runs).")
+@click.option(
+    "--accept-poor-fit",
+    is_flag=True,
+    help="Write the preset even if a fitted figure's median |error| stays above 25%.",
+)
+@click.option("--out", type=click.Path(), required=True, help="Engine preset TOML to write.")
+@json_option
+def fit_runs(runs_file, base, train, name, accept_poor_fit, out, as_json) -> None:
+    """Fit an engine preset's overheads (frontend, per step, per sequence) to measured serving
+    runs in RUNS (tokenfleet-measured-runs/1) by replaying them, and write it with its fit
+    report beside it (<stem>.fit.json); a few minutes for the 21 vLLM runs."""
+    from tokenfleet.atomic import atomic_path, refuse_clobber
+    from tokenfleet.hardware.profile import load_engine
+    from tokenfleet.study.measured_runs import load_runs
+    from tokenfleet.study.run_fit import evaluate, fit_overheads, poor_fit, write_preset
+
+    report_path = Path(out).with_suffix(".fit.json")
+    _check_writable(out, "an engine preset")
+    refuse_clobber({"--out": out, "fit report": report_path}, {"RUNS": runs_file})
+    load_engine(base)  # an unknown preset is one line before any work
+    runs = load_runs(runs_file)
+    models = {r.model for r in runs}
+    wanted = set(train.split(",")) if train else models
+    if wanted - models:
+        raise click.UsageError(
+            f"--train: no runs of {', '.join(sorted(wanted - models))} in {runs_file} "
+            f"(its models: {', '.join(sorted(models))})"
+        )
+    fitted_to = [r for r in runs if r.model in wanted]
+    held_out = [r for r in runs if r.model not in wanted]
+    if not any(not r.saturated for r in fitted_to):
+        raise click.UsageError("--train: every run of those models is saturated; nothing to fit")
+    fit = fit_overheads(fitted_to, base=base, name=name or f"{base}-runs")
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = str(write_preset(fit.preset, Path(tmp) / "fitted.toml"))
+        halves = {"fitted_to": fitted_to, "held_out": held_out}
+        results = {
+            half: {
+                "before": evaluate(group, base)[0],
+                "after": dict(zip(("summary", "rows"), evaluate(group, engine), strict=True)),
+            }
+            for half, group in halves.items()
+            if group
+        }
+    after = results["fitted_to"]["after"]
+    why = poor_fit(after["summary"], after["rows"])
+    if why and not accept_poor_fit:
+        raise UserError(f"fit-runs: a poor fit, not written: {why}; --accept-poor-fit keeps it")
+    report = {
+        "base": base,
+        "preset": {k: getattr(fit.preset, k) for k in fit.keys},
+        "fitted_keys": list(fit.keys),
+        "runs_file": str(runs_file),
+        "fitted_to_runs": list(fit.runs),
+        "held_out_models": sorted(models - wanted),
+        "poor_fit": why,
+        **results,
+    }
+    write_preset(fit.preset, out)
+    with atomic_path(report_path) as tmp_report:
+        tmp_report.write_text(json.dumps(report, indent=1))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for key in fit.keys:
+        click.echo(f"{key:<20}{getattr(fit.preset, key):>10.4g}  (was {getattr(fit.base, key):g})")
+    for half, result in results.items():
+        click.echo(f"{half.replace('_', ' ')}: median |error| before -> after")
+        for figure, s in result["after"]["summary"].items():
+            before = result["before"][figure]["median_abs_pct"]
+            click.echo(f"  {figure:<14}{before:>7.1f}% ->{s['median_abs_pct']:>6.1f}%")
+    if why:
+        notify(f"fit-runs: kept a poor fit (--accept-poor-fit): {why}")
+    click.echo(f"wrote {out} and {report_path.name}")

@@ -29,7 +29,7 @@ import tomli_w
 from tokenfleet.atomic import atomic_path
 from tokenfleet.calibrate.fit import least_squares
 from tokenfleet.hardware.profile import ENGINE_FORMAT, EnginePreset, load_engine
-from tokenfleet.study.measured_runs import MeasuredRun, predict
+from tokenfleet.study.measured_runs import MeasuredRun, error_summary, errors_pct, predict
 
 FITTED_KEYS = ("frontend_out_ms", "step_overhead_ms", "seq_overhead_us")
 FIT_FIGURES = ("e2e_mean_ms", "ttft_mean_ms", "itl_mean_ms")
@@ -121,3 +121,37 @@ def _with(base: EnginePreset, name: str, keys: tuple[str, ...], x: np.ndarray) -
         description=f"{base.name} with {', '.join(keys)} fitted to measured serving runs",
         **values,
     )
+
+
+POOR_FIT_PCT = 25.0  # a fit whose median |error| of a fitted figure is above this is refused
+
+
+def evaluate(runs: list[MeasuredRun], engine: str) -> tuple[dict, list[dict]]:
+    """The error summary over the unsaturated runs' stages (FIGURES), and every stage's
+    errors (saturated runs too, marked)."""
+    rows, errors = [], []
+    for run in runs:
+        for k, (pred, meas) in enumerate(zip(predict(run, engine), run.measured, strict=True)):
+            err = errors_pct(pred, meas)
+            rows.append({"run": run.id, "model": run.model, "stage": k + 1,
+                         "saturated": run.saturated, "error_pct": err})  # fmt: skip
+            if not run.saturated:
+                errors.append(err)
+    return (error_summary(errors) if errors else {}), rows
+
+
+def poor_fit(summary: dict, rows: list[dict]) -> str | None:
+    """Why a fit is too poor to keep (a fitted figure's median |error| above POOR_FIT_PCT),
+    naming the runs that dominate the error; None when it is not."""
+    bad = [k for k in FIT_FIGURES if summary[k]["median_abs_pct"] > POOR_FIT_PCT]
+    if not bad:
+        return None
+    weight: dict[str, float] = {}
+    for row in rows:
+        if not row["saturated"]:
+            weight[row["run"]] = weight.get(row["run"], 0.0) + sum(
+                abs(row["error_pct"][k]) for k in bad
+            )
+    worst = sorted(weight, key=weight.get, reverse=True)[:3]
+    figures = ", ".join(f"{k} {summary[k]['median_abs_pct']:.1f}%" for k in bad)
+    return f"median |error| above {POOR_FIT_PCT:.0f}% ({figures}); worst runs: {', '.join(worst)}"
