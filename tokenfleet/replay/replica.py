@@ -173,16 +173,10 @@ class Replica(ReplicaViews):
 
     # ------------------------------------------------------------------ the loop's interface
 
-    def on_arrival(self, seq: Seq, now: float, counted: bool = False) -> float | None:
-        """Queue a request; return the replica's new event time if it changed, else None.
-        (`counted`: the balancers counted it already, when it was routed to the frontend.)"""
-        index = seq.replica = self.index
-        # One more request here, as the balancers count (written out here and in _finish, not
-        # as a method: a call per arrival and per finish was 1.5% of a replay's instructions).
-        if not counted:
-            self.outstanding[index] += 1
-            for view, i in self.views:
-                view[i] += 1
+    def on_arrival(self, seq: Seq, now: float) -> float | None:
+        """Queue a request (the balancers counted it when it was routed here: loop.py's
+        dispatch); return the replica's new event time if it changed, else None."""
+        seq.replica = self.index
         self.timeline.arrivals.append(now)
         self.blocked = False
         self.tokens_left += seq.prompt_tokens + seq.output_tokens
@@ -253,13 +247,6 @@ class Replica(ReplicaViews):
             sampled = self._end_step(now)
             self.timeline.step(start, now, batch, prefill, gen, self.step_kv, sampled)
         return self._plan(now)
-
-    def count_in(self) -> None:
-        """One more request here, as the balancers count: what `on_arrival` does inline, for a
-        request routed here that the frontend holds first."""
-        self.outstanding[self.index] += 1
-        for view, i in self.views:
-            view[i] += 1
 
     # ------------------------------------------------------------------ batch changes
 
@@ -509,7 +496,9 @@ class Replica(ReplicaViews):
         seq.fin_step = -1
         self.blocked = False
         self.tokens_left -= seq.prompt_tokens
-        self.outstanding[self.index] -= 1  # one fewer, as the balancers count (see on_arrival)
+        self.outstanding[self.index] -= (
+            1  # one fewer, as the balancers count (see loop.py dispatch)
+        )
         for view, i in self.views:
             view[i] -= 1
         self.timeline.finishes.append(now)
