@@ -80,6 +80,10 @@ def test_calibrate_fit_runs_writes_the_preset_and_its_report(shared_data, tmp_pa
     assert report["fitted_to_runs"] == ["64"] and report["held_out_models"] == ["llama-3.1-70b"]
     held = report["held_out"]["after"]["summary"]["ttft_mean_ms"]["median_abs_pct"]
     assert held < report["held_out"]["before"]["ttft_mean_ms"]["median_abs_pct"]
+    # The preset says what it was fitted to and its held-out error, as the report has it.
+    assert "qwen2.5-7b" in fitted.fitted_to and "llama-3.1-70b" not in fitted.fitted_to
+    e2e = report["held_out"]["after"]["summary"]["e2e_mean_ms"]["median_abs_pct"]
+    assert f"held out: median |error| E2E mean {e2e:.1f}%" in fitted.fit_error
 
 
 def test_calibrate_fit_runs_refuses_a_poor_fit_naming_the_runs(shared_data, tmp_path, runner):

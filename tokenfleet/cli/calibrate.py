@@ -365,7 +365,13 @@ def fit_runs(runs_file, base, train, name, accept_poor_fit, out, as_json) -> Non
     from tokenfleet.atomic import atomic_path, refuse_clobber
     from tokenfleet.hardware.profile import load_engine
     from tokenfleet.study.measured_runs import load_runs
-    from tokenfleet.study.run_fit import evaluate, fit_overheads, poor_fit, write_preset
+    from tokenfleet.study.run_fit import (
+        evaluate,
+        fit_overheads,
+        poor_fit,
+        with_provenance,
+        write_preset,
+    )
 
     report_path = Path(out).with_suffix(".fit.json")
     _check_writable(out, "an engine preset")
@@ -409,7 +415,7 @@ def fit_runs(runs_file, base, train, name, accept_poor_fit, out, as_json) -> Non
         "poor_fit": why,
         **results,
     }
-    write_preset(fit.preset, out)
+    write_preset(with_provenance(fit, str(runs_file), sorted(wanted), results), out)
     with atomic_path(report_path) as tmp_report:
         tmp_report.write_text(json.dumps(report, indent=1))
     if as_json:

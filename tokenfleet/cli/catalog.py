@@ -121,13 +121,23 @@ def _profile_doc(profile) -> dict:
 @click.argument("name_or_path")
 @json_option
 def gpus_show(name_or_path: str, as_json: bool) -> None:
-    """One GPU profile: datasheet, coefficients and its default engine's overheads."""
-    from tokenfleet.hardware.profile import load_engine, load_profile
+    """One GPU profile: datasheet, coefficients, its default engine's overheads, and what each
+    engine preset was fitted to with its error there."""
+    from tokenfleet.hardware.profile import (
+        PROVENANCE_KEYS,
+        builtin_engines,
+        load_engine,
+        load_profile,
+    )
 
     profile = load_profile(name_or_path)
     doc = _profile_doc(profile)
     engine = load_engine(profile.default_engine, profile)
     doc["default_engine_preset"] = asdict(engine)
+    presets = {p.name: p for p in (engine, *builtin_engines())}
+    doc["engine_presets"] = {
+        name: {k: getattr(p, k) or "-" for k in PROVENANCE_KEYS} for name, p in presets.items()
+    }
     if as_json:
         click.echo(json.dumps(doc, indent=1))
         return
@@ -138,5 +148,9 @@ def gpus_show(name_or_path: str, as_json: bool) -> None:
             click.echo(f"  {key:22} {value:g}")
     click.echo(f"[engine {engine.name}] (default; other presets with --engine)")
     for key, value in asdict(engine).items():
-        if key not in ("name", "description", "aliases"):
+        if key not in ("name", "description", "aliases", *PROVENANCE_KEYS):
             click.echo(f"  {key:22} {value}")
+    click.echo("[engine presets] what each was fitted to, and its error there")
+    for name, provenance in doc["engine_presets"].items():
+        click.echo(f"  {name}: fitted to: {provenance['fitted_to']}")
+        click.echo(f"  {'':{len(name)}}  error there: {provenance['fit_error']}")

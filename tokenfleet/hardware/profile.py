@@ -135,6 +135,7 @@ ENGINE_KEYS = (
 # the streamed write; every token of a request is that late, so TTFT and E2E grow by it and
 # the time between tokens does not.
 CLIENT_KEYS = ("frontend_in_ms", "frontend_out_ms")
+PROVENANCE_KEYS = ("fitted_to", "fit_error")
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,9 @@ class EnginePreset:
     frontend_out_ms: float = 0.0
     description: str = ""
     aliases: tuple[str, ...] = ()
+    # Where the overheads come from and how far off they are there (`gpus show` prints both).
+    fitted_to: str = ""
+    fit_error: str = ""
 
 
 @dataclass(frozen=True)
@@ -239,7 +243,8 @@ def _string(table: dict, key: str, where: str, default: str = "") -> str:
 
 
 def _engine_from_table(table: dict, where: str) -> EnginePreset:
-    allowed = ("format", "name", "aliases", "description", *ENGINE_KEYS, *CLIENT_KEYS)
+    allowed = ("format", "name", "aliases", "description", *PROVENANCE_KEYS, *ENGINE_KEYS,
+               *CLIENT_KEYS)  # fmt: skip
     _check_keys(table, allowed, ("name", *ENGINE_KEYS), where)
     if "format" in table and table["format"] != ENGINE_FORMAT:
         raise UserError(f"{where}: key 'format' must be {ENGINE_FORMAT!r}, got {table['format']!r}")
@@ -254,9 +259,11 @@ def _engine_from_table(table: dict, where: str) -> EnginePreset:
             numbers[key] = _number(table, key, where)
             if numbers[key] < 0:
                 raise UserError(f"{where}: key {key!r} must be >= 0, got {numbers[key]!r}")
+    provenance = {k: _string(table, k, where) for k in PROVENANCE_KEYS if k in table}
     return EnginePreset(
         name=_string(table, "name", where),
         description=_string(table, "description", where),
+        **provenance,
         aliases=tuple(aliases),
         cuda_graphs=table["cuda_graphs"],
         **numbers,
@@ -350,6 +357,11 @@ def _builtin_engines() -> dict[str, EnginePreset]:
         for key in (preset.name, *preset.aliases):
             presets[key] = preset
     return presets
+
+
+def builtin_engines() -> list[EnginePreset]:
+    """The built-in engine presets, one each (aliases folded), by name."""
+    return sorted({p.name: p for p in _builtin_engines().values()}.values(), key=lambda p: p.name)
 
 
 def list_engines() -> list[str]:

@@ -123,6 +123,24 @@ def _with(base: EnginePreset, name: str, keys: tuple[str, ...], x: np.ndarray) -
     )
 
 
+def with_provenance(fit: RunFit, runs_file: str, models: list[str], results: dict) -> EnginePreset:
+    """The fitted preset saying what it was fitted to and its errors on each half (`results`:
+    half -> {"after": {"summary": error_summary}}), for `gpus show`."""
+    halves = "; ".join(
+        f"{half.replace('_', ' ')}: median |error| "
+        + ", ".join(
+            f"{label} {result['after']['summary'][key]['median_abs_pct']:.1f}%"
+            for label, key in zip(("E2E mean", "TTFT mean", "ITL mean"), FIT_FIGURES, strict=True)
+        )
+        for half, result in results.items()
+    )
+    return dataclasses.replace(
+        fit.preset,
+        fitted_to=f"{len(fit.runs)} unsaturated runs of {', '.join(models)} in {runs_file}",
+        fit_error=halves,
+    )
+
+
 POOR_FIT_PCT = 25.0  # a fit whose median |error| of a fitted figure is above this is refused
 
 
