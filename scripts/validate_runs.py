@@ -81,7 +81,10 @@ def main() -> int:
                  "saturated": run.saturated, "output_count_implied": implied_outputs(meas),
                  "measured": meas, "predicted": pred, "error_pct": err}
             )  # fmt: skip
-    print("Decode step at the batch the measurements imply (rate x (E2E - TTFT)) against ITL:")
+    print(
+        "Decode step at the batch the measurements imply (rate x (E2E - TTFT)) against "
+        "(E2E - TTFT) / (generated tokens - 1):"
+    )
     decode = []
     for run in runs:
         for k, check in enumerate(decode_check(run, args.engine)):
@@ -92,7 +95,7 @@ def main() -> int:
             other = sum(terms.values()) - sum(terms[k] for k in named)
             print(
                 f"  {run.id[:34]:<34} {run.model:<16} tp {run.tp} stage {k + 1}: batch "
-                f"{check['batch']:6.1f}, ITL {check['itl_measured_ms']:6.2f} ms measured, "
+                f"{check['batch']:6.1f}, {check['step_measured_ms']:6.2f} ms per token measured, "
                 f"step {check['decode_step_ms']:6.2f} ms ({check['error_pct']:+.1f}%)"
                 f"{'  saturated' if run.saturated else ''}\n      = overhead "
                 f"{terms['overhead']:.2f} + weights/GEMM {terms['weights_or_gemm']:.2f} + "

@@ -155,9 +155,9 @@ def test_the_memory_plan_gives_the_kv_blocks_vllm_logged_for_every_dense_model(r
 
 def test_the_decode_step_at_the_implied_batch_is_near_the_measured_itl(runs):
     """Little's law gives each stage's decoding batch, rate x (E2E - TTFT); StepTime's decode
-    step at that batch is within 20% of the measured ITL at the median over the unsaturated
-    stages (15.4% with vllm-v1 on 2 December 2026; the step is too fast on every one of them,
-    most for Llama-2-7B's 32 KV heads). A guard for the step model while it is being fitted."""
+    step at that batch is within 15% of the measured time per generated token at the median
+    over the unsaturated stages (10.0% with vllm-v1 on 2 December 2026, too fast on every one
+    of them). A guard for the step model while it is being fitted."""
     errors = [
         check["error_pct"]
         for run in runs
@@ -165,9 +165,17 @@ def test_the_decode_step_at_the_implied_batch_is_near_the_measured_itl(runs):
         for check in decode_check(run, "vllm-v1")
     ]
     assert len(errors) == 28
-    assert statistics.median(abs(e) for e in errors) < 20
+    assert statistics.median(abs(e) for e in errors) < 15
     # the batch is Little's law over the decode phase
     run = runs[0]
     (rate, _), measured = run.stages[0], run.measured[0]
     implied = rate * (measured["e2e_mean_ms"] - measured["ttft_mean_ms"]) / 1e3
     assert decode_check(run, "vllm-v1")[0]["batch"] == pytest.approx(implied)
+    # the measured step divides by the tokens the server generated, not the re-tokenised count
+    # the file's ITL divides by (Llama-2's tokenizer counts 1,120 of run 67's 1,448)
+    run = next(r for r in runs if r.id == "67")
+    measured = run.measured[0]
+    check = decode_check(run, "vllm-v1")[0]
+    per_token = (measured["e2e_mean_ms"] - measured["ttft_mean_ms"]) / (1448 - 1)
+    assert check["step_measured_ms"] == pytest.approx(per_token)
+    assert check["step_measured_ms"] < 0.8 * measured["itl_mean_ms"]
