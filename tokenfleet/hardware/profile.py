@@ -66,6 +66,9 @@ Engine preset TOML (built-ins in profiles/engines/, or the [engine] table above)
     act_passes = 10.0                   # memory-bound non-GEMM traffic per token per layer
                                         # (norms, residuals, rotary, casts) in hidden-size
                                         # 16-bit vectors, on every TP rank; ~10 when fused
+    allreduce_peer_us = 0.0             # optional: per all-reduce per TP rank beyond the first
+    sampler_filter_ms = 0.0             # optional: per step with top-p/top-k sampling ...
+    sampler_filter_ns_per_logit = 0.0   # ... and per sequence x vocabulary (STEP_TERM_KEYS)
     frontend_in_ms = 0.0                # optional: per request, client send -> engine queue
     frontend_out_ms = 0.0               # optional: per token, step end -> client (CLIENT_KEYS)
 
@@ -135,6 +138,16 @@ ENGINE_KEYS = (
 # the streamed write; every token of a request is that late, so TTFT and E2E grow by it and
 # the time between tokens does not.
 CLIENT_KEYS = ("frontend_in_ms", "frontend_out_ms")
+# Optional per-step terms of an engine, 0 where not fitted. `allreduce_peer_us`: per
+# all-reduce, per TP rank beyond the first: a one-shot all-reduce (vLLM's custom all-reduce,
+# vllm/distributed/device_communicators/custom_all_reduce.py) signals and reads every peer, so
+# its latency grows with the group. `sampler_filter_ms` and `sampler_filter_ns_per_logit`: a
+# step whose requests ask for top-p or top-k filtering (a model's generation_config.json,
+# which vLLM applies by default: vllm/config/model.py generation_config = "auto") runs the
+# filter over every sequence's whole vocabulary outside the CUDA graph
+# (vllm/v1/sample/sampler.py, vllm/v1/sample/ops/topk_topp_sampler.py): a fixed time per step
+# and a time per logit (sequences x vocabulary).
+STEP_TERM_KEYS = ("allreduce_peer_us", "sampler_filter_ms", "sampler_filter_ns_per_logit")
 PROVENANCE_KEYS = ("fitted_to", "fit_error")
 
 
@@ -153,6 +166,10 @@ class EnginePreset:
     # What a client sees beyond the engine's steps (CLIENT_KEYS), 0 where not fitted.
     frontend_in_ms: float = 0.0
     frontend_out_ms: float = 0.0
+    # Per-step terms (STEP_TERM_KEYS), 0 where not fitted.
+    allreduce_peer_us: float = 0.0
+    sampler_filter_ms: float = 0.0
+    sampler_filter_ns_per_logit: float = 0.0
     description: str = ""
     aliases: tuple[str, ...] = ()
     # Where the overheads come from and how far off they are there (`gpus show` prints both).
@@ -244,7 +261,7 @@ def _string(table: dict, key: str, where: str, default: str = "") -> str:
 
 def _engine_from_table(table: dict, where: str) -> EnginePreset:
     allowed = ("format", "name", "aliases", "description", *PROVENANCE_KEYS, *ENGINE_KEYS,
-               *CLIENT_KEYS)  # fmt: skip
+               *STEP_TERM_KEYS, *CLIENT_KEYS)  # fmt: skip
     _check_keys(table, allowed, ("name", *ENGINE_KEYS), where)
     if "format" in table and table["format"] != ENGINE_FORMAT:
         raise UserError(f"{where}: key 'format' must be {ENGINE_FORMAT!r}, got {table['format']!r}")
@@ -254,7 +271,7 @@ def _engine_from_table(table: dict, where: str) -> EnginePreset:
     if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
         raise UserError(f"{where}: key 'aliases' must be a list of strings")
     numbers = {k: _number(table, k, where) for k in ENGINE_KEYS if k != "cuda_graphs"}
-    for key in CLIENT_KEYS:
+    for key in (*STEP_TERM_KEYS, *CLIENT_KEYS):
         if key in table:
             numbers[key] = _number(table, key, where)
             if numbers[key] < 0:

@@ -6,6 +6,7 @@ the way to add a model. A Hugging Face `config.json` is read from disk only (nev
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -37,7 +38,12 @@ def get_model(name_or_path: str) -> ModelSpec:
         if not path.is_file():
             raise UserError(f"{path}: model file not found")
         if path.suffix == ".json":
-            return spec_from_hf_config(_read_json(path), path)
+            spec = spec_from_hf_config(_read_json(path), path)
+            generation = path.with_name("generation_config.json")
+            if generation.is_file():
+                filtered = filters_sampling(_read_json(generation), generation)
+                spec = dataclasses.replace(spec, filtered_sampling=filtered)
+            return spec
         return spec_from_table(read_toml(path), str(path))
     name = name_or_path.lower()
     if name not in list_models():
@@ -86,6 +92,18 @@ def spec_from_table(table: dict[str, Any], where: str) -> ModelSpec:
         return ModelSpec(**values)
     except UserError as err:
         raise UserError(f"{where}: {err}") from None
+
+
+def filters_sampling(doc: dict[str, Any], where: Path) -> bool:
+    """Whether a Hugging Face generation_config.json asks for top-p or top-k filtering (the
+    sampling vLLM applies by default to requests that set none), read as vLLM reads it
+    (vllm/config/model.py get_diff_sampling_param: only the keys present count, `do_sample`
+    is not read)."""
+    top_p, top_k = doc.get("top_p", 1.0), doc.get("top_k", 0)
+    for key, value in (("top_p", top_p), ("top_k", top_k)):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UserError(f"{where}: key {key!r} must be a number, got {value!r}")
+    return top_p < 1.0 or top_k > 0
 
 
 def _hf(doc: dict, where: Path, *keys: str, default: int | None = None) -> int:

@@ -85,6 +85,10 @@ class ModelSpec:
     # The longest context (prompt + output) the model takes: config.json's
     # max_position_embeddings; 0 when unknown (no limit but the KV cache's).
     max_position_embeddings: int = 0
+    # The model's generation_config.json asks for top-p or top-k filtering (top_p < 1 or
+    # top_k > 0), which vLLM applies to every request that sets no sampling of its own (its
+    # default generation_config = "auto", vllm/config/model.py); the filter costs per step.
+    filtered_sampling: bool = False
     description: str = ""
 
     def __post_init__(self) -> None:

@@ -9,11 +9,15 @@ total K tokens, N = P + D tokens, on `tp` GPUs (times per GPU; the GPUs work in 
     gemm += max(gemm - boost_window, 0) * (1 / sustained_clock - 1)        (power-capped clock)
     attn  = max(K * FLOPs per pair / (peak * attn_eff), (K + N) * KV bytes per token / bw)
     comm  = 2 * layers * (latency + N * hidden * 2 bytes * 2 (tp - 1) / tp / link)     (tp > 1)
+            latency = the GPU's + the engine's allreduce_overhead + allreduce_peer * (tp - 1)
     act   = N * act_passes * layers * hidden * 2 bytes / bw      (norms, residuals; every rank)
     gpu   = gemm + attn + comm + act
     step  = step_overhead + D * seq_overhead + max(layers * layer_launch, gpu)       (eager)
           = step_overhead + D * seq_overhead + layers * layer_graph + gpu      (CUDA graphs,
                                                                                decode-only)
+
+step_overhead and seq_overhead include, where the requests' sampling filters by top-p/top-k,
+the engine's sampler_filter_ms and sampler_filter_ns_per_logit x vocabulary.
 
 Within a run of decode-only steps everything but the attention over the contexts is fixed by
 the batch, so `decode_piece` gives a run's step ends in closed form: a per-batch constant per
@@ -100,7 +104,11 @@ class StepTime:
         self._window = float(model.sliding_window)
         # Communication: two all-reduces per layer (after attention and after the FFN).
         n_allreduce = 2.0 * model.n_layers if tp > 1 else 0.0
-        latency_s = (gpu.allreduce_latency_us + self.engine.allreduce_overhead_us) * 1e-6
+        # A one-shot all-reduce's latency grows with the peers it signals and reads.
+        per_peer_us = self.engine.allreduce_peer_us * (tp - 1)
+        latency_s = (
+            gpu.allreduce_latency_us + self.engine.allreduce_overhead_us + per_peer_us
+        ) * 1e-6
         link = gpu.link_gb_s / 2 * 1e9 * gpu.link_eff  # one direction
         ring = 2.0 * (tp - 1) / tp
         self._comm_fixed_s = n_allreduce * latency_s
@@ -108,13 +116,24 @@ class StepTime:
         self._act_s = (
             self.engine.act_passes * model.n_layers * model.hidden_size * ACTIVATION_BYTES / bw
         )
-        self._set_engine_overheads(model.n_layers)
+        self._set_engine_overheads(model)
 
-    def _set_engine_overheads(self, n_layers: int) -> None:
+    def _set_engine_overheads(self, model: ModelSpec) -> None:
         """The engine's CPU-side costs, and the per-batch caches of decode-only steps that
         build on them (after the hardware terms, which `_lean` compares)."""
+        n_layers = model.n_layers
         self._step_s = self.engine.step_overhead_ms * 1e-3
         self._seq_s = self.engine.seq_overhead_us * 1e-6
+        # Top-p/top-k filtering runs outside the CUDA graph over each sequence's whole
+        # vocabulary: a fixed part per step and a part per sequence (hardware/profile.py
+        # STEP_TERM_KEYS); only where the requests' sampling asks for it.
+        self._sampler_step_s = 0.0
+        self._sampler_seq_s = 0.0
+        if model.filtered_sampling:
+            self._sampler_step_s = self.engine.sampler_filter_ms * 1e-3
+            self._sampler_seq_s = self.engine.sampler_filter_ns_per_logit * model.vocab_size * 1e-9
+        self._step_s += self._sampler_step_s
+        self._seq_s += self._sampler_seq_s
         self._launch_s = n_layers * self.engine.layer_launch_us * 1e-6
         self._graph_s = (
             n_layers * self.engine.layer_graph_us * 1e-6 if self.engine.cuda_graphs else -1.0
@@ -296,8 +315,10 @@ class StepTime:
             experts = max(d * self._exp_s / eff_e, touched * self._expert_s)
         gemm = dense + experts
         throttle = (gemm - self._boost_s) * self._throttle if gemm > self._boost_s else 0.0
+        sampler = self._sampler_step_s + d * self._sampler_seq_s
         terms = {
-            "overhead": self._step_s + d * self._seq_s,
+            "overhead": self._step_s + d * self._seq_s - sampler,
+            "sampler_filter": sampler,
             "weights_or_gemm": dense,
             "experts": experts,
             "clock_throttle": throttle,
@@ -305,7 +326,7 @@ class StepTime:
             "allreduce": self._comm_fixed_s + d * self._comm_tok_s,
             "activations": d * self._act_s,
         }
-        gpu = sum(terms.values()) - terms["overhead"]
+        gpu = sum(terms.values()) - terms["overhead"] - sampler
         graphed = self._graph_s >= 0.0
         terms["graph_gaps"] = self._graph_s if graphed else 0.0
         terms["launch_wait"] = 0.0 if graphed else max(0.0, self._launch_s - gpu)

@@ -162,6 +162,14 @@ def context_limit(model: ModelSpec, max_model_len: int) -> int | None:
     return max_model_len or known or None
 
 
+def with_sampling(model: ModelSpec, sampling: str) -> ModelSpec:
+    """The model with the scenario's `[model] sampling` ("filtered" or "plain", checked by
+    scenario.validate) in place of its generation config's; "auto" keeps that."""
+    if sampling == AUTO:
+        return model
+    return dataclasses.replace(model, filtered_sampling=sampling == "filtered")
+
+
 def build_fleet(
     scenario: Scenario, lengths: TraceLengths, step_by_step: bool = False
 ) -> tuple[Fleet, Scenario]:
@@ -170,7 +178,7 @@ def build_fleet(
 
     Raises UserError (from the model, profile or memory plan) before anything is simulated.
     """
-    model = get_model(scenario.model.name)
+    model = with_sampling(get_model(scenario.model.name), scenario.model.sampling)
     limit = context_limit(model, scenario.model.max_model_len)
     fleet = Fleet(max_model_len=limit)
     resolved = []

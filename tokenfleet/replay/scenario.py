@@ -44,6 +44,7 @@ AUTO = "auto"
 PRICING_KINDS = ("rented", "owned")
 AUTOSCALE_METRICS = ("utilisation", "queued_tokens")
 UNKNOWN_TIER_POLICIES = ("default", "reject")
+SAMPLING_MODES = (AUTO, "filtered", "plain")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,10 @@ class ModelConfig:
     kv_dtype: str = ""  # empty: same as dtype (bf16 or fp16)
     # Longest prompt + output served (vLLM's --max-model-len); 0: the model's context.
     max_model_len: int = 0
+    # Whether the requests' sampling runs a top-p/top-k filter, which costs per step (engine
+    # presets' sampler_filter_* keys): "auto" as the model's generation_config.json asks
+    # (vLLM's default), "filtered" or "plain" as the requests set it.
+    sampling: str = AUTO
 
 
 @dataclass(frozen=True)
@@ -204,6 +209,11 @@ def scenario_from_dict(doc: dict[str, Any], where: str = "scenario") -> Scenario
 
 def validate(scenario: Scenario) -> Scenario:
     """Check the plugin names and their settings now, before any work is done."""
+    if scenario.model.sampling not in SAMPLING_MODES:
+        raise UserError(
+            f"[model] sampling = {scenario.model.sampling!r}; "
+            f"use one of {', '.join(SAMPLING_MODES)}"
+        )
     balancer_cls = balancer_class(scenario.balancer.policy)
     build_settings(
         balancer_cls.Settings, scenario.balancer.settings, f"balancer {scenario.balancer.policy!r}"

@@ -12,7 +12,9 @@ their figures depend on how long their queues have grown.
 
 Fitted by default: `frontend_out_ms` (standing for the frontend's whole per-request time: on
 constant-rate single-replica runs `frontend_in_ms` and `frontend_out_ms` move TTFT and E2E
-alike, so the data cannot tell them apart), `step_overhead_ms` and `seq_overhead_us`.
+alike, so the data cannot tell them apart), `step_overhead_ms`, `seq_overhead_us`, and the
+per-step terms `allreduce_peer_us`, `sampler_filter_ms` and `sampler_filter_ns_per_logit`
+(hardware/profile.py STEP_TERM_KEYS).
 """
 
 from __future__ import annotations
@@ -31,14 +33,22 @@ from tokenfleet.calibrate.fit import least_squares
 from tokenfleet.hardware.profile import ENGINE_FORMAT, EnginePreset, load_engine
 from tokenfleet.study.measured_runs import MeasuredRun, error_summary, errors_pct, predict
 
-FITTED_KEYS = ("frontend_out_ms", "step_overhead_ms", "seq_overhead_us")
+FITTED_KEYS = (
+    "frontend_out_ms",
+    "step_overhead_ms",
+    "seq_overhead_us",
+    "allreduce_peer_us",
+    "sampler_filter_ms",
+    "sampler_filter_ns_per_logit",
+)
 FIT_FIGURES = ("e2e_mean_ms", "ttft_mean_ms", "itl_mean_ms")
 # Bounds far beyond any real engine, by unit. The finite differences step each key by 1e-6 of
 # `least_squares`' scale: 0.01 ms and 0.1 us here, far above the 1e-6 ms a smooth function
 # would take, because a replay is piecewise: a key moved by a nanosecond a step can reorder an
 # arrival and a step end, and such jumps swamped the slope (the fit did not move).
-BOUNDS = {"_ms": (0.0, 200.0), "_us": (0.0, 2000.0)}
-TYPICAL = {"_ms": 1e4, "_us": 1e5}
+# ns per logit: 0.005 ns a step, ~20 us on a step of 30 sequences of a 128k vocabulary.
+BOUNDS = {"_ms": (0.0, 200.0), "_us": (0.0, 2000.0), "_ns_per_logit": (0.0, 100.0)}
+TYPICAL = {"_ms": 1e4, "_us": 1e5, "_ns_per_logit": 5e3}
 ROBUST_SCALE = 0.25  # soft-L1 beyond a 25% log error
 
 
