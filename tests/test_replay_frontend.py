@@ -1,9 +1,11 @@
 """The engine's frontend (CLIENT_KEYS of an engine preset): a request reaches the engine's
 queue `frontend_in_ms` after it was routed, every token reaches the client `frontend_out_ms`
-after its step; with both at 0 (every built-in preset until fitted) nothing changes."""
+after its step; with both at 0 nothing changes. Each test compares vllm-v1's engine with and
+without them, its own fitted frontend keys taken out."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +22,10 @@ ENGINES = Path(__file__).resolve().parents[1] / "tokenfleet/hardware/profiles/en
 
 
 def engine_file(tmp_path: Path, **client) -> Path:
-    """vllm-v1 with the given frontend keys, as a preset file."""
+    """vllm-v1 with only the given frontend keys, as a preset file."""
     text = (ENGINES / "vllm-v1.toml").read_text().replace('name = "vllm-v1"', 'name = "mine"')
     text = text.replace('aliases = ["vllm"]', "aliases = []")
+    text = re.sub(r"(?m)^frontend_\w+ = .*\n", "", text)
     text += "".join(f"{k} = {v}\n" for k, v in client.items())
     path = tmp_path / f"engine-{len(client)}-{abs(hash(tuple(client.items())))}.toml"
     path.write_text(text)
@@ -58,14 +61,14 @@ def replay(tmp_path: Path, engine: Path | str) -> pa.Table:
 
 
 def test_zero_frontend_terms_change_nothing(tmp_path):
-    plain = replay(tmp_path, "vllm-v1")
+    plain = replay(tmp_path, engine_file(tmp_path))
     zero = replay(tmp_path, engine_file(tmp_path, frontend_in_ms=0.0, frontend_out_ms=0.0))
     for name in ("start_s", "first_token_s", "finish_s", "replica", "gpu_s"):
         assert plain.column(name).equals(zero.column(name)), name
 
 
 def test_frontend_out_delays_every_token_alike(tmp_path):
-    plain = replay(tmp_path, "vllm-v1")
+    plain = replay(tmp_path, engine_file(tmp_path))
     late = replay(tmp_path, engine_file(tmp_path, frontend_out_ms=5.0))
     assert late.column("start_s").equals(plain.column("start_s"))  # the engine is untouched
     for name in ("first_token_s", "finish_s"):
@@ -76,7 +79,7 @@ def test_frontend_out_delays_every_token_alike(tmp_path):
 def test_frontend_in_holds_a_request_before_the_engine_queues_it(tmp_path):
     """One replica: every request reaches the engine 7 ms later, so the engine's whole
     schedule moves by 7 ms (the arrivals keep their spacing)."""
-    plain = replay(tmp_path, "vllm-v1")
+    plain = replay(tmp_path, engine_file(tmp_path))
     held = replay(tmp_path, engine_file(tmp_path, frontend_in_ms=7.0))
     assert held.column("arrival_s").equals(plain.column("arrival_s"))
     for name in ("start_s", "first_token_s", "finish_s"):
@@ -115,7 +118,7 @@ def test_a_request_in_the_frontend_counts_for_the_balancer(tmp_path):
 
 
 def test_frontend_keys_are_optional_and_checked(tmp_path):
-    assert load_engine("vllm-v1").frontend_in_ms == 0.0
+    assert load_engine(str(engine_file(tmp_path))).frontend_in_ms == 0.0
     loaded = load_engine(str(engine_file(tmp_path, frontend_in_ms=3.5)))
     assert (loaded.frontend_in_ms, loaded.frontend_out_ms) == (3.5, 0.0)
     with pytest.raises(UserError, match="key 'frontend_out_ms' must be >= 0"):

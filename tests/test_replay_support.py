@@ -5,10 +5,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
 
-from tokenfleet.hardware.profile import load_profile
+from tokenfleet.hardware.profile import load_engine, load_profile
 from tokenfleet.models import get_model
 from tokenfleet.replay.balancer import Router
 from tokenfleet.replay.batcher import make_batcher
@@ -48,10 +50,17 @@ class LinearStepTime:
         )
 
 
-def real_step_time():
+def engine_only(name: str = "vllm-v1"):
+    """An engine preset without its frontend terms: these tests check the engine's own
+    schedule to the float, where a request starts when another finishes (the frontend's lag
+    to the client has its tests in test_replay_frontend.py)."""
+    return dataclasses.replace(load_engine(name), frontend_in_ms=0.0, frontend_out_ms=0.0)
+
+
+def real_step_time(model: str = "llama-3.1-8b"):
     from tokenfleet.perf.steptime import StepTime
 
-    return StepTime(get_model("llama-3.1-8b"), load_profile(GPU))
+    return StepTime(get_model(model), load_profile(GPU), engine=engine_only())
 
 
 def batches_of(rows: list[tuple], batch_rows: int = 7) -> list[pa.RecordBatch]:

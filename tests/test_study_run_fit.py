@@ -28,15 +28,16 @@ def test_the_fit_recovers_the_overheads_that_made_the_figures(two_runs, tmp_path
     """The frontend's time and the per-step overhead, from 0 and 0.8 ms, back to 12 and 1.6.
     (The per-sequence overhead is held: on two runs whose batches vary little it moves the
     figures almost as the per-step one does, and the pair is not identifiable there.)"""
-    truth = dataclasses.replace(
-        load_engine("vllm-v1"), name="truth", aliases=(), frontend_out_ms=12.0, step_overhead_ms=1.6
-    )
+    vllm = load_engine("vllm-v1")
+    start = dataclasses.replace(vllm, name="start", aliases=(), frontend_out_ms=0.0,
+                                step_overhead_ms=0.8)  # fmt: skip
+    truth = dataclasses.replace(start, name="truth", frontend_out_ms=12.0, step_overhead_ms=1.6)
     engine = str(write_preset(truth, tmp_path / "truth.toml"))
     # the "measurements": what the known preset predicts, run by run
     measured = [dataclasses.replace(r, measured=predict(r, engine)) for r in two_runs]
     keys = FITTED_KEYS[:2]
-    fit = fit_overheads(measured, base="vllm-v1", keys=keys)
-    assert fit.keys == ("frontend_out_ms", "step_overhead_ms") and fit.base.name == "vllm-v1"
+    fit = fit_overheads(measured, base=str(write_preset(start, tmp_path / "start.toml")), keys=keys)
+    assert fit.keys == ("frontend_out_ms", "step_overhead_ms") and fit.base.name == "start"
     assert fit.preset.frontend_out_ms == pytest.approx(12.0, rel=0.02)
     assert fit.preset.step_overhead_ms == pytest.approx(1.6, rel=0.05)
     # the untouched keys keep the base's values; the written preset reads back
@@ -84,6 +85,9 @@ def test_calibrate_fit_runs_writes_the_preset_and_its_report(shared_data, tmp_pa
     assert "qwen2.5-7b" in fitted.fitted_to and "llama-3.1-70b" not in fitted.fitted_to
     e2e = report["held_out"]["after"]["summary"]["e2e_mean_ms"]["median_abs_pct"]
     assert f"held out: median |error| E2E mean {e2e:.1f}%" in fitted.fit_error
+    # and the printed report has each figure's median and max on the held-out half
+    worst = report["held_out"]["after"]["summary"]["e2e_mean_ms"]["max_abs_pct"]
+    assert f"->{e2e:>6.1f}%  (max {worst:.1f}%)" in result.output
 
 
 def test_calibrate_fit_runs_refuses_a_poor_fit_naming_the_runs(shared_data, tmp_path, runner):

@@ -424,10 +424,19 @@ def fit_runs(runs_file, base, train, name, accept_poor_fit, out, as_json) -> Non
     for key in fit.keys:
         click.echo(f"{key:<20}{getattr(fit.preset, key):>10.4g}  (was {getattr(fit.base, key):g})")
     for half, result in results.items():
-        click.echo(f"{half.replace('_', ' ')}: median |error| before -> after")
+        click.echo(f"{half.replace('_', ' ')}: median |error| before -> after (max after)")
         for figure, s in result["after"]["summary"].items():
             before = result["before"][figure]["median_abs_pct"]
-            click.echo(f"  {figure:<14}{before:>7.1f}% ->{s['median_abs_pct']:>6.1f}%")
+            click.echo(
+                f"  {figure:<14}{before:>7.1f}% ->{s['median_abs_pct']:>6.1f}%"
+                f"  (max {s['max_abs_pct']:.1f}%)"
+            )
+        for row in result["after"]["rows"]:
+            if row["saturated"]:  # queue-bound: its E2E follows the run's length
+                click.echo(
+                    f"  saturated, not counted: {row['model']} run {row['run']} stage"
+                    f" {row['stage']}: E2E mean {row['error_pct']['e2e_mean_ms']:+.1f}%"
+                )
     if why:
         notify(f"fit-runs: kept a poor fit (--accept-poor-fit): {why}")
     click.echo(f"wrote {out} and {report_path.name}")

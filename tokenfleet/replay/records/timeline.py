@@ -283,7 +283,9 @@ class ReplicaTimeline:
         self.in_system += row.arrived - row.finished
         provisioned = 0.0
         for a, b in self.spans:
-            if b == INF:
+            if a >= run_end:  # provisioned by a timer after the run's last event: not billed
+                continue
+            if b > run_end:  # still open, or released by a timer after the run's last event
                 b = run_end
             lo = a if a > start else start
             hi = b if b < end else end
