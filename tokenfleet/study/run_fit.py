@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -96,17 +97,32 @@ def fit_overheads(
     `span_s`, each stage cut to that many seconds (for quick checks)."""
     base_preset = load_engine(base)
     fitted = [r if span_s is None else shortened(r, span_s) for r in runs if not r.saturated]
+    preset = fit_preset(
+        base_preset,
+        keys,
+        lambda engine: residuals_of(fitted, engine),
+        name or f"{base_preset.name}-fitted",
+    )
+    return RunFit(preset, base_preset, keys, tuple(r.id for r in fitted))
+
+
+def fit_preset(
+    base: EnginePreset,
+    keys: tuple[str, ...],
+    residuals_for: Callable[[str], np.ndarray],
+    name: str,
+) -> EnginePreset:
+    """The base preset with `keys` moved to minimise `residuals_for(path of a candidate
+    preset)` (log errors of replays), within BOUNDS; shared by every fit to replays."""
     unit = [next(u for u in BOUNDS if k.endswith(u)) for k in keys]
     lower = np.array([BOUNDS[u][0] for u in unit])
     upper = np.array([BOUNDS[u][1] for u in unit])
-    x0 = np.array([getattr(base_preset, k) for k in keys], dtype=float)
-    label = name or f"{base_preset.name}-fitted"
+    x0 = np.array([getattr(base, k) for k in keys], dtype=float)
     with tempfile.TemporaryDirectory() as tmp:
 
         def residuals(x: np.ndarray) -> np.ndarray:
-            preset = _with(base_preset, label, keys, x)
-            path = write_preset(preset, Path(tmp) / "candidate.toml")
-            return residuals_of(fitted, str(path))
+            path = write_preset(_with(base, name, keys, x), Path(tmp) / "candidate.toml")
+            return residuals_for(str(path))
 
         x = least_squares(
             residuals,
@@ -118,8 +134,7 @@ def fit_overheads(
             max_iter=30,
         )
     # Rounded only now: the finite differences move the keys by far less than 1e-4.
-    final = _with(base_preset, label, keys, np.round(x, 4))
-    return RunFit(final, base_preset, keys, tuple(r.id for r in fitted))
+    return _with(base, name, keys, np.round(x, 4))
 
 
 def _with(base: EnginePreset, name: str, keys: tuple[str, ...], x: np.ndarray) -> EnginePreset:
