@@ -46,17 +46,26 @@ def show(title: str, rows: list[dict]) -> dict:
 
 
 def main() -> int:
+    """Exit 2 with one line for a bad file, flag or row (e.g. a model the GPUs cannot hold)."""
+    try:
+        return run()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def run() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engine", default="trtllm", help="the engine preset replayed")
     parser.add_argument("--file", type=Path, default=SHIPPED, help="a published-throughput file")
     parser.add_argument("--train", help="fit to these models' rows, check on the rest")
     parser.add_argument("--out", type=Path, help="write the fitted preset here (with --train)")
     args = parser.parse_args()
-    try:
-        runs = load_published(args.file)
-        load_engine(args.engine)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+    runs = load_published(args.file)
+    load_engine(args.engine)
+    if args.out and args.out.resolve() == args.file.resolve():
+        print("error: --out is the published file itself: write the preset elsewhere",
+              file=sys.stderr)  # fmt: skip
         return 2
     if args.out and not args.train:
         print("error: --out writes a fitted preset: give --train MODEL,... too", file=sys.stderr)

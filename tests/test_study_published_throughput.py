@@ -123,3 +123,10 @@ def test_a_file_of_another_format_is_refused(tmp_path):
     path.write_text(json.dumps({"format": "tokenfleet-measured-runs/1", "runs": []}))
     with pytest.raises(UserError, match="not a published-throughput file"):
         load_published(path)
+
+
+def test_a_row_whose_weights_do_not_fit_is_one_line(rows):
+    """405B in FP8 is ~382 GiB: one H100 cannot hold it."""
+    run = dataclasses.replace(row(rows, "v1.0/llama-3.1-405b/tp8/128-128"), tp=1)
+    with pytest.raises(UserError, match="fp8 weights, 382 GiB per GPU at TP 1, do not fit"):
+        bench_scenario(run)

@@ -171,6 +171,11 @@ def bench_scenario(run: PublishedRun, engine: str = "trtllm") -> Scenario:
     max_bs, max_tokens = trtllm_bench_settings(model, gpu.hbm_bytes, run)
     # The KV cache gets 95% of what the weights leave: as a share of the whole memory.
     weights = model.weight_bytes(run.dtype) / run.tp
+    if weights >= gpu.hbm_bytes:
+        raise UserError(
+            f"run {run.id!r}: {run.model}'s {run.dtype} weights, {weights / 2**30:.0f} GiB per "
+            f"GPU at TP {run.tp}, do not fit one {run.gpu} ({gpu.hbm_bytes / 2**30:.0f} GiB)"
+        )
     utilisation = (weights + KV_FREE_MEM_FRACTION * (gpu.hbm_bytes - weights)) / gpu.hbm_bytes
     doc = {
         "model": {"name": run.model, "dtype": run.dtype, "kv_dtype": run.dtype},
