@@ -98,38 +98,55 @@ def load_runs(path: str | Path) -> list[MeasuredRun]:
     """The runs of a measured-runs file, each checked: a missing field, an unknown GPU or
     model, or an impossible figure is one UserError naming the run and the field."""
     path = Path(path)
+    return [_run(path, i, r) for i, r in enumerate(read_runs(path, FORMAT, "measured-runs"))]
+
+
+def read_runs(path: Path, fmt: str, kind: str) -> list:
+    """The `runs` list of a JSON file of format `fmt` (a `kind` file), or one UserError."""
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UserError(f"{path}: not a readable JSON file ({err})") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise UserError(f"{path}: not a measured-runs file (format {FORMAT!r} expected)")
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise UserError(f"{path}: not a {kind} file (format {fmt!r} expected)")
     runs = doc.get("runs")
     if not isinstance(runs, list) or not runs:
         raise UserError(f"{path}: no runs")
-    return [_run(path, i, r) for i, r in enumerate(runs)]
+    return runs
+
+
+class RunFields:
+    """Checked reads of one run's fields: each failure is one UserError naming the file, the
+    run and the field."""
+
+    def __init__(self, path: Path, index: int, run) -> None:
+        if not isinstance(run, dict):
+            raise UserError(f"{path}: run {index} is not an object")
+        self.path, self.name = path, str(run.get("id", index))
+
+    def fail(self, what: str) -> UserError:
+        return UserError(f"{self.path}: run {self.name!r}: field {what}")
+
+    def field(self, table: dict, key: str, where: str = ""):
+        if not isinstance(table, dict) or table.get(key) is None:
+            raise self.fail(f"{where}{key} is missing")
+        return table[key]
+
+    def number(self, table: dict, key: str, where: str = "") -> float:
+        """A field that must be a finite number > 0 (every figure and setting read is)."""
+        value = self.field(table, key, where)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(f"{where}{key} = {value!r} is no number")
+        if not (math.isfinite(value) and value > 0):
+            raise self.fail(f"{where}{key} = {value} must be > 0")
+        return float(value)
 
 
 def _run(path: Path, index: int, r) -> MeasuredRun:
-    if not isinstance(r, dict):
-        raise UserError(f"{path}: run {index} is not an object")
-    name = str(r.get("id", index))
-
-    def field(table: dict, key: str, where: str = ""):
-        if not isinstance(table, dict) or table.get(key) is None:
-            raise UserError(f"{path}: run {name!r}: field {where}{key} is missing")
-        return table[key]
-
-    def number(table: dict, key: str, where: str = "") -> float:
-        """A field that must be a finite number > 0 (every figure and setting read is)."""
-        value = field(table, key, where)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise UserError(f"{path}: run {name!r}: field {where}{key} = {value!r} is no number")
-        if not (math.isfinite(value) and value > 0):
-            raise UserError(f"{path}: run {name!r}: field {where}{key} = {value} must be > 0")
-        return float(value)
+    fields = RunFields(path, index, r)
+    field, number, name = fields.field, fields.number, fields.name
 
     model = field(r, "model")
     if model not in MODELS:

@@ -19,7 +19,6 @@ the time from the first request to the last token.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import tempfile
@@ -36,6 +35,7 @@ from tokenfleet.models import get_model
 from tokenfleet.models.spec import ModelSpec
 from tokenfleet.replay.run import run_replay
 from tokenfleet.replay.scenario import Scenario, scenario_from_dict, validate
+from tokenfleet.study.measured_runs import RunFields, read_runs
 from tokenfleet.study.run_fit import fit_preset
 
 FORMAT = "tokenfleet-published-throughput/1"
@@ -68,50 +68,30 @@ def load_published(path: str | Path = SHIPPED) -> list[PublishedRun]:
     """The rows of a published-throughput file, each checked: a missing field, an unknown GPU
     or model, or a figure that is not a finite number > 0 is one UserError naming the row."""
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: not a readable JSON file ({err})") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise UserError(f"{path}: not a published-throughput file (format {FORMAT!r} expected)")
-    rows = doc.get("runs")
-    if not isinstance(rows, list) or not rows:
-        raise UserError(f"{path}: no runs")
-    return [_row(path, i, r) for i, r in enumerate(rows)]
+    return [_row(path, i, r) for i, r in enumerate(read_runs(path, FORMAT, "published-throughput"))]
 
 
 def _row(path: Path, index: int, r) -> PublishedRun:
-    if not isinstance(r, dict):
-        raise UserError(f"{path}: run {index} is not an object")
-    name = str(r.get("id", index))
+    fields = RunFields(path, index, r)
 
     def field(key: str):
-        if r.get(key) is None:
-            raise UserError(f"{path}: run {name!r}: field {key} is missing")
-        return r[key]
+        return fields.field(r, key)
 
     def number(key: str) -> float:
-        value = field(key)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise UserError(f"{path}: run {name!r}: field {key} = {value!r} is no number")
-        if not (math.isfinite(value) and value > 0):
-            raise UserError(f"{path}: run {name!r}: field {key} = {value} must be > 0")
-        return float(value)
+        return fields.number(r, key)
 
     model = field("model")
     try:
         get_model(model)
     except UserError as err:
-        raise UserError(f"{path}: run {name!r}: field model: {err}") from None
+        raise fields.fail(f"model: {err}") from None
     gpu, precision = field("gpu"), field("precision")
     if gpu not in GPUS:
-        raise UserError(f"{path}: run {name!r}: field gpu = {gpu!r} is unknown (known: H100)")
+        raise fields.fail(f"gpu = {gpu!r} is unknown (known: H100)")
     if precision not in DTYPES:
-        raise UserError(f"{path}: run {name!r}: field precision = {precision!r} is unknown")
+        raise fields.fail(f"precision = {precision!r} is unknown")
     return PublishedRun(
-        id=name,
+        id=fields.name,
         source=str(field("source")),
         model=model,
         gpu=GPUS[gpu],
