@@ -18,7 +18,8 @@ ALLOWED = {
     "calibrate": {"perf", "models", "hardware", "traces"},
     "replay": {"perf", "models", "hardware", "traces"},
     "study": {"replay", "calibrate", "perf", "models", "hardware", "traces"},
-    "cli": {"models", "hardware", "traces", "perf", "calibrate", "replay", "study"},
+    "report": {"study", "replay", "perf", "models", "hardware", "traces"},
+    "cli": {"models", "hardware", "traces", "perf", "calibrate", "replay", "study", "report"},
 }
 
 

@@ -25,8 +25,11 @@ from tokenfleet.cli.options import out_option, progress_enabled, quiet_option, s
     "--jobs", type=click.IntRange(min=1), help="Worker processes (default: one per core)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON rows.")
+@click.option(
+    "--report", "with_report", is_flag=True, help="Also draw the report into --out/report/."
+)
 @quiet_option
-def frontier(trace, scenario_path, varies, out_dir, jobs, as_json, quiet) -> None:
+def frontier(trace, scenario_path, varies, out_dir, jobs, as_json, with_report, quiet) -> None:
     """Replay TRACE once per value of the varied settings and mark the Pareto-optimal rows
     (no other row is both cheaper per Mtoken and faster in tokens/s per user)."""
     import json
@@ -56,9 +59,15 @@ def frontier(trace, scenario_path, varies, out_dir, jobs, as_json, quiet) -> Non
             bar.close()
     if as_json:
         click.echo(json.dumps(table.to_dicts(), indent=2))
-        return
-    click.echo(format_frontier(table.to_dicts()))
-    click.echo(f"\nwrote {out_dir}/frontier.parquet and {out_dir}/runs/ (* = Pareto-optimal)")
+    else:
+        click.echo(format_frontier(table.to_dicts()))
+        click.echo(f"\nwrote {out_dir}/frontier.parquet and {out_dir}/runs/ (* = Pareto-optimal)")
+    if with_report:
+        from pathlib import Path
+
+        from tokenfleet.cli.report import write
+
+        write([out_dir], str(Path(out_dir) / "report"), err=as_json)
 
 
 def format_frontier(rows: list[dict]) -> str:

@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "frontier": "tokenfleet.cli.frontier:frontier",
     "calibrate": "tokenfleet.cli.calibrate:calibrate",
     "replay": "tokenfleet.cli.replay:replay",
+    "report": "tokenfleet.cli.report:report",
     "steptime": "tokenfleet.cli.steptime:steptime",
     "models": "tokenfleet.cli.catalog:models",
     "gpus": "tokenfleet.cli.catalog:gpus",

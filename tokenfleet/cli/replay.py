@@ -48,6 +48,9 @@ from tokenfleet.cli.options import out_option, progress_enabled, quiet_option, s
     help="Reference mode: advance one step at a time (same records, slower).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option(
+    "--report", "with_report", is_flag=True, help="Also draw the report into --out/report/."
+)
 @quiet_option
 def replay(
     trace,
@@ -69,6 +72,7 @@ def replay(
     unknown_tier,
     step_by_step,
     as_json,
+    with_report,
     quiet,
 ) -> None:
     """Replay TRACE (a canonical Parquet trace) through a simulated serving fleet.
@@ -114,3 +118,7 @@ def replay(
         click.echo(format_summary(summary))
         files = "requests.parquet, timeline.parquet, summary.json, scenario.toml"
         click.echo(f"\nwrote {out_dir}/: {files}")
+    if with_report:
+        from tokenfleet.cli.report import write
+
+        write([out_dir], str(Path(out_dir) / "report"), err=as_json)

@@ -121,6 +121,16 @@ class OwnedPricing:
             gpu_s, busy_gpu_s
         )
 
+    def components_usd(self, gpu_s: float, busy_gpu_s: float) -> dict[str, float]:
+        """`cost_usd` split into what it pays for (capital, opex, power): the report's money
+        figure. `gpu_s` is GPUs x seconds owned."""
+        hours = gpu_s / SECONDS_PER_HOUR
+        return {
+            "capital": hours * self.capex_usd_per_gpu / (self.lifetime_years * HOURS_PER_YEAR),
+            "opex": hours * self.capex_usd_per_gpu * self.opex_fraction_per_year / HOURS_PER_YEAR,
+            "power": self.energy_usd(gpu_s, busy_gpu_s),
+        }
+
 
 @dataclass(frozen=True)
 class CostRates:
