@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tokenfleet.atomic import atomic_dir
@@ -22,10 +22,10 @@ from tokenfleet.report.study_figures import (
     frontier_figure,
     frontier_points,
     gap_figure,
-    pareto_flags,
     replay_point,
     runs_latency_figure,
 )
+from tokenfleet.study.frontier import pareto_mask
 
 PAGE_FILE = "index.html"
 
@@ -118,11 +118,8 @@ def write_report(
             )
         if len(replays) > 1:
             points = [replay_point(r) for r in replays]
-            flags = pareto_flags(points)
-            points = [
-                type(p)(p.label, p.per_user, p.per_gpu, p.usd_per_mtoken, f)
-                for p, f in zip(points, flags, strict=True)
-            ]
+            flags = pareto_mask([p.usd_per_mtoken for p in points], [p.per_user for p in points])
+            points = [replace(p, pareto=f) for p, f in zip(points, flags, strict=True)]
             draw(
                 "runs.png",
                 "The runs on the frontier axes: throughput per GPU and cost against speed per user",

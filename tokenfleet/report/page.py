@@ -62,12 +62,24 @@ def describe(run: Run) -> list[tuple[str, str]]:
                 f"batcher {pool['batcher']}, {price}",
             )
         )
+    tiers = run.summary["economics"].get("tiers", {})
     for tier in run.scenario.tiers:
+        default = " (default prices)" if tiers.get(tier.name, {}).get("default_prices") else ""
+        slos = [
+            f"{name} {value:g} s"
+            for name, value in (
+                ("TTFT SLO", tier.ttft_slo_s),
+                ("TPOT SLO", tier.tpot_slo_s),
+                ("deadline", tier.deadline_s),
+            )
+            if value > 0
+        ]
         rows.append(
             (
                 f"tier {tier.name}",
                 f"${tier.usd_per_mtoken_input:g} input, ${tier.usd_per_mtoken_cached_input:g} "
-                f"cached input, ${tier.usd_per_mtoken_output:g} output per Mtoken",
+                f"cached input, ${tier.usd_per_mtoken_output:g} output per Mtoken{default}; "
+                + (", ".join(slos) if slos else "no SLO"),
             )
         )
     if not run.scenario.tiers:

@@ -10,10 +10,20 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from tokenfleet.report.inputs import FrontierRun, ReplayRun, sorted_finite
 from tokenfleet.report.replay_figures import ENDED, LATENCIES, interval_series
-from tokenfleet.report.style import cdf_points, colours, empty_panel, log_x, new_figure, save
+from tokenfleet.report.style import (
+    PLAIN,
+    cdf_points,
+    colours,
+    empty_panel,
+    log_x,
+    new_figure,
+    save,
+)
 
 # The axes InferenceMAX, AIConfigurator and `vllm bench sweep plot_pareto` use.
 PER_USER = "output tokens/s per user (1 / TPOT p50)"
@@ -51,28 +61,11 @@ def replay_point(run: ReplayRun) -> Point:
     return Point(run.label, 1.0 / tpot if tpot else None, per_gpu, cost, False)
 
 
-def pareto_flags(points: list[Point]) -> list[bool]:
-    """Not dominated: no other point is both cheaper per Mtoken and faster per user."""
-    flags = []
-    for p in points:
-        if p.per_user is None or p.usd_per_mtoken is None:
-            flags.append(False)
-            continue
-        flags.append(
-            not any(
-                q is not p
-                and q.per_user is not None
-                and q.usd_per_mtoken is not None
-                and q.per_user >= p.per_user
-                and q.usd_per_mtoken <= p.usd_per_mtoken
-                and (q.per_user > p.per_user or q.usd_per_mtoken < p.usd_per_mtoken)
-                for q in points
-            )
-        )
-    return flags
-
-
 def frontier_figure(points: list[Point], title: str, path: Path) -> Path:
+    return save(draw_frontier(points, title), path)
+
+
+def draw_frontier(points: list[Point], title: str) -> Figure:
     """Tokens/s per GPU and $/Mtoken against tokens/s per user; Pareto points are stars joined
     by a line (a single point draws no line), every point labelled with its setting."""
     fig, axes = new_figure(1, 2, title)
@@ -87,13 +80,14 @@ def frontier_figure(points: list[Point], title: str, path: Path) -> Path:
             continue
         rest = [p for p in shown if not p.pareto]
         best = sorted((p for p in shown if p.pareto), key=lambda p: p.per_user)
-        ax.scatter(
-            [p.per_user for p in rest],
-            [getattr(p, attr) for p in rest],
-            color="#7f7f7f",
-            label="dominated",
-            zorder=2,
-        )
+        if rest:
+            ax.scatter(
+                [p.per_user for p in rest],
+                [getattr(p, attr) for p in rest],
+                color="#7f7f7f",
+                label="dominated",
+                zorder=2,
+            )
         ax.scatter(
             [p.per_user for p in best],
             [getattr(p, attr) for p in best],
@@ -105,19 +99,25 @@ def frontier_figure(points: list[Point], title: str, path: Path) -> Path:
         )
         if len(best) > 1:
             ax.plot([p.per_user for p in best], [getattr(p, attr) for p in best], color="#d62728")
+        # Settings that land on the same point (a batch cap the load never reaches) share
+        # one label rather than printing over each other.
+        at: dict[tuple[float, float], list[str]] = {}
         for p in shown:
+            at.setdefault((p.per_user, getattr(p, attr)), []).append(p.label)
+        for (x, y), labels in at.items():
             ax.annotate(
-                p.label,
-                (p.per_user, getattr(p, attr)),
+                " | ".join(labels),
+                (x, y),
                 textcoords="offset points",
                 xytext=(5, 5),
                 fontsize=8,
             )
+        ax.margins(x=0.2, y=0.1)
         ax.set_xlabel(PER_USER)
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    return save(fig, path)
+    return fig
 
 
 def runs_latency_figure(runs: list[ReplayRun], path: Path) -> Path:
@@ -253,6 +253,8 @@ def gap_figure(runs: list[ReplayRun], cached: ReplayRun | None, path: Path) -> P
         cost_ax.plot(t, per_mtoken * 1e6, color=c, label=run.label)
         util_ax.plot(t, busy * 100, color=c, label=run.label)
     cost_ax.set_yscale("log")
+    cost_ax.yaxis.set_major_formatter(PLAIN)
+    cost_ax.yaxis.set_minor_formatter(NullFormatter())
     if spread:
         cost_ax.set_ylim(min(spread) / 1.5, max(spread) * 1.5)
     cost_ax.set_ylabel("cost, $ per Mtoken (in the interval)")
@@ -285,6 +287,7 @@ def gap_figure(runs: list[ReplayRun], cached: ReplayRun | None, path: Path) -> P
         gap_ax.text(0.02, yi + 0.32, name, transform=gap_ax.get_yaxis_transform(), fontsize=9)
     gap_ax.set_xlabel(f"{runs[1].label} / {runs[0].label} (log scale)")
     gap_ax.set_title("The cost gap, factor by factor")
+    gap_ax.set_ylim(-0.5, len(names) - 0.2)  # room for the top factor's name
     low, high = min(ratios + [1.0]), max(ratios + [1.0])
     gap_ax.set_xlim(low / 1.5, high * 3)
     return save(fig, path)

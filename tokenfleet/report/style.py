@@ -15,7 +15,7 @@ matplotlib.rcParams["text.parse_math"] = False
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import LogLocator, NullFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 # A laptop screen's width at 100 dpi: 1,200 x 700 pixels (the tests check the size).
 DPI = 100
@@ -75,10 +75,16 @@ def new_figure(
     return fig, axes
 
 
+# Tick labels as plain numbers (0.01, 100, 1e+04): the default log labels are mathtext, which
+# text.parse_math = False above would print raw.
+PLAIN = FuncFormatter(lambda value, _: f"{value:g}")
+
+
 def log_x(ax) -> None:
     """A log x axis with ticks at 1, 2 and 5 of each decade, labelled at the decades: the
     default's eight unlabelled minor ticks a decade were a third of a CDF figure's time."""
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(PLAIN)
     ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
     ax.xaxis.set_minor_formatter(NullFormatter())
 
