@@ -25,6 +25,7 @@ from tokenfleet.report.study_figures import (
     replay_point,
     runs_latency_figure,
 )
+from tokenfleet.study.compare import run_labels
 from tokenfleet.study.frontier import pareto_mask
 
 PAGE_FILE = "index.html"
@@ -37,18 +38,6 @@ class Report:
     page: Path
     figures: list[Path] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-def labels_of(paths: list[str | os.PathLike[str]]) -> list[str]:
-    """Run names: the directories' names, made unique."""
-    labels: list[str] = []
-    for p in paths:
-        name = Path(p).resolve().name or str(p)
-        label, n = name, 2
-        while label in labels:
-            label, n = f"{name}#{n}", n + 1
-        labels.append(label)
-    return labels
 
 
 def write_report(
@@ -65,7 +54,7 @@ def write_report(
     if not run_dirs:
         raise UserError("report: give at least one run directory")
     paths = [*run_dirs, *([caching_run] if caching_run else [])]
-    labels = labels_of(paths)
+    labels = run_labels(paths)
     runs = [load_run(p, label) for p, label in zip(paths, labels, strict=True)]
     cached = runs.pop() if caching_run else None
     if cached is not None and (len(runs) < 2 or not isinstance(cached, ReplayRun)):
@@ -130,10 +119,12 @@ def write_report(
                 "The runs' TTFT, TPOT and E2E CDFs on the same axes",
                 lambda p: runs_latency_figure(replays, p),
             )
+            traces = {r.summary["run"].get("trace") for r in replays[:2]}
             draw(
                 "gap.png",
                 f"{replays[1].label} against {replays[0].label}: cost per Mtoken and "
-                "utilisation over time, and the cost gap as factors",
+                "utilisation over time, and the cost gap as factors"
+                + ("" if len(traces) == 1 else " (different traces: the gap mixes traffic in)"),
                 lambda p: gap_figure(replays, cached, p),
             )
         summaries = {r.label: summary_text(r.summary) for r in replays} if summary_text else {}

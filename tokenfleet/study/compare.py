@@ -166,7 +166,7 @@ def compare_runs(run_dirs: list[str | os.PathLike[str]]) -> Comparison:
     if len(run_dirs) < 2:
         raise UserError("compare needs at least two run directories (DIR_A DIR_B ...)")
     summaries = [load_summary(d) for d in run_dirs]
-    return Comparison(_labels(run_dirs), summaries, [flatten(s) for s in summaries])
+    return Comparison(run_labels(run_dirs), summaries, [flatten(s) for s in summaries])
 
 
 def comparison_frame(comparison: Comparison, rows: list[dict]) -> pl.DataFrame:
@@ -198,7 +198,7 @@ def write_table(frame: pl.DataFrame, path: str | os.PathLike[str]) -> None:
         frame.write_parquet(out)
 
 
-def _labels(run_dirs: list[str | os.PathLike[str]]) -> list[str]:
+def run_labels(run_dirs: list[str | os.PathLike[str]]) -> list[str]:
     """Run names for column headers: the directory names, made unique (and never a name the
     table itself uses)."""
     labels: list[str] = []
