@@ -15,6 +15,7 @@ from tokenfleet.report.inputs import ReplayRun, sorted_finite
 from tokenfleet.report.style import (
     PLAIN,
     POOL_STYLES,
+    SERIES_POINTS,
     bin_factor,
     cdf_points,
     colours,
@@ -94,7 +95,7 @@ TIMELINE_SUMS = [
 ]
 
 
-def interval_series(run: ReplayRun) -> pl.DataFrame:
+def interval_series(run: ReplayRun, points: int = SERIES_POINTS) -> pl.DataFrame:
     """Per pool and plotted bin (bin_factor intervals): `t_s` (the bin's start), `span_s` (its
     length, the last one cut at the run's end so that its rates do not drop), the sums of
     TIMELINE_SUMS over its replicas and intervals, `running` (mean batch x busy share summed
@@ -107,7 +108,7 @@ def interval_series(run: ReplayRun) -> pl.DataFrame:
         return frame
     interval = float(frame["interval_s"][0])
     count = int(round(float(frame["interval_start_s"].max()) / interval)) + 1
-    k = bin_factor(count)
+    k = bin_factor(count, points)
     span = k * interval
     # The simulation's end (the timeline's last interval stops there), not `duration_s`,
     # which starts at the first arrival and ends at the client's last token.

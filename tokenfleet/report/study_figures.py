@@ -28,6 +28,7 @@ from tokenfleet.report.style import (
 # The axes InferenceMAX, AIConfigurator and `vllm bench sweep plot_pareto` use.
 PER_USER = "output tokens/s per user (1 / TPOT p50)"
 PER_GPU = "output tokens/s per GPU"
+GAP_POINTS = 96
 
 
 @dataclass(frozen=True)
@@ -225,7 +226,10 @@ def gap_figure(runs: list[ReplayRun], cached: ReplayRun | None, path: Path) -> P
     )
     cost_ax, util_ax, gap_ax = axes[0]
     for run in runs:
-        series = interval_series(run)
+        # 96 points: a day in quarter hours. An autoscaled fleet's utilisation jumps from one
+        # 5-minute interval to the next as replicas come and go; two runs' lines at full
+        # resolution hide each other.
+        series = interval_series(run, GAP_POINTS)
         if series.height == 0:
             continue
         total = (

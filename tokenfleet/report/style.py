@@ -107,9 +107,9 @@ def cdf_points(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values[index], (index + 1) / n
 
 
-def bin_factor(intervals: int) -> int:
-    """How many timeline intervals one plotted point covers."""
-    return max(1, -(-intervals // SERIES_POINTS))
+def bin_factor(intervals: int, points: int = SERIES_POINTS) -> int:
+    """How many timeline intervals one plotted point covers, for at most `points` points."""
+    return max(1, -(-intervals // points))
 
 
 def empty_panel(ax, text: str) -> None:
