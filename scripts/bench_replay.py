@@ -16,6 +16,11 @@ is printed: a before/after comparison in one invocation, under the same machine 
 
     python scripts/bench_replay.py [--requests 1000000] [--replicas 64] [--gpu h100-sxm] [--load 1]
                                    [--baseline DIR] [--repeat N] [--balancer NAME] [--json]
+    python scripts/bench_replay.py --replicas 64,512,4096 [--requests 1000000] [--repeat N]
+
+With several --replica counts it measures only how the cost per request moves with the fleet's
+size (issue 15's target: 4,096 replicas within 1.3x of 64): each size replays the same number
+of requests at a rate scaled to it, so every fleet is loaded alike (~70% busy at --load 1).
                                    [--peer splitwise --peer-dir DIR --peer-python PATH]
 
 With --repeat N the main case runs N times and the fastest is reported, with every run's time:
@@ -341,7 +346,12 @@ def show_x_floor(label: str, ratios: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1_000_000)
-    parser.add_argument("--replicas", type=int, default=64)
+    parser.add_argument(
+        "--replicas",
+        type=replica_counts,
+        default=[64],
+        help="replicas; several (64,512,4096) compare the cost per request across fleet sizes",
+    )
     parser.add_argument("--gpu", default="h100-sxm")
     parser.add_argument("--load", type=float, default=1.0, help="x the auto-sizing rate")
     parser.add_argument("--slice", type=int, default=100_000, help="requests for comparisons")
@@ -371,9 +381,76 @@ def main() -> None:
     if args.repeat < 1:
         sys.exit("error: --repeat must be at least 1")
     print_host()
-    results = peer_splitwise(args) if args.peer else bench(args)
+    if args.peer:
+        results = peer_splitwise(args)
+    elif len(args.replicas) > 1:
+        results = scaling(args)
+    else:
+        args.replicas = args.replicas[0]
+        results = bench(args)
     if args.json:
         print(json.dumps(results, indent=2))
+
+
+def replica_counts(text: str) -> list[int]:
+    """`--replicas 64` or `--replicas 64,512,4096`."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of integers: {text!r}"
+        ) from None
+    if any(n < 1 for n in counts):
+        raise argparse.ArgumentTypeError("every replica count must be at least 1")
+    return counts
+
+
+def scaling(args: argparse.Namespace) -> dict:
+    """The cost per request across fleet sizes: the same number of requests at a rate scaled
+    with the fleet (each fleet equally loaded), runs interleaved (64, 512, 4096, 64, ...) so the
+    host's drift falls on every size alike; the fastest of --repeat runs per size."""
+    results: dict = {}
+    roots = [("this checkout", ROOT)]
+    if args.baseline is not None:
+        roots.append(("baseline", args.baseline))
+    with tempfile.TemporaryDirectory() as tmp:
+        traces = {}
+        for n in args.replicas:
+            rate = fleet_rate(args.gpu, n, 1) * args.load
+            traces[n] = Path(tmp) / f"r{n}.parquet"
+            tiled_trace(traces[n], args.requests, rate, 1)
+            print(
+                f"{n:>6} x {args.gpu}: Azure conv tiled to {args.requests:,} requests at "
+                f"{rate:,.0f} req/s, Llama-3.1-8B, vllm, {args.balancer}"
+            )
+        runs: dict = {(name, n): [] for name, _ in roots for n in args.replicas}
+        for _ in range(args.repeat):
+            for n in args.replicas:
+                for name, root in roots:
+                    runs[name, n].append(
+                        measure(traces[n], args.gpu, n, False, root, args.balancer)
+                    )
+    first = args.replicas[0]
+    for name, _ in roots:
+        print(f"{name}:")
+        base = fastest(runs[name, first])
+        for n in args.replicas:
+            r = fastest(runs[name, n])
+            results[f"{name}/{n}"] = r
+            walls = ", ".join(f"{w:.1f}" for w in r["wall_s_runs"])
+            print(
+                f"  {n:>6} replicas: {r['wall_s'] / r['requests'] * 1e6:6.1f} us/request wall "
+                f"({r['cpu_s'] / r['requests'] * 1e6:6.1f} CPU), "
+                f"{r['wall_s'] / base['wall_s']:.2f}x the cost at {first} "
+                f"({r['cpu_s'] / base['cpu_s']:.2f}x CPU); {r['requests_per_wall_s']:,.0f} "
+                f"req/s, peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB, TTFT p50 "
+                f"{r['ttft_p50_s'] * 1e3:.0f} ms; wall s of {args.repeat} runs: {walls}"
+            )
+    if args.baseline is not None:
+        for n in args.replicas:
+            b, r = results[f"baseline/{n}"], results[f"this checkout/{n}"]
+            print(f"  speed-up vs baseline at {n:>6}: {b['wall_s'] / r['wall_s']:.2f}x wall")
+    return results
 
 
 def print_host() -> None:

@@ -5,12 +5,21 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from test_replay_support import p99, real_step_time, run_rows
 
 from tokenfleet.errors import UserError
 from tokenfleet.replay import balancer as balancer_mod
 from tokenfleet.replay import batcher as batcher_mod
-from tokenfleet.replay.balancer import NoSettings, PowerOfTwo, SessionAffinity, SessionSettings
+from tokenfleet.replay.balancer import (
+    LeastRequests,
+    LoadIndex,
+    NoSettings,
+    PowerOfTwo,
+    SessionAffinity,
+    SessionSettings,
+)
 from tokenfleet.replay.scenario import GatewayConfig
 from tokenfleet.replay.tiers import Tier
 
@@ -157,6 +166,39 @@ def test_least_kv_and_least_tokens_avoid_the_replica_holding_a_long_request():
         assert [s.replica for s in done] == [0, 1, 1], name
     done, _, _ = run_rows(rows, balancer="least-requests", replicas=2, step_time=REAL)
     assert [s.replica for s in done] == [0, 1, 0]  # a tie on counts rotates
+
+
+@given(
+    st.integers(1, 9),
+    st.lists(st.tuples(st.integers(0, 8), st.booleans(), st.booleans()), max_size=300),
+)
+def test_least_requests_index_picks_what_a_scan_of_the_counts_picks(n, moves):
+    """The LoadIndex pick equals `_LeastOf`'s scan (lowest count, ties round-robin from the
+    last pick) under any sequence of dispatches (up) and finishes (down)."""
+    loads = [0] * n
+    indexed = LeastRequests(NoSettings(), [None] * n, loads, seed=0)
+    scanned = balancer_mod._LeastOf(NoSettings(), [None] * n, loads, seed=0)
+    for target, dispatch, pick in moves:
+        i = target % n
+        if pick:
+            picked = indexed.pick(None, 0.0)
+            assert picked == scanned._least(loads)
+            i = picked
+        if dispatch or loads[i] == 0:
+            loads[i] += 1
+            indexed.load_index.up(i)
+        else:
+            loads[i] -= 1
+            indexed.load_index.down(i)
+        index = indexed.load_index
+        assert index.low == min(loads)
+        assert sorted(p for b in index.buckets for p in b) == list(range(n))
+        assert all(loads[p] == v for v, b in enumerate(index.buckets) for p in b)
+
+
+def test_load_index_starts_from_counts_already_there():
+    index = LoadIndex([3, 1, 1, 2])
+    assert (index.low, index.least(0), index.least(2), index.least(3)) == (1, 1, 2, 1)
 
 
 def test_random_is_seeded_and_round_robin_cycles():

@@ -134,6 +134,8 @@ def _dispatcher(gateway, replicas: list[Replica], events: EventQueue, ended: lis
         rep.outstanding[r] += 1
         for view, i in rep.views:
             view[i] += 1
+        for index, i in rep.load_indexes:
+            index.up(i)
         if rep.frontend_in_s:  # the engine's frontend holds it first (HTTP, tokenisation)
             seq.replica = r
             events.push_timer(now + rep.frontend_in_s, reach_engine, seq)

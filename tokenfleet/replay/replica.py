@@ -71,6 +71,7 @@ class Replica(ReplicaViews):
         "version",
         "outstanding",
         "views",
+        "load_indexes",
         "tokens_left",
         "ended",
         "hold_batch",
@@ -147,6 +148,8 @@ class Replica(ReplicaViews):
         self.outstanding = outstanding  # shared per-fleet list: requests queued or running
         # Extra per-router outstanding counts this replica keeps current: (list, position).
         self.views: list = []
+        # Balancers' LoadIndexes told of each change to those counts: (index, position).
+        self.load_indexes: list = []
         self.tokens_left = 0  # prompt + output tokens not yet generated, over outstanding
         self.ended = ended  # shared sink of ended requests (the loop writes them)
         self.hold_batch = batcher.holds_batch
@@ -501,6 +504,8 @@ class Replica(ReplicaViews):
         )
         for view, i in self.views:
             view[i] -= 1
+        for index, i in self.load_indexes:
+            index.down(i)
         self.timeline.finishes.append(now)
         seq.status = EXPIRED if now > seq.deadline_at else FINISHED
         self.ended.append(seq)
