@@ -5,8 +5,9 @@ the replicas it was built with). It is built as `cls(settings, replicas, outstan
 where `outstanding[i]` is the number of requests queued or running on replica i, kept current by
 the replicas. Views that change every step (KV use, tokens left) are read from the replicas at
 `now_s`, which costs a look at every replica per request, so those policies are O(replicas).
-`least-requests` keeps a `LoadIndex` instead (a balancer with a `load_index` attribute is told
-of every change to `outstanding` by the replicas, through `Router`), so its pick is O(log R).
+`least-requests` and `session` keep a `LoadIndex` instead (a balancer with a `load_index`
+attribute is told of every change to `outstanding` by the replicas, through `Router`), so their
+picks cost O(log R) and O(1) plus the ring walk.
 
 Found by name among the built-ins and the `tokenfleet.balancers` entry-point group (see
 `tokenfleet.replay.plugins`).
@@ -88,15 +89,16 @@ class _LeastOf(_Base):
 
 
 class LoadIndex:
-    """The positions of `loads` bucketed by their value, each bucket sorted, and the lowest
-    value with a position: the least-loaded pick, ties round-robin, without a scan.
+    """The positions of `loads` bucketed by their value, each bucket sorted, the lowest value
+    with a position, and the total: the least-loaded pick, ties round-robin, and the mean load
+    without a scan.
 
     `up(i)` / `down(i)` are called right after `loads[i]` went up or down by one (the replicas
     do it, see `Replica.load_indexes`). A scan (`min` then `list.index`) over 4,096 replicas was
     a third of a 4,096-replica replay's time; a bucket move is two bisects and a memmove.
     """
 
-    __slots__ = ("loads", "buckets", "low")
+    __slots__ = ("loads", "buckets", "low", "total")
 
     def __init__(self, loads: list[int]) -> None:
         self.loads = loads
@@ -104,8 +106,10 @@ class LoadIndex:
         for i, load in enumerate(loads):
             self.buckets[load].append(i)
         self.low = min(loads, default=0)
+        self.total = sum(loads)
 
     def up(self, i: int) -> None:
+        self.total += 1
         load = self.loads[i]
         buckets = self.buckets
         was = buckets[load - 1]
@@ -117,6 +121,7 @@ class LoadIndex:
             self.low = load  # the last position at the lowest load went up: now this is it
 
     def down(self, i: int) -> None:
+        self.total -= 1
         load = self.loads[i]
         was = self.buckets[load + 1]
         del was[bisect_left(was, i)]
@@ -212,11 +217,12 @@ class SessionAffinity(_Base):
         )
         self.ring_keys = [p for p, _ in points]
         self.ring_nodes = [i for _, i in points]
+        self.load_index = LoadIndex(outstanding)  # its total: the mean load without a sum
 
     def pick(self, seq, now_s: float) -> int:
         key = seq.session_id if seq.session_id is not None else seq.request_id
         out = self.outstanding
-        bound = math.ceil(self.settings.load_factor * (sum(out) + 1) / self.n)
+        bound = math.ceil(self.settings.load_factor * (self.load_index.total + 1) / self.n)
         keys = self.ring_keys
         nodes = self.ring_nodes
         j = bisect_right(keys, _hash(str(key)))
