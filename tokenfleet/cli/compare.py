@@ -50,7 +50,13 @@ def compare(run_dirs, show_all, as_json, parquet_out) -> None:
 def format_comparison(comparison: Comparison, rows: list[dict], show_all: bool) -> str:
     """The pools of every run lined up, then one line per figure with its changes."""
     from tokenfleet.cli.table import Column, format_change, format_percent, render_table
-    from tokenfleet.study.compare import FIGURE, POOL_FIELDS, delta_column, percent_column
+    from tokenfleet.study.compare import (
+        FIGURE,
+        POOL_FIELDS,
+        delta_column,
+        noise_column,
+        percent_column,
+    )
 
     parts = []
     pools = comparison.pools()
@@ -66,6 +72,9 @@ def format_comparison(comparison: Comparison, rows: list[dict], show_all: bool) 
             Column(f"{label} vs {base}", format_percent),
         ]
         keys += [delta_column(label, base), percent_column(label, base)]
+        if comparison.noisy:  # both ran with --seeds: is the change larger than their noise?
+            columns.append(Column(noise_column(label, base)))
+            keys.append(noise_column(label, base))
     hidden = len(comparison.figures) - len(rows)
     if not rows:
         parts.append(f"no figure differs between the runs (--all shows all {hidden:,})")

@@ -76,7 +76,48 @@ def format_summary(summary: dict) -> str:
     lines += ["", *_format_load(summary)]
     if summary.get("economics") is not None:
         lines += ["", *_format_money(summary)]
+    if summary.get("replications"):
+        lines += ["", *_format_replications(summary["replications"])]
     return "\n".join(lines)
+
+
+# What the replications block shows (all its figures are in summary.json): key -> label, format.
+REPLICATED = {
+    "latency_s.ttft.p50": ("TTFT p50", duration),
+    "latency_s.ttft.p99": ("TTFT p99", duration),
+    "latency_s.tpot.p50": ("TPOT p50", duration),
+    "latency_s.tpot.p99": ("TPOT p99", duration),
+    "latency_s.e2e.p99": ("E2E p99", duration),
+    "throughput.requests_per_s": ("requests/s", lambda x: f"{x:,.2f}"),
+    "throughput.output_tokens_per_s": ("output tok/s", lambda x: f"{x:,.0f}"),
+    "economics.fleet.goodput_frac": ("goodput", pct),
+    "economics.fleet.cost_usd": ("cost", usd),
+    "economics.fleet.usd_per_mtoken.blended": ("$/Mtoken", lambda x: f"${x:,.4f}"),
+    "economics.fleet.utilisation": ("utilisation", pct),
+    "economics.fleet.margin_frac": ("margin", pct),
+}
+
+
+def _format_replications(block: dict) -> list[str]:
+    """Mean and interval over the seeds of the figures a planner decides on."""
+    seeds = block["seeds"]
+    source = "trace re-drawn per seed" if block["trace_redrawn"] else "same trace"
+    lines = [
+        f"over {len(seeds)} seeds ({seeds[0]}-{seeds[-1]}, {source}): mean "
+        f"[{block['level']:.0%} interval, {block['method']}]; the rest above is seed {seeds[0]}"
+    ]
+    figures = block["figures"]
+    for key, (label, fmt) in REPLICATED.items():
+        f = figures.get(key)
+        if f is None:
+            continue
+        spread = (
+            f"[{fmt(f['ci_low'])}, {fmt(f['ci_high'])}]"
+            if f["varies"]
+            else "(the same for every seed)"
+        )
+        lines.append(f"  {label:<13}{fmt(f['mean']):>13} {spread}")
+    return lines
 
 
 def _context(run: dict) -> str:

@@ -36,6 +36,14 @@ from tokenfleet.cli.options import out_option, progress_enabled, quiet_option, s
     help="Turn the vllm batcher's prefix cache on or off (default: the scenario's, on).",
 )
 @click.option("--seed", type=int, help="Seed of the random choices (default 0).")
+@click.option(
+    "--seeds",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Replications (seeds SEED.. SEED+N-1; a synthetic trace is re-drawn per seed): every "
+    "summary figure gets a mean and 95% interval.",
+)
 @click.option("--interval", "interval_s", type=float, help="Timeline interval in seconds (10).")
 @click.option(
     "--unknown-tier",
@@ -68,6 +76,7 @@ def replay(
     max_batched_tokens,
     prefix_caching,
     seed,
+    seeds,
     interval_s,
     unknown_tier,
     step_by_step,
@@ -84,8 +93,8 @@ def replay(
     from pathlib import Path
 
     from tokenfleet.cli.format import format_summary
-    from tokenfleet.replay.run import run_replay
     from tokenfleet.replay.scenario import load_scenario, with_overrides
+    from tokenfleet.study.seeds import run_seeds
 
     scenario = with_overrides(
         load_scenario(scenario_path),
@@ -104,10 +113,11 @@ def replay(
         interval_s=interval_s,
         unknown_tier=unknown_tier,
     )
-    summary = run_replay(
+    summary = run_seeds(
         trace,
         scenario,
         out_dir,
+        seeds,
         step_by_step=step_by_step,
         progress=progress_enabled(quiet),
         inputs=tuple(p for p in (scenario_path, model, gpu, engine) if p and Path(p).is_file()),
@@ -116,7 +126,9 @@ def replay(
         click.echo(json.dumps(summary, indent=2, sort_keys=True))
     else:
         click.echo(format_summary(summary))
-        files = "requests.parquet, timeline.parquet, summary.json, scenario.toml"
+        files = "requests.parquet, timeline.parquet, summary.json, scenario.toml" + (
+            f", seeds/ ({seeds} summaries)" if seeds > 1 else ""
+        )
         click.echo(f"\nwrote {out_dir}/: {files}")
     if with_report:
         from tokenfleet.cli.report import write

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -127,10 +128,12 @@ def run_replay(
     step_by_step: bool = False,
     progress: bool = False,
     inputs: tuple = (),
+    annotate: Callable[[Path, dict], None] | None = None,
 ) -> dict:
     """Replay `trace` through the scenario's fleet into `out_dir`; return the summary.
     `inputs` are the other files the run reads (scenario, model, profile): `out_dir` may not
-    be replaced if that would delete one."""
+    be replaced if that would delete one. `annotate(dir, summary)` may add to the summary and
+    write files beside it before the directory appears (`replay --seeds`)."""
     check_replaceable_dir(out_dir, SUMMARY_FILE, inputs=(trace, *inputs))
     stats, trace_tiers = trace_stats(trace, any(p.replicas == AUTO for p in scenario.pools))
     _check_interval(scenario.interval_s, stats)
@@ -209,6 +212,8 @@ def run_replay(
         summary["gateway"] = _gateway_figures(fleet, unknown, resolved.gateway.default_tier)
         summary["seed"] = resolved.seed
         summary["step_by_step"] = step_by_step
+        if annotate is not None:
+            annotate(tmp, summary)
         write_summary(tmp / SUMMARY_FILE, summary)
     return summary
 

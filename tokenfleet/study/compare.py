@@ -17,11 +17,15 @@ import polars as pl
 
 from tokenfleet.atomic import atomic_path
 from tokenfleet.errors import UserError
+from tokenfleet.study.intervals import differs_beyond_noise
 
 SUMMARY_FILE = "summary.json"
 FIGURE = "figure"
 TEXT_SUFFIX = " text"
 SAME_DIGITS = 1e-9  # relative difference below which two numbers count as equal
+# `replay --seeds` summaries: per figure its replications' values, read for the noise test
+# rather than compared as figures of their own.
+REPLICATIONS = "replications"
 
 Value = int | float | str
 # What the pools block lines up: summary key of each pool entry -> column header.
@@ -106,8 +110,26 @@ class Comparison:
 
     @property
     def figures(self) -> list[str]:
-        """Every figure of any run, in the order the runs first name them."""
-        return list(dict.fromkeys(k for flat in self.flats for k in flat))
+        """Every figure of any run, in the order the runs first name them (a replications
+        block's own entries aside)."""
+        return list(
+            dict.fromkeys(
+                k for flat in self.flats for k in flat if not k.startswith(REPLICATIONS + ".")
+            )
+        )
+
+    def beyond_noise(self, figure: str, run: int) -> str | None:
+        """ "yes" when run `run`'s mean differs from the first run's by more than their seeds'
+        noise (the bootstrap interval of the difference excludes zero), "no" when it does
+        not, None unless both ran with --seeds."""
+        values = []
+        for summary in (self.summaries[0], self.summaries[run]):
+            block = summary.get(REPLICATIONS)
+            entry = block.get("figures", {}).get(figure) if isinstance(block, dict) else None
+            if not isinstance(entry, dict) or not isinstance(entry.get("values"), list):
+                return None
+            values.append(entry["values"])
+        return "yes" if differs_beyond_noise(*values) else "no"
 
     def differs(self, figure: str) -> bool:
         """True when some run's value (or its absence) differs from the first run's."""
@@ -134,8 +156,17 @@ class Comparison:
                 row[percent_column(label, base)] = (
                     (b - a) / abs(a) * 100.0 if numbers and a else None
                 )
+            if self.noisy:
+                for k, label in enumerate(self.labels[1:], start=1):
+                    row[noise_column(label, base)] = self.beyond_noise(figure, k)
             rows.append(row)
         return rows
+
+    @property
+    def noisy(self) -> bool:
+        """Whether the first run and another ran with --seeds (the noise column is shown)."""
+        has = [isinstance(s.get(REPLICATIONS), dict) for s in self.summaries]
+        return has[0] and any(has[1:])
 
     def pools(self) -> list[list[Value | None]]:
         """[run, pool, GPU, tp, batcher, replicas, cost] for each pool of each run, pools of the
@@ -161,6 +192,10 @@ def percent_column(label: str, base: str) -> str:
     return f"{label} vs {base} %"
 
 
+def noise_column(label: str, base: str) -> str:
+    return f"{label} beyond noise"
+
+
 def compare_runs(run_dirs: list[str | os.PathLike[str]]) -> Comparison:
     """Load and flatten each run's summary; at least two runs, each a finished replay."""
     if len(run_dirs) < 2:
@@ -182,6 +217,9 @@ def comparison_frame(comparison: Comparison, rows: list[dict]) -> pl.DataFrame:
     for label in labels[1:]:
         for name in (delta_column(label, base), percent_column(label, base)):
             columns[name] = pl.Series([r[name] for r in rows], dtype=pl.Float64)
+        if comparison.noisy:
+            name = noise_column(label, base)
+            columns[name] = pl.Series([r[name] for r in rows], dtype=pl.String)
     for label in labels:
         columns[label + TEXT_SUFFIX] = pl.Series(
             [r[label] if isinstance(r[label], str) else None for r in rows], dtype=pl.String
