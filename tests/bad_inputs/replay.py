@@ -193,6 +193,13 @@ CASES = [
         files={"mine/notes.txt": "keep"},
     ),
     case("replay: a text seed", f"{R} --seed x", "'x' is not a valid integer"),
+    case("replay: no replications", f"{R} --seeds 0", "--seeds 0: expected at least 1"),
+    case(
+        "replay: seeds into a foreign folder",
+        f"{R} --seeds 3 --out mine",
+        "holds no earlier summary.json",
+        files={"mine/notes.txt": "keep"},
+    ),
     case("replay: unknown option", f"{R} --bogus", "No such option '--bogus'"),
     case("replay: no trace", "replay", "Missing argument 'TRACE'"),
     case(

@@ -249,7 +249,14 @@ def _memory(backend: Backend, plan: BenchPlan, result: BenchResult) -> None:
     src = xp.ones((rows, cols), dtype=xp.float32)
     vec = xp.ones(cols, dtype=xp.float32)
     out = xp.empty(rows, dtype=xp.float32)
-    for part in sorted({max(int(rows * f), 1) for f in READ_FRACTIONS}):
+    # Reads that fit twice in the last-level cache would measure the cache: left out, unless
+    # memory is too small to leave two points without them (a host whose reported L3 is
+    # large against its RAM, e.g. 480 MB of L3 and 23 GB here).
+    floor = 2 * backend.info.cache_bytes
+    fractions = [f for f in READ_FRACTIONS if rows * cols * 4 * f >= floor]
+    if len(fractions) < 2:
+        fractions = READ_FRACTIONS[-2:]
+    for part in sorted({max(int(rows * f), 1) for f in fractions}):
         view, out_view = src[:part], out[:part]
         timing = backend.time(
             lambda v=view, o=out_view: xp.matmul(v, vec, out=o),
