@@ -13,8 +13,8 @@ The interval is a percentile bootstrap of the mean over the replications (RESAMP
 of the N values, drawn with a fixed seed so the summary is deterministic): replications are
 independent and identically distributed by construction, which is what the bootstrap needs,
 and it makes no normality assumption about tail figures such as a p99. With few replications
-it is too narrow (N = 5 covers about 88%, not 95%, for a normal figure), so the README
-recommends N >= 10 for a decision.
+it is too narrow (for a normal figure it covered the true mean 82% of the time at N = 5, 91%
+at N = 10 and 93% at N = 20, 1,000 draws each), so the README recommends N >= 10.
 
 Replication 0 writes the run's records (requests.parquet, timeline.parquet) as a single replay
 does; every replication's summary is kept under `seeds/seed-S.json`, and summary.json gains a
