@@ -18,7 +18,7 @@ is printed: a before/after comparison in one invocation, under the same machine 
                                    [--baseline DIR] [--repeat N] [--balancer NAME] [--json]
     python scripts/bench_replay.py --replicas 64,512,4096 [--requests 1000000] [--repeat N]
 
-With several --replica counts it measures only how the cost per request moves with the fleet's
+With several --replicas counts it measures only how the cost per request moves with the fleet's
 size (issue 15's target: 4,096 replicas within 1.3x of 64): each size replays the same number
 of requests at a rate scaled to it, so every fleet is loaded alike (~70% busy at --load 1).
                                    [--peer splitwise --peer-dir DIR --peer-python PATH]
