@@ -37,6 +37,16 @@ def conv_lengths(shared_data) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="session")
+def azure_slice(tmp_path_factory, shared_data) -> Path:
+    """The first 2,000 Azure 2023 conversation requests as a canonical Parquet trace."""
+    from tokenfleet.traces.convert import convert_trace
+
+    path = tmp_path_factory.mktemp("traces") / "conv-slice.parquet"
+    convert_trace(TRACES / "AzureLLMInferenceTrace_conv.csv", path, limit=2000)
+    return path
+
+
+@pytest.fixture(scope="session")
 def mooncake_rows(tmp_path_factory, shared_data) -> list[tuple]:
     """The Mooncake synthetic trace as run_rows rows (arrival, prompt, output, no session,
     standard tier, no tenant, prefix hashes), converted once for every test module."""

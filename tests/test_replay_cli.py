@@ -26,13 +26,6 @@ def azure_conv(tmp_path_factory, shared_data) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def azure_slice(tmp_path_factory, shared_data) -> Path:
-    path = tmp_path_factory.mktemp("traces") / "conv-slice.parquet"
-    convert_trace(TRACES / "AzureLLMInferenceTrace_conv.csv", path, limit=2000)
-    return path
-
-
 TIGHT_KV = """
 [[pools]]
 gpu = "{gpu}"

@@ -7,13 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TRACES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokenfleet.cli.main import cli
 from tokenfleet.study.intervals import bootstrap_interval, differs_beyond_noise
-from tokenfleet.traces.convert import convert_trace
 from tokenfleet.traces.synth import SynthSpec, synth_trace
 
 
@@ -21,13 +19,6 @@ from tokenfleet.traces.synth import SynthSpec, synth_trace
 def synthetic(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("seeds") / "synth.parquet"
     synth_trace(path, SynthSpec(requests=1500, rate_rps=25.0, seed=4))
-    return path
-
-
-@pytest.fixture(scope="module")
-def azure_slice(tmp_path_factory, shared_data) -> Path:
-    path = tmp_path_factory.mktemp("seeds") / "conv-slice.parquet"
-    convert_trace(TRACES / "AzureLLMInferenceTrace_conv.csv", path, limit=1500)
     return path
 
 

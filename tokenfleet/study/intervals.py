@@ -17,13 +17,10 @@ def bootstrap_interval(values: np.ndarray, level: float = LEVEL) -> tuple[np.nda
     """Per row of `values` (figures x replications): the percentile bootstrap interval of the
     row's mean. One set of resampled indices serves every row (figures of one replication stay
     together, as they were measured together)."""
-    n = values.shape[1]
-    rng = np.random.default_rng(BOOTSTRAP_SEED)
-    picks = rng.integers(0, n, size=(RESAMPLES, n))
-    tail = (1.0 - level) / 2 * 100
+    picks = _resamples(np.random.default_rng(BOOTSTRAP_SEED), values.shape[1])
     low, high = np.empty(len(values)), np.empty(len(values))
     for i, row in enumerate(values):  # a row at a time: resamples x N floats, not figures x that
-        low[i], high[i] = np.percentile(row[picks].mean(axis=1), [tail, 100 - tail])
+        low[i], high[i] = _percentiles(row[picks].mean(axis=1), level)
     return low, high
 
 
@@ -32,8 +29,18 @@ def differs_beyond_noise(a: list[float], b: list[float], level: float = LEVEL) -
     apart) excludes zero: the difference is larger than the seeds' noise."""
     rng = np.random.default_rng(BOOTSTRAP_SEED)
     va, vb = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    da = va[rng.integers(0, len(va), size=(RESAMPLES, len(va)))].mean(axis=1)
-    db = vb[rng.integers(0, len(vb), size=(RESAMPLES, len(vb)))].mean(axis=1)
-    tail = (1.0 - level) / 2 * 100
-    lo, hi = np.percentile(db - da, [tail, 100 - tail])
+    da = va[_resamples(rng, len(va))].mean(axis=1)
+    db = vb[_resamples(rng, len(vb))].mean(axis=1)
+    lo, hi = _percentiles(db - da, level)
     return bool(lo > 0 or hi < 0)
+
+
+def _resamples(rng: np.random.Generator, n: int) -> np.ndarray:
+    """RESAMPLES rows of n indices drawn with replacement."""
+    return rng.integers(0, n, size=(RESAMPLES, n))
+
+
+def _percentiles(samples: np.ndarray, level: float) -> np.ndarray:
+    """The two-sided `level` percentile interval of `samples`."""
+    tail = (1.0 - level) / 2 * 100
+    return np.percentile(samples, [tail, 100 - tail])
