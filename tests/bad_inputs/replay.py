@@ -194,6 +194,13 @@ CASES = [
     ),
     case("replay: a text seed", f"{R} --seed x", "'x' is not a valid integer"),
     case("replay: no replications", f"{R} --seeds 0", "--seeds 0: expected at least 1"),
+    case("replay: a sample of 2", f"{R} --records sample:2", "--records sample:2: expected all"),
+    case("replay: unknown records", f"{R} --records some", "--records some: expected all, none"),
+    case(
+        "replay: a report without records",
+        f"{R} --records none --report",
+        "--report draws the requests' records, which --records none does not keep",
+    ),
     case(
         "replay: seeds into a foreign folder",
         f"{R} --seeds 3 --out mine",

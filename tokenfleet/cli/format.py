@@ -73,6 +73,13 @@ def format_summary(summary: dict) -> str:
         lat = summary["latency_s"][key]
         cells = "".join(f"{duration(lat[k]):>13}" for k in ("mean", "p50", "p90", "p99"))
         lines.append(f"{label:<12}{cells}")
+    records = summary.get("records")
+    if records:  # --records sample:F or none: the percentiles are a sketch's
+        kept = "none" if records["mode"] == "none" else f"{records['rows_written']:,} sampled"
+        lines.append(
+            f"percentiles from a {records['percentiles']} (requests.parquet keeps {kept}; "
+            "means exact)"
+        )
     lines += ["", *_format_load(summary)]
     if summary.get("economics") is not None:
         lines += ["", *_format_money(summary)]

@@ -44,6 +44,14 @@ from tokenfleet.cli.options import out_option, progress_enabled, quiet_option, s
     help="Replications (seeds SEED.. SEED+N-1; a synthetic trace is re-drawn per seed): every "
     "summary figure gets a mean and 95% interval.",
 )
+@click.option(
+    "--records",
+    "records_text",
+    default="all",
+    show_default=True,
+    help="What requests.parquet keeps: all, sample:F (a uniform fraction F) or none; "
+    "percentiles come from a sketch (1% relative error) unless all.",
+)
 @click.option("--interval", "interval_s", type=float, help="Timeline interval in seconds (10).")
 @click.option(
     "--unknown-tier",
@@ -77,6 +85,7 @@ def replay(
     prefix_caching,
     seed,
     seeds,
+    records_text,
     interval_s,
     unknown_tier,
     step_by_step,
@@ -93,9 +102,17 @@ def replay(
     from pathlib import Path
 
     from tokenfleet.cli.format import format_summary
+    from tokenfleet.errors import UserError
+    from tokenfleet.replay.records.requests import RecordsPolicy
     from tokenfleet.replay.scenario import load_scenario, with_overrides
     from tokenfleet.study.seeds import run_seeds
 
+    records = RecordsPolicy.parse(records_text)
+    if with_report and records.mode == "none":
+        raise UserError(
+            "--report draws the requests' records, which --records none does not keep; use "
+            "--records all or sample:F, or drop --report"
+        )
     scenario = with_overrides(
         load_scenario(scenario_path),
         model=model,
@@ -121,12 +138,16 @@ def replay(
         step_by_step=step_by_step,
         progress=progress_enabled(quiet),
         inputs=tuple(p for p in (scenario_path, model, gpu, engine) if p and Path(p).is_file()),
+        records=records,
     )
     if as_json:
         click.echo(json.dumps(summary, indent=2, sort_keys=True))
     else:
         click.echo(format_summary(summary))
-        files = "requests.parquet, timeline.parquet, summary.json, scenario.toml" + (
+        kept = {"all": "requests.parquet, ", "none": ""}.get(
+            records.mode, f"requests.parquet ({records}), "
+        )
+        files = f"{kept}timeline.parquet, summary.json, scenario.toml" + (
             f", seeds/ ({seeds} summaries)" if seeds > 1 else ""
         )
         click.echo(f"\nwrote {out_dir}/: {files}")

@@ -30,7 +30,14 @@ from tokenfleet.replay.records import (
     TIMELINE_FILE,
 )
 from tokenfleet.replay.records.pools import pool_costs
-from tokenfleet.replay.records.requests import RequestWriter, price_requests
+from tokenfleet.replay.records.quantiles import RELATIVE_ACCURACY
+from tokenfleet.replay.records.requests import (
+    ALL_RECORDS,
+    RecordsPolicy,
+    RequestWriter,
+    price_requests,
+    sample_requests,
+)
 from tokenfleet.replay.records.summary import summarise, write_summary
 from tokenfleet.replay.records.timeline import Timeline, TimelineWriter
 from tokenfleet.replay.scenario import AUTO, Scenario, scenario_to_dict
@@ -129,11 +136,13 @@ def run_replay(
     progress: bool = False,
     inputs: tuple = (),
     annotate: Callable[[Path, dict], None] | None = None,
+    records: RecordsPolicy = ALL_RECORDS,
 ) -> dict:
     """Replay `trace` through the scenario's fleet into `out_dir`; return the summary.
     `inputs` are the other files the run reads (scenario, model, profile): `out_dir` may not
     be replaced if that would delete one. `annotate(dir, summary)` may add to the summary and
-    write files beside it before the directory appears (`replay --seeds`)."""
+    write files beside it before the directory appears (`replay --seeds`). `records` says
+    what requests.parquet keeps (`--records`)."""
     check_replaceable_dir(out_dir, SUMMARY_FILE, inputs=(trace, *inputs))
     stats, trace_tiers = trace_stats(trace, any(p.replicas == AUTO for p in scenario.pools))
     _check_interval(scenario.interval_s, stats)
@@ -202,7 +211,11 @@ def run_replay(
         )
         (tmp / RAW_REQUESTS_FILE).unlink()
         replicas = sum(p["replicas"] for p in pools)
-        summary = summarise(tmp, {"gpus": fleet.gpus, "replicas": replicas}, pools, end_s)
+        summary = summarise(
+            tmp, {"gpus": fleet.gpus, "replicas": replicas}, pools, end_s, records.exact
+        )
+        if not records.exact:
+            summary["records"] = _keep_records(tmp / REQUESTS_FILE, records, resolved.seed)
         summary["run"] = {
             key.removeprefix("tokenfleet."): value
             for key, value in metadata.items()
@@ -216,6 +229,24 @@ def run_replay(
             annotate(tmp, summary)
         write_summary(tmp / SUMMARY_FILE, summary)
     return summary
+
+
+def _keep_records(path: Path, records: RecordsPolicy, seed: int) -> dict:
+    """Cut requests.parquet, summarised whole, down to what `--records` keeps; the summary's
+    note of it. (Written whole first: the pricing pass needs every request, and the file is
+    what the summary reads; what `none` saves is the output's disk and the summary's memory,
+    not the writing.)"""
+    if records.mode == "none":
+        path.unlink()
+        kept = 0
+    else:
+        kept = sample_requests(path, records.fraction, seed)
+    return {
+        "mode": records.mode,
+        "fraction": records.fraction,
+        "rows_written": kept,
+        "percentiles": f"DDSketch, within {RELATIVE_ACCURACY:.0%} of the exact value",
+    }
 
 
 def run_metadata(trace, scenario: Scenario, fleet: Fleet) -> dict[str, str]:

@@ -91,6 +91,11 @@ def load_run(path: str | os.PathLike[str], label: str) -> Run:
             raise UserError(
                 f"{folder / SUMMARY_FILE}: no {key!r} block; not a replay summary ({WHAT})"
             )
+    if (summary.get("records") or {}).get("mode") == "none":
+        raise UserError(
+            f"{path}: replayed with --records none, so it has no request records to draw; "
+            "replay it with --records all or sample:F"
+        )
     for name in (REQUESTS_FILE, TIMELINE_FILE):
         _check_parquet(folder / name)
     if not (folder / SCENARIO_FILE).is_file():

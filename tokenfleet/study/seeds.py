@@ -34,6 +34,7 @@ import numpy as np
 from tokenfleet.atomic import check_replaceable_dir
 from tokenfleet.errors import UserError
 from tokenfleet.replay.records import SUMMARY_FILE
+from tokenfleet.replay.records.requests import ALL_RECORDS, RecordsPolicy
 from tokenfleet.replay.records.summary import write_summary
 from tokenfleet.replay.run import run_replay
 from tokenfleet.replay.scenario import Scenario
@@ -56,6 +57,7 @@ def run_seeds(
     step_by_step: bool = False,
     progress: bool = False,
     inputs: tuple = (),
+    records: RecordsPolicy = ALL_RECORDS,
 ) -> dict:
     """Replay `seeds` replications into `out_dir` (see the module docstring); return
     replication 0's summary with the `replications` block."""
@@ -63,7 +65,13 @@ def run_seeds(
         raise UserError(f"--seeds {seeds}: expected at least 1 replication")
     if seeds == 1:
         return run_replay(
-            trace, scenario, out_dir, step_by_step=step_by_step, progress=progress, inputs=inputs
+            trace,
+            scenario,
+            out_dir,
+            step_by_step=step_by_step,
+            progress=progress,
+            inputs=inputs,
+            records=records,
         )
     check_replaceable_dir(out_dir, SUMMARY_FILE, inputs=(trace, *inputs))
     spec = synthetic_spec(trace)
@@ -81,6 +89,7 @@ def run_seeds(
                     Path(tmp) / f"run-{k}",
                     step_by_step=step_by_step,
                     progress=progress,
+                    records=records,
                 )
             )
             if spec is not None:
@@ -101,6 +110,7 @@ def run_seeds(
         progress=progress,
         inputs=inputs,
         annotate=annotate,
+        records=records,
     )
 
 

@@ -2,8 +2,8 @@
 requests.parquet at a time in file order (the same sums run to run).
 
 Cost per Mtoken is over the tokens of finished requests; its input part is the cost of the
-prefill GPU time. Utilisation is busy GPU time over the fleet's charged GPU time. Memory holds
-only a group code per finished request (for the TTFT percentiles of each group).
+prefill GPU time. Utilisation is busy GPU time over the fleet's charged GPU time. Each group's
+TTFT percentiles come from its own distribution (quantiles.py: every value, or a sketch).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tokenfleet.replay.records.quantiles import distribution
 from tokenfleet.replay.request import Status
 from tokenfleet.replay.tiers import TOKENS_PER_MTOKEN
 
@@ -72,13 +73,16 @@ def economics_parts(batch: pa.RecordBatch) -> dict[str, np.ndarray | None]:
 class Groups:
     """Running sums per group of one key (a tier, a tenant; "fleet": one group of all)."""
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, exact: bool = True) -> None:
         self.key = key
+        self.exact = exact
         self.names: dict[str, int] = {"(all)": 0} if key == "fleet" else {}  # name -> code
         self.sums: dict[str, np.ndarray] = {}
-        self.done_codes: list[np.ndarray] = []  # the group of each finished request, in order
+        self.ttft: list = []  # by group code: the finished requests' TTFTs
 
-    def add(self, batch: pa.RecordBatch, parts: dict, done: np.ndarray) -> None:
+    def add(self, batch: pa.RecordBatch, parts: dict, done: np.ndarray, ttft: np.ndarray) -> None:
+        """Add a batch: `parts` (economics_parts), `done` (finished), and `ttft`, the finished
+        requests' TTFTs in batch order."""
         if self.key == "fleet":
             codes = np.zeros(batch.num_rows, dtype=np.int32)
         else:
@@ -97,21 +101,25 @@ class Groups:
             if old is not None:
                 total[: len(old)] += old
             self.sums[name] = total
-        self.done_codes.append(codes[done])
+        while len(self.ttft) < groups:
+            self.ttft.append(distribution(self.exact))
+        if groups == 1:
+            self.ttft[0].add(ttft)
+            return
+        finished = codes[done]
+        order = np.argsort(finished, kind="stable")  # each group's TTFTs, in batch order
+        bounds = np.searchsorted(finished[order], np.arange(groups + 1))
+        for code in np.flatnonzero(np.diff(bounds)).tolist():
+            self.ttft[code].add(ttft[order[bounds[code] : bounds[code + 1]]])
 
-    def figures(
-        self, ttft: np.ndarray, charged_gpu_s: float, cost_usd: float | None = None
-    ) -> dict[str, dict]:
-        """Each group's figures, by group name in sorted order (`ttft`: the finished requests',
-        in file order); $/Mtoken over `cost_usd` if given, else over its requests' cost."""
-        codes = np.concatenate(self.done_codes) if self.done_codes else np.zeros(0, np.int32)
-        order = np.argsort(codes, kind="stable")
-        bounds = np.searchsorted(codes[order], np.arange(len(self.names) + 1))
+    def figures(self, charged_gpu_s: float, cost_usd: float | None = None) -> dict[str, dict]:
+        """Each group's figures, by group name in sorted order; $/Mtoken over `cost_usd` if
+        given, else over its requests' cost."""
         out = {}
         for name, code in sorted(self.names.items()):
             sums = defaultdict(float)  # a file with no rows: every sum is zero
             sums.update({k: float(v[code]) for k, v in self.sums.items() if code < len(v)})
-            times = ttft[order[bounds[code] : bounds[code + 1]]]
+            times = self.ttft[code] if code < len(self.ttft) else distribution(self.exact)
             n = int(sums["requests"])
             revenue, cost, gpu_s = sums["revenue_usd"], sums["cost_usd"], sums["gpu_s"]
             figures = {
@@ -130,10 +138,7 @@ class Groups:
                 "margin_usd": revenue - cost,
                 "cached_tokens": int(sums["cached_tokens"]),
                 "cached_input_revenue_usd": sums["cached_input_usd"],
-                "ttft_s": {
-                    f"p{p}": float(np.percentile(times, p)) if times.size else None
-                    for p in (50, 99)
-                },
+                "ttft_s": times.figures((50, 99), mean=False),
                 "usd_per_mtoken": _per_mtoken(
                     cost if cost_usd is None else cost_usd,
                     sums["cost_in_usd"],
@@ -185,12 +190,12 @@ def prefix_cache_figures(groups: dict[str, Groups], pools: list[dict]) -> dict:
     }
 
 
-def fleet_economics(groups: dict[str, Groups], ttft: np.ndarray, pools: list[dict], end_s: float):
+def fleet_economics(groups: dict[str, Groups], pools: list[dict], end_s: float):
     """The fleet's, each tier's and each tenant's figures. The fleet's $/Mtoken is over the
     pools' whole cost, idle time included."""
     charged_gpu_s = sum(p["charged_gpu_s"] for p in pools)
     cost = sum(p["cost_usd"] for p in pools)
-    fleet = groups["fleet"].figures(ttft, charged_gpu_s, cost)["(all)"]
+    fleet = groups["fleet"].figures(charged_gpu_s, cost)["(all)"]
     fleet.update(
         cost_usd=cost,
         margin_usd=fleet["revenue_usd"] - cost,
@@ -204,6 +209,6 @@ def fleet_economics(groups: dict[str, Groups], ttft: np.ndarray, pools: list[dic
     )
     return {
         "fleet": fleet,
-        "tiers": groups["tier"].figures(ttft, charged_gpu_s),
-        "tenants": groups["tenant"].figures(ttft, charged_gpu_s),
+        "tiers": groups["tier"].figures(charged_gpu_s),
+        "tenants": groups["tenant"].figures(charged_gpu_s),
     }

@@ -13,6 +13,7 @@ Float sums are taken in numpy, in file order, so outputs stay byte-identical run
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -21,6 +22,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tokenfleet.errors import UserError
+from tokenfleet.replay.records import ROW_GROUP_ROWS
 from tokenfleet.replay.records.rowgroups import RowGroups
 from tokenfleet.replay.request import RECORD_FIELDS, Seq, Status
 from tokenfleet.replay.tiers import (
@@ -205,15 +208,7 @@ def price_requests(
         key: {n: float(getattr(by_name[n], key)) for n in names} for key in PRICE_AND_SLO_KEYS
     }
     finished = pl.col("status") == Status.FINISHED.value
-    # Snappy finds nothing to squeeze in unique floats: store them as they are (+4% size,
-    # -20% time to write).
-    compression = {f.name: "none" if pa.types.is_floating(f.type) else "snappy" for f in schema}
-    with (
-        source,
-        pq.ParquetWriter(
-            out, schema, use_dictionary=DICTIONARY_COLUMNS, compression=compression
-        ) as writer,
-    ):
+    with source, _writer(out, schema) as writer:
         for i in range(reader.num_record_batches):
             batch = reader.get_batch(i)
             frame = pl.from_arrow(batch)
@@ -241,3 +236,72 @@ def price_requests(
             )
             table = pl.concat([frame, money], how="horizontal").to_arrow()
             writer.write_table(table.select(schema.names).cast(schema))
+
+
+RECORDS_KEY = b"tokenfleet.records"  # footer key of a sampled requests.parquet: "sample:F"
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordsPolicy:
+    """What requests.parquet keeps (`--records`): every request ("all"), a uniform sample of
+    a `fraction` ("sample"), or nothing ("none"). Only "all" keeps the summary's percentiles
+    exact; the others take them from sketches (quantiles.py)."""
+
+    mode: str = "all"
+    fraction: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> RecordsPolicy:
+        usage = "expected all, none, or sample:F with a fraction 0 < F < 1 (sample:0.01)"
+        if text in ("all", "none"):
+            return cls(text, 1.0 if text == "all" else 0.0)
+        head, _, tail = text.partition(":")
+        if head != "sample":
+            raise UserError(f"--records {text}: {usage}")
+        try:
+            fraction = float(tail)
+        except ValueError:
+            raise UserError(f"--records {text}: {usage}") from None
+        if not 0 < fraction < 1:
+            raise UserError(f"--records {text}: {usage}")
+        return cls("sample", fraction)
+
+    @property
+    def exact(self) -> bool:
+        return self.mode == "all"
+
+    def __str__(self) -> str:
+        return f"sample:{self.fraction:g}" if self.mode == "sample" else self.mode
+
+
+ALL_RECORDS = RecordsPolicy()
+
+
+def sample_requests(path: Path, fraction: float, seed: int) -> int:
+    """Keep a uniform sample of requests.parquet (`--records sample:F`): each row with
+    probability `fraction`, drawn in file order from `seed`, so the same run keeps the same
+    rows. Returns the rows kept."""
+    source = pq.ParquetFile(path, pre_buffer=False)
+    schema = source.schema_arrow
+    schema = schema.with_metadata({**(schema.metadata or {}), RECORDS_KEY: f"sample:{fraction:g}"})
+    rng = np.random.default_rng(seed)
+    kept = 0
+    part = path.with_name(path.name + ".sample")
+    with _writer(part, schema) as writer:
+        groups = RowGroups(writer.write_table)
+        for batch in source.iter_batches(batch_size=ROW_GROUP_ROWS):
+            keep = rng.random(batch.num_rows) < fraction
+            kept += int(keep.sum())
+            groups.add(batch.filter(pa.array(keep)))
+        groups.flush()
+    part.replace(path)
+    return kept
+
+
+def _writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
+    """requests.parquet's writer. Snappy finds nothing to squeeze in unique floats: they are
+    stored as they are (+4% size, -20% time to write)."""
+    compression = {f.name: "none" if pa.types.is_floating(f.type) else "snappy" for f in schema}
+    return pq.ParquetWriter(
+        path, schema, use_dictionary=DICTIONARY_COLUMNS, compression=compression
+    )

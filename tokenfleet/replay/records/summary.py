@@ -1,8 +1,9 @@
 """The run's summary: latency, throughput and money, from the files the run wrote.
 
-requests.parquet is read once, a batch at a time: the latency columns of finished requests are
-kept (for their means and percentiles), everything else is summed as it goes, and the same pass
-feeds the money and goodput sums (economics.py). timeline.parquet, one row per replica per
+requests.parquet is read once, a batch at a time: the latency columns of finished requests go
+into their distributions (quantiles.py: every value where the records are kept whole, a sketch
+where they are not), everything else is summed as it goes, and the same pass feeds the money
+and goodput sums (economics.py). timeline.parquet, one row per replica per
 interval, is read whole. Every figure printed can so be recomputed from the files. Means and
 sums are taken in numpy in file order (Polars sums in parallel chunks, whose order, and last
 bit, varies), so summaries are byte-identical run to run.
@@ -28,6 +29,7 @@ from tokenfleet.replay.records.economics import (
     fleet_economics,
     prefix_cache_figures,
 )
+from tokenfleet.replay.records.quantiles import distribution
 
 PERCENTILES = (50, 90, 99)
 LATENCIES = ("ttft_s", "tpot_s", "e2e_s", "queue_s", "gateway_wait_s")
@@ -37,19 +39,21 @@ SUMMARY_COLUMNS = ["arrival_s", "finish_s", "preemptions", *LATENCIES[1:]]
 class _RequestTotals:
     """What the summary needs from requests.parquet, gathered a batch at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, exact: bool) -> None:
         self.status_counts: dict[str, int] = {}
         self.finished = 0
         self.first_arrival_s: float | None = None
         self.last_finish_s: float | None = None
         self.input_tokens = self.output_tokens = self.preemptions = 0
-        self.latencies: dict[str, list[np.ndarray]] = {col: [] for col in LATENCIES}
+        self.latencies = {col: distribution(exact) for col in LATENCIES}
+        self.last_ttft = np.zeros(0)  # the last batch's finished TTFTs (for economics.py)
 
     def add(self, batch: pa.RecordBatch, done: np.ndarray) -> None:
         for item in pc.value_counts(batch.column("status")).to_pylist():
             name = item["values"]
             self.status_counts[name] = self.status_counts.get(name, 0) + item["counts"]
         n = int(done.sum())
+        self.last_ttft = np.zeros(0)
         if n == 0:
             return
         self.finished += n
@@ -67,28 +71,25 @@ class _RequestTotals:
         self.output_tokens += int(finished("output_tokens").sum(dtype=np.int64))
         self.preemptions += int(finished("preemptions").sum(dtype=np.int64))
         for col in LATENCIES:  # nulls (no TPOT below two output tokens) become NaN
-            self.latencies[col].append(finished(col).astype(np.float64))
+            values = finished(col).astype(np.float64)
+            self.latencies[col].add(values)
+            if col == "ttft_s":
+                self.last_ttft = values
 
     def queue_share(self) -> float | None:
         """Share of finished requests' time in the system spent waiting in a replica queue."""
         if not self.finished:
             return None
-        queue, e2e = (np.nansum(np.concatenate(self.latencies[c])) for c in ("queue_s", "e2e_s"))
+        queue, e2e = (self.latencies[c].nansum() for c in ("queue_s", "e2e_s"))
         return float(queue / e2e) if e2e > 0 else None
 
-    def latency(self, col: str) -> dict[str, float | None]:
-        values = np.concatenate(self.latencies[col]) if self.latencies[col] else np.zeros(0)
-        values = values[~np.isnan(values)]
-        if values.size == 0:
-            return {"mean": None, **{f"p{p}": None for p in PERCENTILES}}
-        cuts = np.percentile(values, PERCENTILES).tolist()
-        names = (f"p{p}" for p in PERCENTILES)
-        return {"mean": float(np.mean(values)), **dict(zip(names, cuts, strict=True))}
 
-
-def summarise(out_dir: Path, fleet: dict, pools: list[dict], end_s: float) -> dict:
+def summarise(
+    out_dir: Path, fleet: dict, pools: list[dict], end_s: float, exact: bool = True
+) -> dict:
     """The run's figures, from requests.parquet (one pass) and timeline.parquet. `fleet` gives
-    `gpus` (the GPU count at the start) and `replicas`; `pools` each pool's cost and time.
+    `gpus` (the GPU count at the start) and `replicas`; `pools` each pool's cost and time;
+    `exact=False` takes the percentiles from sketches (quantiles.py) in bounded memory.
 
     Per-GPU throughput divides by `gpus_mean`, the GPUs provisioned on average over the run:
     the timeline's provisioned replica-seconds times each pool's tp (`gpu_hours_provisioned`),
@@ -96,8 +97,8 @@ def summarise(out_dir: Path, fleet: dict, pools: list[dict], end_s: float) -> di
     replica from the moment it is asked for (provisioning included, when it costs money and
     serves nothing) until it is released.
     """
-    totals = _RequestTotals()
-    groups = {key: Groups(key) for key in GROUP_KEYS}
+    totals = _RequestTotals(exact)
+    groups = {key: Groups(key, exact) for key in GROUP_KEYS}
     columns = list(dict.fromkeys(ECONOMICS_COLUMNS + SUMMARY_COLUMNS))
     # pre_buffer=False: pyarrow's default read ahead held most of the file in memory.
     parquet = pq.ParquetFile(out_dir / REQUESTS_FILE, pre_buffer=False)
@@ -106,10 +107,9 @@ def summarise(out_dir: Path, fleet: dict, pools: list[dict], end_s: float) -> di
         done = parts["finished"]
         totals.add(batch, done)
         for g in groups.values():
-            g.add(batch, parts, done)
-    ttft = np.concatenate(totals.latencies["ttft_s"]) if totals.finished else np.zeros(0)
+            g.add(batch, parts, done, totals.last_ttft)
     summary = _figures(totals, _timeline_figures(out_dir, pools, end_s), fleet, pools)
-    summary["economics"] = fleet_economics(groups, ttft, pools, end_s)
+    summary["economics"] = fleet_economics(groups, pools, end_s)
     summary["prefix_cache"] = prefix_cache_figures(groups, pools)
     summary["prefix_cache"]["evicted_blocks"] = _evicted_blocks(out_dir)
     return summary
@@ -209,7 +209,7 @@ def _figures(totals: _RequestTotals, tl: dict, fleet: dict, pools: list[dict]) -
             "input_tokens_per_s_per_gpu": per_gpu(per_s(totals.input_tokens)),
         },
         "tokens": {"input": totals.input_tokens, "output": totals.output_tokens},
-        "latency_s": {col[:-2]: totals.latency(col) for col in LATENCIES},
+        "latency_s": {col[:-2]: totals.latencies[col].figures(PERCENTILES) for col in LATENCIES},
         "preemptions": totals.preemptions,
         "steps": tl["steps"] or 0,
         "mean_batch": tl["batch_sum"] / tl["steps"] if tl["steps"] else None,
