@@ -24,6 +24,7 @@ does; every replication's summary is kept under `seeds/seed-S.json`, and summary
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import tempfile
@@ -63,16 +64,11 @@ def run_seeds(
     replication 0's summary with the `replications` block."""
     if seeds < 1:
         raise UserError(f"--seeds {seeds}: expected at least 1 replication")
+    replay = functools.partial(
+        run_replay, step_by_step=step_by_step, progress=progress, records=records
+    )
     if seeds == 1:
-        return run_replay(
-            trace,
-            scenario,
-            out_dir,
-            step_by_step=step_by_step,
-            progress=progress,
-            inputs=inputs,
-            records=records,
-        )
+        return replay(trace, scenario, out_dir, inputs=inputs)
     check_replaceable_dir(out_dir, SUMMARY_FILE, inputs=(trace, *inputs))
     spec = synthetic_spec(trace)
     others = []
@@ -83,13 +79,10 @@ def run_seeds(
                 source = Path(tmp) / f"trace-{k}.parquet"
                 synth_trace(source, dataclasses.replace(spec, seed=spec.seed + k))
             others.append(
-                run_replay(
+                replay(
                     source,
                     dataclasses.replace(scenario, seed=scenario.seed + k),
                     Path(tmp) / f"run-{k}",
-                    step_by_step=step_by_step,
-                    progress=progress,
-                    records=records,
                 )
             )
             if spec is not None:
@@ -102,16 +95,7 @@ def run_seeds(
             write_summary(folder / SEEDS_DIR / f"seed-{run['seed']}.json", run)
         summary["replications"] = replications(runs, redrawn=spec is not None)
 
-    return run_replay(
-        trace,
-        scenario,
-        out_dir,
-        step_by_step=step_by_step,
-        progress=progress,
-        inputs=inputs,
-        annotate=annotate,
-        records=records,
-    )
+    return replay(trace, scenario, out_dir, inputs=inputs, annotate=annotate)
 
 
 def synthetic_spec(trace: str | os.PathLike[str]) -> SynthSpec | None:
