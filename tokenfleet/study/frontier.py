@@ -2,22 +2,18 @@
 
 Small batches give each user fast tokens at a high cost per token; large batches are cheap and
 slow. A row is Pareto-optimal when no other row is both cheaper per Mtoken and faster per user.
-Runs are independent, so they go to local worker processes.
+Runs are independent, so they go to local worker processes (executors.py); `sweep` is the
+same machinery over any grid, several traces, seeds, and Ray.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-import multiprocessing
 import os
 import re
-import signal
-import sys
 import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import polars as pl
@@ -27,6 +23,7 @@ from tokenfleet.errors import UserError
 from tokenfleet.replay.fleet import build_fleet
 from tokenfleet.replay.run import run_replay, trace_stats, unknown_tiers
 from tokenfleet.replay.scenario import Scenario, with_overrides
+from tokenfleet.study.executors import LocalExecutor, WorkerDied
 
 FRONTIER_FILE = "frontier.parquet"
 RUNS_DIR = "runs"
@@ -240,75 +237,27 @@ def run_frontier(
 
 
 def _replay_all(tasks: list[tuple], workers: int, on_done: Callable[[], None]) -> list[dict]:
-    """Each task's summary, in task order; in `workers` processes when more than one.
+    """Each task's summary, in task order, on `workers` local processes (executors.py).
 
-    A failed or interrupted run stops the others (their processes are killed and joined)
-    before the caller removes the half-written output. Notices of the runs are issued here,
-    so a worker's reach the terminal as one line too (and a message shared by every run once).
-    """
+    A failed or interrupted run stops the others (closing the executor's stream kills and
+    joins them) before the caller removes the half-written output. Notices of the runs are
+    issued here, so a worker's reach the terminal as one line too (and a message shared by
+    every run once)."""
     summaries: dict[int, dict] = {}
-
-    def done(index: int, summary: dict, notices: list[Warning]) -> None:
-        summaries[index] = summary
-        for notice in notices:
-            warnings.warn(notice, stacklevel=1)
-        on_done()
-
-    if workers == 1:
-        for task in tasks:
-            done(*_replay_point(task))
-    else:
-        # spawn, not fork: forking a process that has started Polars' threads can hang.
-        spawn = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=spawn, initializer=_ignore_sigint) as pool:
-            try:
-                with _quiet_children():  # the executor starts its processes as tasks arrive
-                    futures = [pool.submit(_replay_point, task) for task in tasks]
-                for future in as_completed(futures):
-                    done(*future.result())
-            except BaseException as err:
-                _stop(pool)
-                if isinstance(err, BrokenProcessPool):
-                    raise UserError(
-                        "frontier: a worker process died before its run finished (killed, or "
-                        "out of memory?); use fewer jobs"
-                    ) from None
-                raise
+    outcomes = LocalExecutor(workers).run(_replay_point, tasks)
+    with contextlib.closing(outcomes):
+        try:
+            for index, result, error in outcomes:
+                if error is not None:
+                    raise error
+                _, summary, notices = result
+                summaries[index] = summary
+                for notice in notices:
+                    warnings.warn(notice, stacklevel=1)
+                on_done()
+        except WorkerDied as err:
+            raise UserError(f"frontier: {err}") from None
     return [summaries[i] for i in range(len(tasks))]
-
-
-@contextlib.contextmanager
-def _quiet_children() -> Iterator[None]:
-    """Processes started in this block write to /dev/null instead of the terminal.
-
-    A terminal sends Ctrl-C to the whole process group. A worker still starting up (Python
-    imports the main module before any code of ours runs) would print a KeyboardInterrupt
-    traceback; the parent is interrupted too, stops the workers and prints the one line. The
-    workers' own output is not needed: their results, errors and notices come back through
-    the executor. Ignoring SIGINT here instead would drop a Ctrl-C pressed meanwhile."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
-
-
-def _ignore_sigint() -> None:
-    """Worker start-up: Ctrl-C is the parent's to handle, so no run dies half-way on its own."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _stop(pool: ProcessPoolExecutor) -> None:
-    """Kill the workers and wait for them: shutdown() alone lets running replays finish first,
-    and the executor has no public way to reach its processes before Python 3.14."""
-    for process in list((pool._processes or {}).values()):
-        process.terminate()
-    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def frontier_table(points: list[dict], summaries: list[dict]) -> pl.DataFrame:
