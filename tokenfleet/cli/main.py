@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "traces": "tokenfleet.cli.traces:traces",
     "compare": "tokenfleet.cli.compare:compare",
     "frontier": "tokenfleet.cli.frontier:frontier",
+    "sweep": "tokenfleet.cli.sweep:sweep",
     "calibrate": "tokenfleet.cli.calibrate:calibrate",
     "replay": "tokenfleet.cli.replay:replay",
     "report": "tokenfleet.cli.report:report",

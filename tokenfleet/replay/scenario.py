@@ -337,6 +337,7 @@ def with_overrides(
     unknown_tier: str | None = None,
     engine: str | None = None,
     max_model_len: int | None = None,
+    usd_per_gpu_hour: float | None = None,
 ) -> Scenario:
     """The scenario with these settings changed (the CLI's flags); pool-level ones apply to
     every pool.
@@ -373,6 +374,10 @@ def with_overrides(
             changes["engine"] = engine
         if replicas is not None:
             changes["replicas"] = replicas
+        if usd_per_gpu_hour is not None:
+            changes["pricing"] = dataclasses.replace(
+                pool.pricing, usd_per_gpu_hour=usd_per_gpu_hour
+            )
         policy = pool.batcher
         if batcher is not None and batcher != policy.policy:
             policy = PolicyConfig(batcher)

@@ -11,6 +11,7 @@ iterator early (a failure the caller stops on, Ctrl-C) stops the work still runn
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import signal
@@ -113,7 +114,11 @@ class RayExecutor:
 
         started = not ray.is_initialized()
         if started:
-            options: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False}
+            options: dict[str, Any] = {
+                "log_to_driver": False,
+                "include_dashboard": False,
+                "logging_level": logging.ERROR,
+            }
             if self.address is None:
                 options["num_cpus"] = self.jobs or os.cpu_count() or 1
             else:

@@ -41,6 +41,8 @@ VARIABLES: dict[str, tuple[str, type]] = {
     "balancer": ("balancer", str),
     "seed": ("seed", int),
     "enable_prefix_caching": ("enable_prefix_caching", bool),
+    "engine": ("engine", str),
+    "usd_per_gpu_hour": ("usd_per_gpu_hour", float),
 }
 BOOLEANS = {"true": True, "on": True, "1": True, "false": False, "off": False, "0": False}
 
@@ -99,8 +101,9 @@ def parse_vary(specs: list[str]) -> list[tuple[str, list]]:
             try:
                 values.append(kind(item))
             except ValueError:
+                what = "a whole number" if kind is int else "a number"
                 raise UserError(
-                    f"frontier: varied setting {name!r}: {item!r} is not a whole number"
+                    f"frontier: varied setting {name!r}: {item!r} is not {what}"
                 ) from None
         if len(set(values)) != len(values):
             raise UserError(f"frontier: varied setting {name!r}: a value is listed twice")
@@ -123,7 +126,13 @@ def point_label(point: dict) -> str:
 def run_dir_name(point: dict, taken: set[str]) -> str:
     """A directory name for a point: its label with path separators (a varied gpu=./my.toml)
     made safe, and a suffix if two labels end up the same."""
-    name = re.sub(r"[^\w.,=+-]", "_", point_label(point))
+    return safe_name(point_label(point), taken)
+
+
+def safe_name(label: str, taken: set[str]) -> str:
+    """`label` as a directory name (path separators and the like made `_`), with a suffix if
+    it is already `taken`; it is added to `taken`."""
+    name = re.sub(r"[^\w.,=+-]", "_", label)
     unique, n = name, 2
     while unique in taken:
         unique, n = f"{name}#{n}", n + 1

@@ -74,10 +74,7 @@ def run_seeds(
     others = []
     with tempfile.TemporaryDirectory(prefix="tokenfleet-seeds-") as tmp:
         for k in range(1, seeds):
-            source = trace
-            if spec is not None:
-                source = Path(tmp) / f"trace-{k}.parquet"
-                synth_trace(source, dataclasses.replace(spec, seed=spec.seed + k))
+            source = replication_trace(trace, spec, k, Path(tmp))
             others.append(
                 replay(
                     source,
@@ -85,7 +82,7 @@ def run_seeds(
                     Path(tmp) / f"run-{k}",
                 )
             )
-            if spec is not None:
+            if source != trace:
                 os.unlink(source)
 
     def annotate(folder: Path, summary: dict) -> None:
@@ -96,6 +93,18 @@ def run_seeds(
         summary["replications"] = replications(runs, redrawn=spec is not None)
 
     return replay(trace, scenario, out_dir, inputs=inputs, annotate=annotate)
+
+
+def replication_trace(
+    trace: str | os.PathLike[str], spec: SynthSpec | None, k: int, folder: Path
+) -> str | os.PathLike[str]:
+    """The trace replication k replays: the trace itself, or, for a synthetic trace (its
+    `spec`) and k > 0, the spec re-drawn with its seed + k, written into `folder`."""
+    if spec is None or k == 0:
+        return trace
+    path = folder / f"trace-{k}.parquet"
+    synth_trace(path, dataclasses.replace(spec, seed=spec.seed + k))
+    return path
 
 
 def synthetic_spec(trace: str | os.PathLike[str]) -> SynthSpec | None:
