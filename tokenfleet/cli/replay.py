@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from tokenfleet.cli.options import out_option, progress_enabled, quiet_option, scenario_option
@@ -52,6 +54,22 @@ from tokenfleet.cli.options import out_option, progress_enabled, quiet_option, s
     help="What requests.parquet keeps: all, sample:F (a uniform fraction F) or none; "
     "percentiles come from a sketch (1% relative error) unless all.",
 )
+@click.option(
+    "--cells",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Split the fleet into K independent cells, sessions hashed to them, run in parallel.",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where --cells run: local processes, or Ray.",
+)
+@click.option("--address", help="With --executor ray: the cluster's HOST:PORT (or RAY_ADDRESS).")
+@click.option("--jobs", type=int, help="With --cells: processes, or a local Ray's CPUs (cores).")
 @click.option("--interval", "interval_s", type=float, help="Timeline interval in seconds (10).")
 @click.option(
     "--unknown-tier",
@@ -86,6 +104,10 @@ def replay(
     seed,
     seeds,
     records_text,
+    cells,
+    executor,
+    address,
+    jobs,
     interval_s,
     unknown_tier,
     step_by_step,
@@ -108,6 +130,7 @@ def replay(
     from tokenfleet.study.seeds import run_seeds
 
     records = RecordsPolicy.parse(records_text)
+    replay_fn = _cells_replay(cells, executor, address, jobs)
     if with_report and records.mode == "none":
         raise UserError(
             "--report draws the requests' records, which --records none does not keep; use "
@@ -139,14 +162,14 @@ def replay(
         progress=progress_enabled(quiet),
         inputs=tuple(p for p in (scenario_path, model, gpu, engine) if p and Path(p).is_file()),
         records=records,
+        replay_fn=replay_fn,
     )
     if as_json:
         click.echo(json.dumps(summary, indent=2, sort_keys=True))
     else:
         click.echo(format_summary(summary))
-        kept = {"all": "requests.parquet, ", "none": ""}.get(
-            records.mode, f"requests.parquet ({records}), "
-        )
+        name = "requests/ (one part per cell)" if cells > 1 else "requests.parquet"
+        kept = {"all": f"{name}, ", "none": ""}.get(records.mode, f"{name} ({records}), ")
         files = f"{kept}timeline.parquet, summary.json, scenario.toml" + (
             f", seeds/ ({seeds} summaries)" if seeds > 1 else ""
         )
@@ -155,3 +178,23 @@ def replay(
         from tokenfleet.cli.report import write
 
         write([out_dir], str(Path(out_dir) / "report"), err=as_json)
+
+
+def _cells_replay(cells: int, executor: str, address: str | None, jobs: int | None):
+    """run_replay, or with --cells K > 1 run_cells with its cells and executor bound."""
+    import functools
+
+    from tokenfleet.errors import UserError
+    from tokenfleet.replay.run import run_replay
+
+    if cells < 1:
+        raise UserError(f"--cells {cells}: expected at least 1")
+    if cells == 1:
+        if executor != "local" or address is not None or jobs is not None:
+            raise UserError("--executor, --address and --jobs place the cells; add --cells K")
+        return run_replay
+    from tokenfleet.study.cells import run_cells
+    from tokenfleet.study.executors import make_executor
+
+    runner = make_executor(executor, jobs or (min(cells, os.cpu_count() or 1)), address)
+    return functools.partial(run_cells, cells=cells, executor=runner)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -47,11 +48,11 @@ from tokenfleet.traces.schema import PREFIX_BLOCK_SIZE_KEY
 
 
 def trace_stats(
-    path: str | os.PathLike[str], keep_lengths: bool = True
+    path: str | os.PathLike[str], keep_lengths: bool = True, select: RowSelection | None = None
 ) -> tuple[TraceLengths, dict[str, int]]:
     """Span, requests per tier and, for sizing, every request's lengths (8 bytes a request;
     `keep_lengths=False` when no pool is "auto"), streamed (the reader validates every batch
-    on the way)."""
+    on the way); of the rows `select` keeps, if given."""
     n = 0
     first = last = 0.0
     prompt: list[np.ndarray] = []
@@ -63,7 +64,12 @@ def trace_stats(
     hashed = "prefix_hashes" in meta["columns"]
     if hashed:
         columns.append("prefix_hashes")
-    for batch in read_trace_batches(path, batch_rows=batch_rows(meta), columns=columns):
+    if select is not None:
+        columns += [c for c in select.columns if c not in columns]
+    batches = read_trace_batches(path, batch_rows=batch_rows(meta), columns=columns)
+    if select is not None:
+        batches = select(batches)
+    for batch in batches:
         if batch.num_rows == 0:
             continue
         if hashed:
@@ -81,6 +87,15 @@ def trace_stats(
     prompts = np.concatenate(prompt) if prompt else np.zeros(0, np.int32)
     outputs = np.concatenate(output) if output else np.zeros(0, np.int32)
     return TraceLengths(n, last - first, prompts, outputs, block), tiers
+
+
+class RowSelection(Protocol):
+    """Which trace rows a replay keeps (a cell's share): called on the trace's batches, which
+    hold at least `columns`, it yields the kept rows' batches in order."""
+
+    columns: tuple[str, ...]
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]: ...
 
 
 def batch_rows(meta: dict) -> int:
@@ -137,26 +152,35 @@ def run_replay(
     inputs: tuple = (),
     annotate: Callable[[Path, dict], None] | None = None,
     records: RecordsPolicy = ALL_RECORDS,
+    replica_offset: int = 0,
+    select: RowSelection | None = None,
 ) -> dict:
     """Replay `trace` through the scenario's fleet into `out_dir`; return the summary.
     `inputs` are the other files the run reads (scenario, model, profile): `out_dir` may not
     be replaced if that would delete one. `annotate(dir, summary)` may add to the summary and
     write files beside it before the directory appears (`replay --seeds`). `records` says
-    what requests.parquet keeps (`--records`)."""
+    what requests.parquet keeps (`--records`); a cell of `replay --cells` numbers its replicas
+    from `replica_offset` and replays only the trace rows `select` keeps."""
     check_replaceable_dir(out_dir, SUMMARY_FILE, inputs=(trace, *inputs))
-    stats, trace_tiers = trace_stats(trace, any(p.replicas == AUTO for p in scenario.pools))
+    stats, trace_tiers = trace_stats(trace, any(p.replicas == AUTO for p in scenario.pools), select)
     _check_interval(scenario.interval_s, stats)
     unknown = unknown_tiers(scenario, trace_tiers, scenario.gateway.unknown_tier)
     fleet, resolved = build_fleet(scenario, stats, step_by_step)
     rows = batch_rows(trace_metadata(trace))
     batches = read_trace_batches(trace, batch_rows=rows, columns=TRACE_COLUMNS)
+    if select is not None:
+        batches = select(batches)
     first = next(batches)
     id_type = first.schema.field("request_id").type
     with atomic_dir(out_dir, SUMMARY_FILE, inputs=(trace, *inputs)) as tmp:
         tmp = Path(tmp)
         (tmp / SCENARIO_FILE).write_text(tomli_w.dumps(scenario_to_dict(resolved)))
         requests = RequestWriter(
-            tmp / RAW_REQUESTS_FILE, id_type, fleet.pool_of, [r.tp for r in fleet.replicas]
+            tmp / RAW_REQUESTS_FILE,
+            id_type,
+            fleet.pool_of,
+            [r.tp for r in fleet.replicas],
+            replica_offset,
         )
         metadata = run_metadata(trace, resolved, fleet)
         timeline = TimelineWriter(
@@ -166,6 +190,7 @@ def run_replay(
             fleet.kv_blocks,
             fleet.rates,
             metadata,
+            replica_offset,
         )
         bar = None
         if progress:

@@ -28,6 +28,7 @@ import functools
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -59,13 +60,15 @@ def run_seeds(
     progress: bool = False,
     inputs: tuple = (),
     records: RecordsPolicy = ALL_RECORDS,
+    replay_fn: Callable[..., dict] = run_replay,
 ) -> dict:
     """Replay `seeds` replications into `out_dir` (see the module docstring); return
-    replication 0's summary with the `replications` block."""
+    replication 0's summary with the `replications` block. `replay_fn` is run_replay or one
+    with its signature (cells.run_cells with its cell count bound)."""
     if seeds < 1:
         raise UserError(f"--seeds {seeds}: expected at least 1 replication")
     replay = functools.partial(
-        run_replay, step_by_step=step_by_step, progress=progress, records=records
+        replay_fn, step_by_step=step_by_step, progress=progress, records=records
     )
     if seeds == 1:
         return replay(trace, scenario, out_dir, inputs=inputs)

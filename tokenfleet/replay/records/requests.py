@@ -96,9 +96,15 @@ class RequestWriter:
     written and read back (once, by `price_requests`) with no encoding, unlike Parquet."""
 
     def __init__(
-        self, path: Path, request_id_type: pa.DataType, pools: list[str], tp: list[int]
+        self,
+        path: Path,
+        request_id_type: pa.DataType,
+        pools: list[str],
+        tp: list[int],
+        replica_offset: int = 0,
     ) -> None:
         self.schema = requests_schema(request_id_type)
+        self.replica_offset = replica_offset  # added to the replica column (replay --cells)
         self.writer = pa.ipc.new_file(path, self.schema)
         self.pool_of = pa.array(pools, pa.string())  # pool name of each replica index
         self.tp = np.array(tp, dtype=np.float64)  # GPUs of each replica
@@ -155,7 +161,7 @@ class RequestWriter:
             pa.array(tenants, pa.string()),
             pa.array(tiers, pa.string()),
             names,
-            pa.array(replica.astype(np.int32)),
+            pa.array(np.where(routed, replica + self.replica_offset, -1).astype(np.int32)),
             pa.array(arrival),
             _nullable(start),
             _nullable(first),
@@ -249,6 +255,7 @@ class RecordsPolicy:
 
     mode: str = "all"
     fraction: float = 1.0
+    sketch: bool = False  # sketched percentiles with every record kept (replay --cells' cells)
 
     @classmethod
     def parse(cls, text: str) -> RecordsPolicy:
@@ -268,7 +275,7 @@ class RecordsPolicy:
 
     @property
     def exact(self) -> bool:
-        return self.mode == "all"
+        return self.mode == "all" and not self.sketch
 
     def __str__(self) -> str:
         return f"sample:{self.fraction:g}" if self.mode == "sample" else self.mode

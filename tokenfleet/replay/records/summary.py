@@ -85,11 +85,17 @@ class _RequestTotals:
 
 
 def summarise(
-    out_dir: Path, fleet: dict, pools: list[dict], end_s: float, exact: bool = True
+    out_dir: Path,
+    fleet: dict,
+    pools: list[dict],
+    end_s: float,
+    exact: bool = True,
+    request_files: list[Path] | None = None,
 ) -> dict:
     """The run's figures, from requests.parquet (one pass) and timeline.parquet. `fleet` gives
     `gpus` (the GPU count at the start) and `replicas`; `pools` each pool's cost and time;
-    `exact=False` takes the percentiles from sketches (quantiles.py) in bounded memory.
+    `exact=False` takes the percentiles from sketches (quantiles.py) in bounded memory;
+    `request_files` are read in turn in place of out_dir/requests.parquet (replay --cells).
 
     Per-GPU throughput divides by `gpus_mean`, the GPUs provisioned on average over the run:
     the timeline's provisioned replica-seconds times each pool's tp (`gpu_hours_provisioned`),
@@ -100,14 +106,15 @@ def summarise(
     totals = _RequestTotals(exact)
     groups = {key: Groups(key, exact) for key in GROUP_KEYS}
     columns = list(dict.fromkeys(ECONOMICS_COLUMNS + SUMMARY_COLUMNS))
-    # pre_buffer=False: pyarrow's default read ahead held most of the file in memory.
-    parquet = pq.ParquetFile(out_dir / REQUESTS_FILE, pre_buffer=False)
-    for batch in parquet.iter_batches(batch_size=ROW_GROUP_ROWS, columns=columns):
-        parts = economics_parts(batch)
-        done = parts["finished"]
-        totals.add(batch, done)
-        for g in groups.values():
-            g.add(batch, parts, done, totals.last_ttft)
+    for path in request_files or [out_dir / REQUESTS_FILE]:
+        # pre_buffer=False: pyarrow's default read ahead held most of the file in memory.
+        parquet = pq.ParquetFile(path, pre_buffer=False)
+        for batch in parquet.iter_batches(batch_size=ROW_GROUP_ROWS, columns=columns):
+            parts = economics_parts(batch)
+            done = parts["finished"]
+            totals.add(batch, done)
+            for g in groups.values():
+                g.add(batch, parts, done, totals.last_ttft)
     summary = _figures(totals, _timeline_figures(out_dir, pools, end_s), fleet, pools)
     summary["economics"] = fleet_economics(groups, pools, end_s)
     summary["prefix_cache"] = prefix_cache_figures(groups, pools)

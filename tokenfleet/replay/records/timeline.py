@@ -371,10 +371,12 @@ class TimelineWriter:
         kv_blocks: list[int],
         rates: list[CostRates],
         metadata: dict[str, str] | None = None,
+        replica_offset: int = 0,
     ):
         schema = TIMELINE_SCHEMA.with_metadata(metadata or {})
         self.writer = pq.ParquetWriter(path, schema, use_dictionary=["pool"])
         self.batches = RowGroups(self.writer.write_table)
+        self.replica_offset = replica_offset  # added to the replica column (replay --cells)
         self.interval_s = interval_s
         self.pools = pools
         self.kv_blocks = kv_blocks
@@ -420,7 +422,7 @@ class TimelineWriter:
         decode = [a.decode_tokens for a in acc]
         columns = [
             pa.array([self.pools[i] for i in replica], pa.string()),
-            pa.array(np.array(replica, dtype=np.int32)),
+            pa.array(np.array(replica, dtype=np.int32) + np.int32(self.replica_offset)),
             pa.array(starts),
             pa.array(lengths),
             pa.array(busy),
