@@ -69,6 +69,10 @@ def test_every_request_ends_once_in_the_cell_of_its_session(chat, tmp_path):
     assert summary["pools"][0]["cost_usd"] == pytest.approx(
         summary["economics"]["fleet"]["cost_usd"], rel=1e-12
     )
+    # The report reads the cells' records as one run.
+    report = CliRunner().invoke(cli, ["report", str(out), "--out", str(tmp_path / "report")])
+    assert report.exit_code == 0, report.output
+    assert "3 independent cells" in (tmp_path / "report" / "index.html").read_text()
 
 
 def test_the_hash_is_stable_and_spreads_consecutive_ids():

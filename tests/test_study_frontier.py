@@ -164,7 +164,7 @@ def test_a_bad_point_is_refused_before_any_replay_runs(
     def no_replay(*args, **kwargs):
         raise AssertionError("a replay ran before the grid was checked")
 
-    monkeypatch.setattr(frontier, "run_replay", no_replay)
+    monkeypatch.setattr(frontier, "run_seeds", no_replay)
     out = tmp_path / "fr"
     with pytest.raises(UserError) as err:
         run_frontier(small_trace, load_scenario(None), out, parse_vary(vary), jobs=1)
@@ -272,11 +272,11 @@ def test_notices_of_the_runs_reach_the_caller_once(small_trace, tmp_path, monkey
     import tokenfleet.study.frontier as frontier
     from tokenfleet.errors import Notice, notify
 
-    def replay(trace, scenario, run_dir, progress):
+    def replay(trace, scenario, run_dir, seeds):
         notify("the profile is a CPU's")
         return {"mean_batch": 1.0}
 
-    monkeypatch.setattr(frontier, "run_replay", replay)
+    monkeypatch.setattr(frontier, "run_seeds", replay)
     with pytest.warns(Notice, match="the profile is a CPU's") as caught:
         run_frontier(
             small_trace, load_scenario(None), tmp_path / "fr", parse_vary(["seed=1,2"]), jobs=1
@@ -355,3 +355,21 @@ def test_ctrl_c_stops_a_parallel_frontier_with_one_line_and_nothing_left(
     assert stderr == "error: interrupted; no output was written\n"
     assert code == 130
     assert list(tmp_path.iterdir()) == []
+
+
+def test_seeds_give_each_point_its_means_and_intervals(small_trace, tmp_path, runner):
+    out = tmp_path / "out"
+    args = ["frontier", str(small_trace), "--vary", "max_num_seqs=4,64", "--seeds", "3"]
+    result = runner.invoke(cli, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    table = pl.read_parquet(out / "frontier.parquet")
+    for row in table.to_dicts():
+        kept = sorted((out / "runs" / row["run"] / "seeds").glob("seed-*.json"))
+        values = [json.loads(p.read_text())["latency_s"]["tpot"]["p50"] for p in kept]
+        assert len(values) == 3
+        assert row["tpot_p50_s"] == pytest.approx(sum(values) / 3, rel=1e-12)
+        assert row["tpot_p50_s_ci_low"] <= row["tpot_p50_s"] <= row["tpot_p50_s_ci_high"]
+        assert (
+            row["usd_per_mtoken_ci_low"] <= row["usd_per_mtoken"] <= row["usd_per_mtoken_ci_high"]
+        )
+        assert row["output_tokens_per_s_per_user"] == pytest.approx(1 / row["tpot_p50_s"])

@@ -24,12 +24,21 @@ from tokenfleet.cli.options import out_option, progress_enabled, quiet_option, s
 @click.option(
     "--jobs", type=click.IntRange(min=1), help="Worker processes (default: one per core)."
 )
+@click.option(
+    "--seeds",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Replications per point (replay --seeds): rows hold means, with 95% intervals.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON rows.")
 @click.option(
     "--report", "with_report", is_flag=True, help="Also draw the report into --out/report/."
 )
 @quiet_option
-def frontier(trace, scenario_path, varies, out_dir, jobs, as_json, with_report, quiet) -> None:
+def frontier(
+    trace, scenario_path, varies, out_dir, jobs, seeds, as_json, with_report, quiet
+) -> None:
     """Replay TRACE once per value of the varied settings and mark the Pareto-optimal rows
     (no other row is both cheaper per Mtoken and faster in tokens/s per user)."""
     import json
@@ -52,7 +61,13 @@ def frontier(trace, scenario_path, varies, out_dir, jobs, as_json, with_report, 
         bar = tqdm(total=len(grid(parsed)), unit="run", desc="frontier", leave=False)
     try:
         table = run_frontier(
-            trace, scenario, out_dir, parsed, jobs=jobs, on_done=bar.update if bar else None
+            trace,
+            scenario,
+            out_dir,
+            parsed,
+            jobs=jobs,
+            on_done=bar.update if bar else None,
+            seeds=seeds,
         )
     finally:
         if bar is not None:

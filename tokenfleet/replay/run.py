@@ -31,7 +31,7 @@ from tokenfleet.replay.records import (
     TIMELINE_FILE,
 )
 from tokenfleet.replay.records.pools import pool_costs
-from tokenfleet.replay.records.quantiles import RELATIVE_ACCURACY
+from tokenfleet.replay.records.quantiles import SKETCH_NOTE
 from tokenfleet.replay.records.requests import (
     ALL_RECORDS,
     RecordsPolicy,
@@ -240,7 +240,8 @@ def run_replay(
             tmp, {"gpus": fleet.gpus, "replicas": replicas}, pools, end_s, records.exact
         )
         if not records.exact:
-            summary["records"] = _keep_records(tmp / REQUESTS_FILE, records, resolved.seed)
+            rows = _keep_records(tmp / REQUESTS_FILE, records, resolved.seed, summary["requests"])
+            summary["records"] = records_note(records, rows)
         summary["run"] = {
             key.removeprefix("tokenfleet."): value
             for key, value in metadata.items()
@@ -256,21 +257,27 @@ def run_replay(
     return summary
 
 
-def _keep_records(path: Path, records: RecordsPolicy, seed: int) -> dict:
-    """Cut requests.parquet, summarised whole, down to what `--records` keeps; the summary's
-    note of it. (Written whole first: the pricing pass needs every request, and the file is
-    what the summary reads; what `none` saves is the output's disk and the summary's memory,
-    not the writing.)"""
+def _keep_records(path: Path, records: RecordsPolicy, seed: int, rows: int) -> int:
+    """Cut requests.parquet, summarised whole, down to what `--records` keeps; the rows kept.
+    (Written whole first: the pricing pass needs every request, and the file is what the
+    summary reads; what `none` saves is the output's disk and the summary's memory, not the
+    writing.)"""
     if records.mode == "none":
         path.unlink()
-        kept = 0
-    else:
-        kept = sample_requests(path, records.fraction, seed)
+        return 0
+    if records.mode == "sample":
+        return sample_requests(path, records.fraction, seed)
+    return rows  # every record kept, percentiles sketched (a cell of replay --cells)
+
+
+def records_note(records: RecordsPolicy, rows_written: int) -> dict:
+    """The summary's `records` block: what requests.parquet keeps, and where the
+    percentiles come from."""
     return {
         "mode": records.mode,
         "fraction": records.fraction,
-        "rows_written": kept,
-        "percentiles": f"DDSketch, within {RELATIVE_ACCURACY:.0%} of the exact value",
+        "rows_written": rows_written,
+        "percentiles": SKETCH_NOTE,
     }
 
 

@@ -14,7 +14,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tokenfleet.errors import UserError
-from tokenfleet.replay.records import REQUESTS_FILE, SCENARIO_FILE, SUMMARY_FILE, TIMELINE_FILE
+from tokenfleet.replay.records import (
+    REQUESTS_DIR,
+    REQUESTS_FILE,
+    SCENARIO_FILE,
+    SUMMARY_FILE,
+    TIMELINE_FILE,
+)
 from tokenfleet.replay.scenario import Scenario, load_scenario
 from tokenfleet.study.compare import load_summary
 from tokenfleet.study.frontier import FRONTIER_FILE
@@ -33,7 +39,7 @@ class ReplayRun:
     scenario: Scenario
 
     def requests(self, columns: list[str]) -> pl.DataFrame:
-        return read_columns(self.path / REQUESTS_FILE, columns)
+        return pl.concat([read_columns(p, columns) for p in request_files(self.path)])
 
     def timeline(self, columns: list[str]) -> pl.DataFrame:
         return read_columns(self.path / TIMELINE_FILE, columns)
@@ -96,8 +102,8 @@ def load_run(path: str | os.PathLike[str], label: str) -> Run:
             f"{path}: replayed with --records none, so it has no request records to draw; "
             "replay it with --records all or sample:F"
         )
-    for name in (REQUESTS_FILE, TIMELINE_FILE):
-        _check_parquet(folder / name)
+    for part in [*request_files(folder), folder / TIMELINE_FILE]:
+        _check_parquet(part)
     if not (folder / SCENARIO_FILE).is_file():
         raise UserError(f"{path}: no {SCENARIO_FILE}; {WHAT}")
     return ReplayRun(folder, label, summary, load_scenario(folder / SCENARIO_FILE))
@@ -113,6 +119,15 @@ def _check_parquet(path: Path) -> None:
         raise UserError(
             f"{path}: not readable as Parquet ({_reason(err)}); truncated? rerun the replay"
         ) from None
+
+
+def request_files(folder: Path) -> list[Path]:
+    """A run's request records: requests.parquet, or a --cells run's one part per cell (in
+    cell order)."""
+    parts = list((folder / REQUESTS_DIR).glob("cell=*/*.parquet"))
+    if parts and not (folder / REQUESTS_FILE).exists():
+        return sorted(parts, key=lambda p: int(p.parent.name.removeprefix("cell=")))
+    return [folder / REQUESTS_FILE]
 
 
 def read_columns(path: Path, columns: list[str] | None) -> pl.DataFrame:

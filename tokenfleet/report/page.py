@@ -84,6 +84,30 @@ def describe(run: Run) -> list[tuple[str, str]]:
         )
     if not run.scenario.tiers:
         rows.append(("tiers", "the default tier at default prices"))
+    block = run.summary.get("replications")
+    if block:  # replay --seeds: the figures drawn are seed 0's; the intervals are in the summary
+        redrawn = ", the trace re-drawn per seed" if block.get("trace_redrawn") else ""
+        rows.append(
+            (
+                "seeds",
+                f"{len(block['seeds'])} replications{redrawn}: the figures show seed "
+                f"{block['seeds'][0]}; each figure's mean and {block['level']:.0%} interval are "
+                "in the summary below",
+            )
+        )
+    records = run.summary.get("records")
+    if records:  # --records sample:F: the request figures are drawn from the sample
+        rows.append(
+            (
+                "records",
+                f"a uniform sample of {records['fraction']:.2%} ({records['rows_written']:,} "
+                "requests): latency figures drawn from it; the summary's percentiles from a "
+                f"{records['percentiles']}",
+            )
+        )
+    cells = run.summary.get("cells")
+    if cells:
+        rows.append(("cells", f"{cells['count']} independent cells (replay --cells)"))
     return rows
 
 

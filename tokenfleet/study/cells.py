@@ -37,14 +37,19 @@ import tomli_w
 from tokenfleet.atomic import atomic_dir, check_replaceable_dir
 from tokenfleet.errors import UserError
 from tokenfleet.replay.fleet import build_fleet
-from tokenfleet.replay.records import REQUESTS_FILE, SCENARIO_FILE, SUMMARY_FILE, TIMELINE_FILE
+from tokenfleet.replay.records import (
+    REQUESTS_DIR,
+    REQUESTS_FILE,
+    SCENARIO_FILE,
+    SUMMARY_FILE,
+    TIMELINE_FILE,
+)
 from tokenfleet.replay.records.requests import ALL_RECORDS, RecordsPolicy, sample_requests
 from tokenfleet.replay.records.summary import summarise, write_summary
-from tokenfleet.replay.run import run_replay, trace_stats
-from tokenfleet.replay.scenario import Scenario, scenario_to_dict
+from tokenfleet.replay.run import records_note, run_replay, trace_stats
+from tokenfleet.replay.scenario import AUTO, Scenario, scenario_to_dict
 from tokenfleet.study.executors import LocalExecutor
 
-REQUESTS_DIR = "requests"
 # Pool figures that add up over cells (the rest are the pool's description, the same in all).
 ADDITIVE = (
     "replicas",
@@ -87,7 +92,7 @@ def run_cells(
             records=records,
         )
     check_replaceable_dir(out_dir, SUMMARY_FILE, inputs=(trace, *inputs))
-    stats, _ = trace_stats(trace, any(p.replicas == "auto" for p in scenario.pools))
+    stats, _ = trace_stats(trace, any(p.replicas == AUTO for p in scenario.pools))
     _, resolved = build_fleet(scenario, stats)  # the whole fleet: "auto" counts resolved
     parts = split_scenario(resolved, cells)
     executor = executor or LocalExecutor(min(cells, os.cpu_count() or 1))
@@ -257,12 +262,7 @@ def _merge(work, out, resolved, cell_summaries, records, trace) -> dict:
         part.mkdir(parents=True)
         shutil.move(path, part / "part-0.parquet")
     if not records.exact:
-        summary["records"] = {
-            "mode": records.mode,
-            "fraction": records.fraction,
-            "rows_written": kept,
-            "percentiles": first["records"]["percentiles"],
-        }
+        summary["records"] = records_note(records, kept)
     (out / SCENARIO_FILE).write_text(tomli_w.dumps(scenario_to_dict(resolved)))
     return summary
 

@@ -21,9 +21,10 @@ import polars as pl
 from tokenfleet.atomic import atomic_dir
 from tokenfleet.errors import UserError
 from tokenfleet.replay.fleet import build_fleet
-from tokenfleet.replay.run import run_replay, trace_stats, unknown_tiers
+from tokenfleet.replay.run import trace_stats, unknown_tiers
 from tokenfleet.replay.scenario import Scenario, with_overrides
 from tokenfleet.study.executors import LocalExecutor, WorkerDied
+from tokenfleet.study.seeds import run_seeds
 
 FRONTIER_FILE = "frontier.parquet"
 RUNS_DIR = "runs"
@@ -58,6 +59,8 @@ FIGURES: dict[str, tuple[str, ...]] = {
     "mean_batch": ("mean_batch",),
     "cache_hit_rate": ("prefix_cache", "hit_rate_tokens"),
 }
+# With --seeds, these columns get `_ci_low` and `_ci_high` beside their means.
+INTERVAL_COLUMNS = ("usd_per_mtoken", "tpot_p50_s", "ttft_p99_s")
 # Whole-fleet counts (all pools together), apart from a varied per-pool `replicas`.
 COUNTS: dict[str, tuple[str, ...]] = {
     "fleet_replicas": ("replicas",),
@@ -143,10 +146,10 @@ def safe_name(label: str, taken: set[str]) -> str:
 def _replay_point(task: tuple) -> tuple[int, dict, list[Warning]]:
     """One grid point's replay (in a worker process when jobs > 1), with the notices it
     issued; its errors name the run."""
-    index, label, trace, scenario, run_dir = task
+    index, label, trace, scenario, run_dir, seeds = task
     with _in_run(label), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        summary = run_replay(trace, scenario, run_dir, progress=False)
+        summary = run_seeds(trace, scenario, run_dir, seeds)
     return index, summary, [w.message for w in caught]
 
 
@@ -175,6 +178,15 @@ def _lookup(summary: dict, path: tuple[str, ...]) -> object:
 def _figure(summary: dict, path: tuple[str, ...]) -> float | None:
     value = _lookup(summary, path)
     return float(value) if isinstance(value, int | float) else None
+
+
+def _replicated(summary: dict, path: tuple[str, ...]) -> tuple[float | None, ...]:
+    """(mean, ci_low, ci_high) of a figure over a point's seeds (replay --seeds), or Nones."""
+    block = summary.get("replications") or {}
+    entry = block.get("figures", {}).get(".".join(path))
+    if not isinstance(entry, dict):
+        return None, None, None
+    return entry["mean"], entry["ci_low"], entry["ci_high"]
 
 
 def _count(summary: dict, path: tuple[str, ...]) -> int | None:
@@ -209,12 +221,16 @@ def run_frontier(
     varies: list[tuple[str, list]],
     jobs: int | None = None,
     on_done: Callable[[], None] | None = None,
+    seeds: int = 1,
 ) -> pl.DataFrame:
     """Replay every grid point into out_dir/runs/<label>/ and write out_dir/frontier.parquet.
 
     Everything a user can get wrong (a setting, a combination, the trace, a model that does
-    not fit, the output directory) is refused before the first replay starts.
+    not fit, the output directory) is refused before the first replay starts. With `seeds` > 1
+    each point is replicated (seeds.py) and its row holds the means, with 95% intervals.
     """
+    if seeds < 1:
+        raise UserError(f"frontier: --seeds {seeds}: expected at least 1 replication")
     if jobs is not None and jobs < 1:
         raise UserError(f"frontier: jobs = {jobs} must be >= 1 (leave it out for one per core)")
     points = grid(varies)
@@ -236,7 +252,7 @@ def run_frontier(
         runs.mkdir()
         taken: set[str] = set()
         tasks = [
-            (i, label, trace, s, runs / run_dir_name(p, taken))
+            (i, label, trace, s, runs / run_dir_name(p, taken), seeds)
             for i, (p, label, s) in enumerate(zip(points, labels, scenarios, strict=True))
         ]
         summaries = _replay_all(tasks, workers, on_done or (lambda: None))
@@ -278,12 +294,20 @@ def frontier_table(points: list[dict], summaries: list[dict]) -> pl.DataFrame:
         columns[column] = [_count(s, path) for s in summaries]
     for column, path in FIGURES.items():
         columns[column] = [_figure(s, path) for s in summaries]
+        if any("replications" in s for s in summaries):  # --seeds: the means, and intervals
+            spans = [_replicated(s, path) for s in summaries]
+            columns[column] = [m if m is not None else v for (m, _, _), v in zip(
+                spans, columns[column], strict=True)]  # fmt: skip
+            if column in INTERVAL_COLUMNS:
+                columns[f"{column}_ci_low"] = [lo for _, lo, _ in spans]
+                columns[f"{column}_ci_high"] = [hi for _, _, hi in spans]
     columns["output_tokens_per_s_per_user"] = [
         1.0 / t if t else None for t in columns["tpot_p50_s"]
     ]
     columns["pareto"] = pareto_mask(
         columns["usd_per_mtoken"], columns["output_tokens_per_s_per_user"]
     )
-    types = {name: pl.Float64 for name in [*FIGURES, "output_tokens_per_s_per_user"]}
+    types = {name: pl.Float64 for name in columns if name not in ("run", *points[0], *COUNTS)}
+    types.pop("pareto", None)
     types |= {name: pl.Int64 for name in COUNTS}
     return pl.DataFrame(columns, schema_overrides=types, strict=False)

@@ -115,7 +115,7 @@ def load_plan(grid_path: str | os.PathLike[str], seeds: int | None = None) -> Pl
         raise UserError(
             f'{where}: traces must list at least one trace path (traces = ["a.parquet"])'
         )
-    traces = [str(base / t) for t in traces]
+    traces = [str((base / t).resolve()) for t in traces]  # as found again from any directory
     for trace in traces:
         if not Path(trace).is_file():
             raise UserError(f"{where}: trace {trace}: no such file")

@@ -3,6 +3,7 @@
 `summary`). The names of the files in an output directory are defined here, once."""
 
 REQUESTS_FILE = "requests.parquet"
+REQUESTS_DIR = "requests"  # replay --cells: requests/cell=<c>/part-0.parquet, one per cell
 RAW_REQUESTS_FILE = ".requests-raw.arrow"  # the records before costs are known; removed after
 TIMELINE_FILE = "timeline.parquet"
 SUMMARY_FILE = "summary.json"

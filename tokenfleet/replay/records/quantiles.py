@@ -23,6 +23,7 @@ from ddsketch import DDSketch
 from ddsketch.mapping import LogarithmicMapping
 
 RELATIVE_ACCURACY = 0.01
+SKETCH_NOTE = f"DDSketch, within {RELATIVE_ACCURACY:.0%} of the exact value"  # the summary's words
 
 
 class ExactValues:
