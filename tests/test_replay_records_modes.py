@@ -112,3 +112,61 @@ def test_a_sample_is_a_seeded_uniform_subset_of_the_full_records(
     assert full["request_id"].is_unique().all()
     assert full.filter(pl.col("request_id").is_in(sample["request_id"].implode())).equals(sample)
     assert pq.read_schema(path).metadata[RECORDS_KEY] == b"sample:0.2"
+
+
+TWO_POOLS = """
+[[pools]]
+name = "big"
+replicas = 2
+
+[[pools]]
+name = "small"
+gpu = "a100-80gb"
+replicas = 1
+"""
+
+
+def test_a_pool_timeline_is_the_replica_timeline_summed_per_pool(runner, azure_slice, tmp_path):
+    scenario = tmp_path / "two.toml"
+    scenario.write_text(TWO_POOLS)
+    args = ["--scenario", str(scenario)]
+    result = runner.invoke(
+        cli, ["replay", str(azure_slice), "--out", str(tmp_path / "r"), *args, "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(
+        cli,
+        ["replay", str(azure_slice), "--out", str(tmp_path / "p"), *args, "--timeline", "pool"]
+        + ["-q"],
+    )
+    assert result.exit_code == 0, result.output
+    rows = pl.read_parquet(tmp_path / "r" / "timeline.parquet")
+    pools = pl.read_parquet(tmp_path / "p" / "timeline.parquet")
+    assert pools["replica"].null_count() == pools.height
+    assert pools.height == rows.select("interval_start_s", "pool").n_unique()
+    expected = rows.group_by(["interval_start_s", "pool"], maintain_order=True).agg(
+        pl.col("busy_s", "cost_usd", "provisioned_s", "mean_in_system").sum(),
+        pl.col("steps", "output_tokens", "requests_finished").sum(),
+        pl.col("max_batch", "kv_peak_frac").max(),
+        (pl.col("mean_batch") * pl.col("steps")).sum().alias("sequences"),
+    )
+    assert expected.select("interval_start_s", "pool").equals(
+        pools.select("interval_start_s", "pool")
+    )
+    for name in ("busy_s", "cost_usd", "provisioned_s", "mean_in_system"):
+        np.testing.assert_allclose(pools[name].to_numpy(), expected[name].to_numpy(), rtol=1e-12)
+    for name in ("steps", "output_tokens", "requests_finished", "max_batch"):
+        assert pools[name].to_list() == expected[name].cast(pools[name].dtype).to_list(), name
+    np.testing.assert_allclose(
+        (pools["mean_batch"] * pools["steps"]).to_numpy(), expected["sequences"].to_numpy()
+    )
+    # The summary does not depend on the rows' grain.
+    a = json.loads((tmp_path / "r" / "summary.json").read_text())
+    b = json.loads((tmp_path / "p" / "summary.json").read_text())
+    assert b.pop("timeline") == "pool"
+    for key in ("step_busy_frac", "mean_batch", "gpu_hours_provisioned", "kv_peak_frac_max"):
+        assert b[key] == pytest.approx(a[key], rel=1e-12), key
+    for pool, load in a["load"].items():
+        for key, value in load.items():
+            assert b["load"][pool][key] == pytest.approx(value, rel=1e-12), (pool, key)
+    assert b["economics"]["fleet"]["cost_usd"] == a["economics"]["fleet"]["cost_usd"]

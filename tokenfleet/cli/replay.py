@@ -70,6 +70,14 @@ from tokenfleet.cli.options import out_option, progress_enabled, quiet_option, s
 )
 @click.option("--address", help="With --executor ray: the cluster's HOST:PORT (or RAY_ADDRESS).")
 @click.option("--jobs", type=int, help="With --cells: processes, or a local Ray's CPUs (cores).")
+@click.option(
+    "--timeline",
+    "timeline_rows",
+    type=click.Choice(["replica", "pool"]),
+    default="replica",
+    show_default=True,
+    help="timeline.parquet rows: one per replica per interval, or one per pool per interval.",
+)
 @click.option("--interval", "interval_s", type=float, help="Timeline interval in seconds (10).")
 @click.option(
     "--unknown-tier",
@@ -108,6 +116,7 @@ def replay(
     executor,
     address,
     jobs,
+    timeline_rows,
     interval_s,
     unknown_tier,
     step_by_step,
@@ -130,7 +139,7 @@ def replay(
     from tokenfleet.study.seeds import run_seeds
 
     records = RecordsPolicy.parse(records_text)
-    replay_fn = _cells_replay(cells, executor, address, jobs)
+    replay_fn = _cells_replay(cells, executor, address, jobs, timeline_rows == "pool")
     if with_report and records.mode == "none":
         raise UserError(
             "--report draws the requests' records, which --records none does not keep; use "
@@ -180,8 +189,11 @@ def replay(
         write([out_dir], str(Path(out_dir) / "report"), err=as_json)
 
 
-def _cells_replay(cells: int, executor: str, address: str | None, jobs: int | None):
-    """run_replay, or with --cells K > 1 run_cells with its cells and executor bound."""
+def _cells_replay(
+    cells: int, executor: str, address: str | None, jobs: int | None, pool_timeline: bool
+):
+    """run_replay, or with --cells K > 1 run_cells with its cells and executor bound; either
+    with the timeline's rows chosen."""
     import functools
 
     from tokenfleet.errors import UserError
@@ -192,9 +204,9 @@ def _cells_replay(cells: int, executor: str, address: str | None, jobs: int | No
     if cells == 1:
         if executor != "local" or address is not None or jobs is not None:
             raise UserError("--executor, --address and --jobs place the cells; add --cells K")
-        return run_replay
+        return functools.partial(run_replay, pool_timeline=pool_timeline)
     from tokenfleet.study.cells import run_cells
     from tokenfleet.study.executors import make_executor
 
     runner = make_executor(executor, jobs or (min(cells, os.cpu_count() or 1)), address)
-    return functools.partial(run_cells, cells=cells, executor=runner)
+    return functools.partial(run_cells, cells=cells, executor=runner, pool_timeline=pool_timeline)

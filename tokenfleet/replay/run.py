@@ -154,13 +154,15 @@ def run_replay(
     records: RecordsPolicy = ALL_RECORDS,
     replica_offset: int = 0,
     select: RowSelection | None = None,
+    pool_timeline: bool = False,
 ) -> dict:
     """Replay `trace` through the scenario's fleet into `out_dir`; return the summary.
     `inputs` are the other files the run reads (scenario, model, profile): `out_dir` may not
     be replaced if that would delete one. `annotate(dir, summary)` may add to the summary and
     write files beside it before the directory appears (`replay --seeds`). `records` says
     what requests.parquet keeps (`--records`); a cell of `replay --cells` numbers its replicas
-    from `replica_offset` and replays only the trace rows `select` keeps."""
+    from `replica_offset` and replays only the trace rows `select` keeps. `pool_timeline`
+    writes one timeline row per pool per interval (`--timeline pool`)."""
     check_replaceable_dir(out_dir, SUMMARY_FILE, inputs=(trace, *inputs))
     stats, trace_tiers = trace_stats(trace, any(p.replicas == AUTO for p in scenario.pools), select)
     _check_interval(scenario.interval_s, stats)
@@ -191,6 +193,7 @@ def run_replay(
             fleet.rates,
             metadata,
             replica_offset,
+            pool_timeline,
         )
         bar = None
         if progress:
@@ -251,6 +254,8 @@ def run_replay(
         summary["gateway"] = _gateway_figures(fleet, unknown, resolved.gateway.default_tier)
         summary["seed"] = resolved.seed
         summary["step_by_step"] = step_by_step
+        if pool_timeline:
+            summary["timeline"] = "pool"
         if annotate is not None:
             annotate(tmp, summary)
         write_summary(tmp / SUMMARY_FILE, summary)

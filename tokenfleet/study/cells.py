@@ -75,6 +75,7 @@ def run_cells(
     inputs: tuple = (),
     annotate: Callable[[Path, dict], None] | None = None,
     records: RecordsPolicy = ALL_RECORDS,
+    pool_timeline: bool = False,
 ) -> dict:
     """Replay `trace` as `cells` cells (see the module docstring) into `out_dir`; return the
     merged summary. The signature is run_replay's with the cell count and the executor."""
@@ -90,6 +91,7 @@ def run_cells(
             inputs=inputs,
             annotate=annotate,
             records=records,
+            pool_timeline=pool_timeline,
         )
     check_replaceable_dir(out_dir, SUMMARY_FILE, inputs=(trace, *inputs))
     stats, _ = trace_stats(trace, any(p.replicas == AUTO for p in scenario.pools))
@@ -105,7 +107,8 @@ def run_cells(
         offset = 0
         for c, part in enumerate(parts):
             folder = str(work / f"cell-{c}")
-            tasks.append((trace, part, folder, step_by_step, kept, offset, CellRows(c, cells)))
+            select = CellRows(c, cells)
+            tasks.append((trace, part, folder, step_by_step, kept, offset, select, pool_timeline))
             offset += sum(p.replicas for p in part.pools)
         summaries: dict[int, dict] = {}
         for c, summary, error in executor.run(_replay_cell, tasks):
@@ -126,7 +129,7 @@ def run_cells(
 
 def _replay_cell(task: tuple) -> dict:
     """One cell's replay (a worker process or a Ray task)."""
-    trace, scenario, folder, step_by_step, records, offset, select = task
+    trace, scenario, folder, step_by_step, records, offset, select, pool_timeline = task
     return run_replay(
         trace,
         scenario,
@@ -135,6 +138,7 @@ def _replay_cell(task: tuple) -> dict:
         records=records,
         replica_offset=offset,
         select=select,
+        pool_timeline=pool_timeline,
     )
 
 
@@ -246,6 +250,8 @@ def _merge(work, out, resolved, cell_summaries, records, trace) -> dict:
     }
     summary["seed"] = first["seed"]
     summary["step_by_step"] = first["step_by_step"]
+    if "timeline" in first:
+        summary["timeline"] = first["timeline"]
     summary["cells"] = {
         "count": cells,
         "routing": "stable hash of session_id (request_id where none)",

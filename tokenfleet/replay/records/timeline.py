@@ -372,11 +372,13 @@ class TimelineWriter:
         rates: list[CostRates],
         metadata: dict[str, str] | None = None,
         replica_offset: int = 0,
+        per_pool: bool = False,
     ):
         schema = TIMELINE_SCHEMA.with_metadata(metadata or {})
         self.writer = pq.ParquetWriter(path, schema, use_dictionary=["pool"])
         self.batches = RowGroups(self.writer.write_table)
         self.replica_offset = replica_offset  # added to the replica column (replay --cells)
+        self.per_pool = per_pool  # --timeline pool: one row per pool per interval
         self.interval_s = interval_s
         self.pools = pools
         self.kv_blocks = kv_blocks
@@ -448,7 +450,11 @@ class TimelineWriter:
             pa.array(provisioned),
             pa.array(cost),
         ]
-        self.batches.add(pa.RecordBatch.from_arrays(columns, schema=TIMELINE_SCHEMA))
+        batch = pa.RecordBatch.from_arrays(columns, schema=TIMELINE_SCHEMA)
+        if self.per_pool:
+            key = np.round(starts / size).astype(np.int64) * n + pix
+            batch = _pool_rows(batch, key, steps, batch_sum)
+        self.batches.add(batch)
 
     def close(self) -> None:
         self.batches.flush()
@@ -460,3 +466,69 @@ def _per_second(integrals: list[float], lengths: np.ndarray) -> np.ndarray:
     values = np.array(integrals, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(lengths > 0, values / lengths, 0.0)
+
+
+# --timeline pool: how each column of a pool's row comes from its replicas' rows.
+POOL_SUMS = (
+    "busy_s",
+    "prefill_tokens",
+    "decode_tokens",
+    "output_tokens",
+    "requests_arrived",
+    "requests_finished",
+    "cached_tokens",
+    "cache_hits",
+    "evicted_blocks",
+    "cached_blocks",
+    "mean_in_system",  # the pool's time-average requests: the replicas' added
+    "provisioned_s",
+    "cost_usd",
+)
+POOL_MAXES = ("max_batch", "kv_peak_blocks")
+
+
+def _pool_rows(
+    batch: pa.RecordBatch, key: np.ndarray, steps: np.ndarray, batch_sum: np.ndarray
+) -> pa.RecordBatch:
+    """Per-replica rows (in interval, then replica order: each pool's contiguous) as one row
+    per pool and interval: counts, tokens, money and time summed; `steps` summed and
+    `mean_batch` over them; the largest batch and KV peak; `kv_peak_frac` the highest of the
+    provisioned replicas' (null if none was); `replica` null. Sums in numpy, in row order."""
+    groups, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # groups in the order their first row came
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    inverse = rank[inverse]
+    first = first[order]
+    k = len(groups)
+
+    def summed(name: str) -> np.ndarray:
+        return np.bincount(inverse, weights=batch.column(name).to_numpy(), minlength=k)
+
+    def peak(values: np.ndarray, fill) -> np.ndarray:
+        out = np.full(k, fill, dtype=values.dtype)
+        np.maximum.at(out, inverse, values)
+        return out
+
+    arrays = {}
+    step_sum = np.bincount(inverse, weights=steps, minlength=k)
+    sequences = np.bincount(inverse, weights=batch_sum, minlength=k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        arrays["mean_batch"] = pa.array(np.where(step_sum > 0, sequences / step_sum, 0.0))
+    arrays["steps"] = pa.array(np.round(step_sum).astype(np.int64))
+    for name in POOL_SUMS:
+        values = summed(name)
+        kind = TIMELINE_SCHEMA.field(name).type
+        arrays[name] = pa.array(values if pa.types.is_floating(kind) else np.round(values), kind)
+    for name in POOL_MAXES:
+        arrays[name] = pa.array(peak(batch.column(name).to_numpy(), 0))
+    frac = batch.column("kv_peak_frac")
+    fracs = peak(frac.fill_null(-1.0).to_numpy(), -1.0)
+    arrays["kv_peak_frac"] = pa.array(fracs, mask=fracs < 0)
+    arrays["replica"] = pa.nulls(k, pa.int32())
+    take = pa.array(first)
+    for name in ("pool", "interval_start_s", "interval_s"):
+        arrays[name] = batch.column(name).take(take)
+    return pa.RecordBatch.from_arrays(
+        [arrays[f.name].cast(f.type) for f in TIMELINE_SCHEMA], schema=TIMELINE_SCHEMA
+    )
