@@ -152,7 +152,10 @@ def _pool(p: dict) -> str:
 
 def _refusals(counts: dict[str, int]) -> str:
     parts = [f"{counts[k]:,} {why}" for k, why in REFUSALS.items() if counts.get(k)]
-    return f"; refused: {', '.join(parts)}" if parts else ""
+    text = f"; refused: {', '.join(parts)}" if parts else ""
+    if counts.get("timed_out"):  # latencies and throughput below are of finished requests
+        text += f"; {counts['timed_out']:,} timed out (their clients gave up)"
+    return text
 
 
 def _format_load(summary: dict) -> list[str]:
@@ -221,6 +224,8 @@ def _format_money(summary: dict) -> list[str]:
             else ""
         ),
     ]
+    # Only a run whose clients gave up has the column (the tiers' client_timeout_s).
+    timed_out = any(t.get("timed_out") for t in summary["economics"]["tiers"].values())
     columns = [
         Column("tier"),
         Column("requests"),
@@ -228,6 +233,7 @@ def _format_money(summary: dict) -> list[str]:
         Column("TTFT p99", duration),
         Column("limited"),
         Column("expired"),
+        *([Column("timed out")] if timed_out else []),
         Column("GPU-h", lambda x: f"{x:,.2f}"),
         Column("$/Mtok", mtok),
         Column("cost", usd),
@@ -242,6 +248,7 @@ def _format_money(summary: dict) -> list[str]:
             t["ttft_s"]["p99"],
             t["rate_limited"],
             t["expired"],
+            *([t["timed_out"]] if timed_out else []),
             t["gpu_hours"],
             t["usd_per_mtoken"]["blended"],
             t["cost_usd"],

@@ -3,8 +3,9 @@
 A batcher is a class with a `Settings` dataclass (its scenario keys, all defaulted) and four
 methods, called by the replica:
 
-- `new_queue()`, `enqueue(queue, seq)`, `requeue(queue, seq)`: the waiting queue (requeue puts a
-  preempted sequence back);
+- `new_queue()`, `enqueue(queue, seq)`, `requeue(queue, seq)`, `remove(queue, seq)`: the
+  waiting queue (requeue puts a preempted sequence back; remove takes out one whose client gave
+  up, and is needed only by scenarios with client timeouts);
 - `schedule(replica, now_s)`: choose the prefill chunks of the step starting at `now_s` through
   `replica.admit`, `replica.preempt_decoder` and `replica.preempt_partial`. Every decoding
   sequence left in the replica takes part in the step with one token. Return None, or the time
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from heapq import heappop, heappush
+from heapq import heapify, heappop, heappush
 from operator import itemgetter
 from typing import Any, ClassVar, Protocol
 
@@ -61,11 +62,13 @@ class _Queue:
         # deque's own methods, so queueing and admitting a request run no Python code.
         if self.by_priority:
             self.enqueue = self.requeue = self._push
+            self.remove = self._remove_entry
             self.head = self._priority_head
             self.pop_head = heappop
         else:
             self.enqueue = deque.append
             self.requeue = deque.appendleft
+            self.remove = deque.remove  # Seq has no __eq__: found by identity
             self.head = itemgetter(0)
             self.pop_head = deque.popleft
 
@@ -75,6 +78,11 @@ class _Queue:
     @staticmethod
     def _push(queue, seq) -> None:
         heappush(queue, (seq.priority, seq.arrival_s, seq.row, seq))
+
+    @staticmethod
+    def _remove_entry(queue, seq) -> None:
+        queue.remove((seq.priority, seq.arrival_s, seq.row, seq))  # rows are unique
+        heapify(queue)
 
     @staticmethod
     def _priority_head(queue):
@@ -129,6 +137,7 @@ class VllmBatcher:
         self.new_queue = self.queue.new_queue
         self.enqueue = self.queue.enqueue
         self.requeue = self.queue.requeue
+        self.remove = self.queue.remove
 
     def schedule(self, rep, now_s: float) -> float | None:
         kv = rep.kv
@@ -353,6 +362,7 @@ class StaticBatcher:
         self.new_queue = self.queue.new_queue
         self.enqueue = self.queue.enqueue
         self.requeue = self.queue.requeue
+        self.remove = self.queue.remove
 
     def schedule(self, rep, now_s: float) -> float | None:
         waiting = rep.waiting

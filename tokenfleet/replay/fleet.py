@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tokenfleet.errors import SettingError, notify
+from tokenfleet.errors import SettingError, UserError, notify
 from tokenfleet.hardware.profile import load_profile
 from tokenfleet.models import ModelSpec, get_model
 from tokenfleet.perf.memory import plan_memory
@@ -219,6 +219,13 @@ def _add_pool(
     batcher_table = (pool.batcher.policy, pool.batcher.settings, f"pool {pool.name!r} batcher")
     # A batcher with its own KV page size (sglang's page_size) sets the pool's block size.
     block_size = getattr(make_batcher(*batcher_table), "page_size", None) or pool.block_size
+    if any(t.client_timeout_s for t in scenario.tiers) and not hasattr(
+        make_batcher(*batcher_table), "remove"
+    ):
+        raise UserError(
+            f"pool {pool.name!r}: batcher {pool.batcher.policy!r} has no remove(queue, seq), "
+            "which client timeouts need; set client_timeout_s = 0 in [[tiers]]"
+        )
     plan = plan_memory(
         model, gpu, pool.tp, dtype, kv_dtype, pool.gpu_memory_utilization, block_size
     )

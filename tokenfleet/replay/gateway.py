@@ -7,11 +7,13 @@ tenant's and its tier's token buckets (ratelimit.py). Over a limit it is rejecte
 tier's pools with its tier's priority, except for a deferred tier: that work waits here and is
 released into its pools only while they have headroom (requests per batch slot below
 `deferred_max_utilisation`), or unconditionally once only `deferred_margin` of its deadline is
-left. With no margin it may wait out its deadline here and is then `expired`.
+left. With no margin it may wait out its deadline here and is then `expired`. A tier with a
+client timeout has each request watched from its arrival (replay/timeouts.py); one whose
+client gives up while it is held here is dropped (`abandon`).
 
-Every request enters through the gateway. Without limits, latency, deferral, autoscaling,
-priorities or tier routing it is a pass-through (`passthrough`): the loop sends requests
-straight to the one router.
+Every request enters through the gateway. Without limits, latency, deferral, client timeouts,
+autoscaling, priorities or tier routing it is a pass-through (`passthrough`): the loop sends
+requests straight to the one router.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Callable
 
 from tokenfleet.replay.loop import EventQueue
 from tokenfleet.replay.ratelimit import RateLimit, RateLimiter, RetryPolicy
-from tokenfleet.replay.request import DEFERRED, EXPIRED, RATE_LIMITED, WAITING, Seq
+from tokenfleet.replay.request import DEFERRED, EXPIRED, RATE_LIMITED, TIMED_OUT, WAITING, Seq
 from tokenfleet.replay.scenario import GatewayConfig
 from tokenfleet.replay.tiers import Tier
 
@@ -37,7 +39,7 @@ def needs_gateway(scenario, autoscaled: bool) -> bool:
         autoscaled
         or bool(g.limits)
         or g.latency_s > 0
-        or any(t.deferred for t in tiers)
+        or any(t.deferred or t.client_timeout_s > 0 for t in tiers)
         or len({t.priority for t in tiers}) > 1
         or any(t.pools and set(t.pools) != {p.name for p in scenario.pools} for t in tiers)
     )
@@ -97,6 +99,9 @@ class Gateway:
         self.trace_done = False
         self.dispatch: Callable[[Seq, float], None] = None  # set by the loop
         self.retries = 0
+        # Each tier's client timeout (none: no entry), and their watch (set by the loop).
+        self.client_timeouts = {t.name: t.client_timeout_s for t in tiers if t.client_timeout_s}
+        self.timeouts = None
 
     # ------------------------------------------------------------------ arrivals
 
@@ -105,6 +110,8 @@ class Gateway:
         tier = self.tiers[seq.tier]
         if tier.deferred:
             seq.deadline_at = seq.arrival_s + tier.deadline_s
+        if tier.client_timeout_s:
+            self.timeouts.watch(seq, tier.client_timeout_s)
         if self.config.latency_s > 0:
             self.pending += 1
             self.events.push_timer(now + self.config.latency_s, self._after_latency, seq)
@@ -112,12 +119,19 @@ class Gateway:
             self._admit(seq, now)
 
     def _after_latency(self, now: float, seq: Seq) -> None:
+        if seq.status is TIMED_OUT:  # its client gave up meanwhile (`abandon`)
+            return
         self.pending -= 1
         self._admit(seq, now)
 
-    def _retry(self, now: float, seq: Seq) -> None:
+    _retry = _after_latency  # a back-off ends as the latency does
+
+    def abandon(self, seq: Seq) -> None:
+        """Its client gave up while it was held here (latency, back-off or deferral)."""
         self.pending -= 1
-        self._admit(seq, now)
+        seq.status = TIMED_OUT
+        seq.finish_s = seq.timeout_at
+        self.ended.append(seq)
 
     def _admit(self, seq: Seq, now: float) -> None:
         if not self._within_limits(seq, now):

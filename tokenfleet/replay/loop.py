@@ -24,7 +24,8 @@ import pyarrow as pa
 
 from tokenfleet.replay.records.timeline import Timeline
 from tokenfleet.replay.replica import Replica
-from tokenfleet.replay.request import TOO_LONG, Seq
+from tokenfleet.replay.request import ROUTING, TOO_LONG, WAITING, Seq
+from tokenfleet.replay.timeouts import ClientTimeouts
 
 TRACE_COLUMNS = [
     "arrival_s",
@@ -138,6 +139,7 @@ def _dispatcher(gateway, replicas: list[Replica], events: EventQueue, ended: lis
             index.up(i)
         if rep.frontend_in_s:  # the engine's frontend holds it first (HTTP, tokenisation)
             seq.replica = r
+            seq.status = ROUTING
             events.push_timer(now + rep.frontend_in_s, reach_engine, seq)
             return
         nt = rep.on_arrival(seq, now)
@@ -145,6 +147,9 @@ def _dispatcher(gateway, replicas: list[Replica], events: EventQueue, ended: lis
             heappush(heap, (nt, REPLICA, r, rep.version))
 
     def reach_engine(now: float, seq: Seq) -> None:
+        if seq.status is not ROUTING:  # its client gave up on the way (replay/timeouts.py)
+            return
+        seq.status = WAITING
         r = seq.replica
         rep = replicas[r]
         nt = rep.on_arrival(seq, now)
@@ -176,6 +181,8 @@ def simulate(
     eager = not gateway.passthrough  # timers, too, exist only then
     dispatch = _dispatcher(gateway, replicas, events, ended)
     gateway.dispatch = dispatch
+    if gateway.client_timeouts:
+        gateway.timeouts = ClientTimeouts(events, replicas, gateway)
     arrive = gateway.arrive if eager else dispatch
     tier_named = gateway.tiers.get
     default_tier = gateway.default

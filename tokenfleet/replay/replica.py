@@ -28,7 +28,7 @@ from tokenfleet.perf.decode import DecodePiece, one_step_pieces
 from tokenfleet.replay.kvcache import KVCache
 from tokenfleet.replay.prefix import PrefixCache
 from tokenfleet.replay.records.timeline import ReplicaTimeline
-from tokenfleet.replay.request import EXPIRED, FINISHED, RUNNING, WAITING, Seq
+from tokenfleet.replay.request import EXPIRED, FINISHED, RUNNING, TIMED_OUT, WAITING, Seq
 from tokenfleet.replay.views import IDLE, RUN, STEP, ReplicaViews
 
 INF = float("inf")
@@ -86,6 +86,7 @@ class Replica(ReplicaViews):
         "seg_end",
         "seg_d",
         "timeline",
+        "aborts",
     )
 
     def __init__(
@@ -173,6 +174,7 @@ class Replica(ReplicaViews):
         self.seg_end = 0.0
         self.seg_d = 0  # batch of the open decode-only segment (0: none open)
         self.timeline = timeline
+        self.aborts: list[Seq] = []  # requests whose clients gave up, dropped at the step's end
 
     # ------------------------------------------------------------------ the loop's interface
 
@@ -190,20 +192,41 @@ class Replica(ReplicaViews):
             self.version += 1
             return now
         if state == RUN and self.run_n > 1:
-            # Cut the run at its first step end at or after `now` (the run ends at or after
-            # `now`, so that step is in it). A run of one step, or one already cut at the same
-            # step by an earlier arrival, keeps its event.
-            s0 = self.run_s0
-            s, end = self.piece.first_end_at(now)
-            if s < s0:
-                s = s0
-                end = self.piece.end_of(s)
-            n = s - s0 + 1
-            if n != self.run_n:
-                self.run_n = n
-                self.run_end = end
-                self.version += 1
-                return end
+            return self._cut_run(now)
+        return None
+
+    def abort(self, seq: Seq, now: float) -> float | None:
+        """Its client gave up at `now` (replay/timeouts.py): the engine drops it at the end of
+        the step in flight, as vLLM's engine core takes aborts between steps (at once when
+        idle). Returns the replica's new event time if it changed, else None."""
+        self.aborts.append(seq)
+        state = self.state
+        if state == IDLE:
+            self._apply_aborts(now)
+        elif state == RUN and self.run_n > 1:
+            return self._cut_run(now)
+        return None
+
+    def drop_routing(self, seq: Seq) -> None:
+        """Its client gave up while the engine's frontend still held it: it never queues."""
+        self._count_out()
+        self._time_out(seq)
+
+    def _cut_run(self, now: float) -> float | None:
+        """Cut the run at its first step end at or after `now` (the run ends at or after `now`,
+        so that step is in it); return its new end, or None where a run already ends there (a
+        run cut at the same step by an earlier arrival keeps its event)."""
+        s0 = self.run_s0
+        s, end = self.piece.first_end_at(now)
+        if s < s0:
+            s = s0
+            end = self.piece.end_of(s)
+        n = s - s0 + 1
+        if n != self.run_n:
+            self.run_n = n
+            self.run_end = end
+            self.version += 1
+            return end
         return None
 
     def on_event(self, now: float) -> float | None:
@@ -249,6 +272,8 @@ class Replica(ReplicaViews):
             batch = d + len(chunks)
             sampled = self._end_step(now)
             self.timeline.step(start, now, batch, prefill, gen, self.step_kv, sampled)
+        if self.aborts:
+            self._apply_aborts(now)
         return self._plan(now)
 
     # ------------------------------------------------------------------ batch changes
@@ -293,6 +318,75 @@ class Replica(ReplicaViews):
         self.blocked = False
         self.batcher.requeue(self.waiting, seq)
         return freed
+
+    def _apply_aborts(self, now: float) -> None:
+        """Drop the requests whose clients gave up, between steps: from the queue, or from the
+        running batch with their blocks given back as a finish gives them (their computed full
+        blocks stay cached). One that finished at this step's end is already timed out
+        (`_finish`); a request-level batch keeps its requests to its end."""
+        for seq in self.aborts:
+            status = seq.status
+            if status is WAITING:
+                self.batcher.remove(self.waiting, seq)
+            elif status is RUNNING and not self.hold_batch:
+                if seq is self.partial:
+                    self._drop_partial(seq)
+                else:
+                    self._drop_decoder(seq)
+            else:
+                continue
+            self.tokens_left -= seq.prompt_tokens + seq.output_tokens - seq.generated
+            self.blocked = False
+            self._count_out()
+            self.timeline.finishes.append(now)
+            self._time_out(seq)
+        self.aborts = []
+
+    def _drop_partial(self, seq: Seq) -> None:
+        """The sequence whose prefill is under way leaves (preempt_partial's accounting)."""
+        self.partial = None
+        freed = seq.blocks
+        self.kv.other_blocks -= freed
+        if self.prefix is not None:
+            self.kv.other_blocks += self.prefix.release(seq, seq.cached, freed, True)
+        seq.blocks = 0
+
+    def _drop_decoder(self, seq: Seq) -> None:
+        """A decoding sequence leaves (preempt_decoder's accounting)."""
+        s = self.step_no
+        del self.decoding[seq]
+        seq.decode_s += self._decode_acc() - seq.a_join
+        offset = seq.offset
+        self.kv.remove_decoder(offset)
+        self.n_dec -= 1
+        self.n_gen -= 1
+        self.off_sum -= offset
+        fin = seq.fin_step
+        seq.generated = seq.output_tokens - 1 - (fin - s)
+        fin_heap = self.fin_heap
+        fin_heap.remove((fin, seq.row, seq))
+        heapify(fin_heap)
+        seq.fin_step = -1
+        if self.prefix is not None:
+            freed = self.kv.blocks_for(offset + s)
+            self.kv.other_blocks += self.prefix.release(seq, offset + s, freed, True)
+
+    def _count_out(self) -> None:
+        """One fewer request here, as the balancers count (inlined in `_finish`)."""
+        self.outstanding[self.index] -= 1
+        for view, i in self.views:
+            view[i] -= 1
+        for index, i in self.load_indexes:
+            index.down(i)
+
+    def _time_out(self, seq: Seq) -> None:
+        """It ends timed out, at the moment its client gave up (the first token counts only
+        if the client had it by then)."""
+        seq.status = TIMED_OUT
+        seq.finish_s = seq.timeout_at
+        if seq.first_token_s is not None and seq.first_token_s > seq.timeout_at:
+            seq.first_token_s = None
+        self.ended.append(seq)
 
     def preempt_partial(self) -> int:
         """Evict the sequence whose prefill is under way; return the blocks freed."""
@@ -507,6 +601,9 @@ class Replica(ReplicaViews):
         for index, i in self.load_indexes:
             index.down(i)
         self.timeline.finishes.append(now)
+        if seq.finish_s > seq.timeout_at:  # done, but its client had given up
+            self._time_out(seq)
+            return
         seq.status = EXPIRED if now > seq.deadline_at else FINISHED
         self.ended.append(seq)
 

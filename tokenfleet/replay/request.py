@@ -4,8 +4,10 @@ fields of the request record that `records/requests.py` writes.
 A request's status moves WAITING -> RUNNING -> FINISHED along the normal path (back to WAITING
 when preempted). The gateway may hold it DEFERRED first, and it may end without being served:
 TOO_LONG (its prompt and output cannot fit an empty KV cache), RATE_LIMITED (refused by a token
-bucket, after its retries) or EXPIRED (a deferred tier's deadline passed). Only the four ending
-statuses reach requests.parquet.
+bucket, after its retries), EXPIRED (a deferred tier's deadline passed) or TIMED_OUT (its client
+gave up: the tier's `client_timeout_s`, replay/timeouts.py). Between the router and the engine's
+queue (the engine's frontend, `frontend_in_ms`) it is ROUTING. Only the five ending statuses
+reach requests.parquet.
 """
 
 from __future__ import annotations
@@ -25,11 +27,15 @@ class Status(StrEnum):
     TOO_LONG = "too_long"
     RATE_LIMITED = "rate_limited"
     EXPIRED = "expired"
+    TIMED_OUT = "timed_out"  # its client disconnected first; the engine aborted it
+    ROUTING = "routing"  # routed, in the engine's frontend on its way to the queue
 
 
 # The members as module names too, for the hot paths: in Python 3.11 `Status.FINISHED` is a
 # slow class-attribute lookup (1 us, 12x a global's; a replay sets 3 statuses per request).
-WAITING, DEFERRED, RUNNING, FINISHED, TOO_LONG, RATE_LIMITED, EXPIRED = Status
+WAITING, DEFERRED, RUNNING, FINISHED, TOO_LONG, RATE_LIMITED, EXPIRED, TIMED_OUT, ROUTING = Status
+# The statuses a request ends with.
+ENDED = frozenset((FINISHED, TOO_LONG, RATE_LIMITED, EXPIRED, TIMED_OUT))
 
 # The Seq attributes a request record is built from, in the order the writer reads them.
 RECORD_FIELDS = (
@@ -88,6 +94,7 @@ class Seq:
         "a_join",
         "attempts",
         "deadline_at",
+        "timeout_at",
         "hashes",
         "held",
         "registered",
@@ -134,6 +141,7 @@ class Seq:
         self.a_join = 0.0  # the replica's decode accumulator when this joined decoding
         self.attempts = 1  # 1 + client retries after rate limiting
         self.deadline_at = INF  # deferred tiers: finishing later makes it EXPIRED
+        self.timeout_at = INF  # when its client gives up (its tier's client_timeout_s)
         self.hashes = hashes  # the trace's prefix block ids (None: none given)
         self.held: list = []  # prefix-cache groups it holds (replay/prefix.py)
         self.registered = 0  # its engine blocks [0, registered) are cached under a key

@@ -131,6 +131,10 @@ class SglangBatcher:
     # Retracted requests join the end of the queue (`_add_request_to_queue(is_retracted=True)`).
     requeue = enqueue
 
+    @staticmethod
+    def remove(queue: list, seq) -> None:
+        queue.remove(seq)  # an aborted request leaves the queue at once (`abort_request`)
+
     def request_token_limit(self, capacity_tokens: int) -> int:
         """The longest prompt + output a replica ever admits: SGLang refuses a request when
         `ceil_page(extend) + max_new >= remaining` (`PrefillAdder.add_one_req`), so an empty

@@ -30,8 +30,10 @@ PRICE_AND_SLO_KEYS = (
 @dataclass(frozen=True)
 class Tier:
     """One latency tier. An SLO of 0 means none; `deadline_s` bounds end-to-end time (for a
-    deferred tier, finishing later makes the request `expired`). A higher `priority` is
-    scheduled first and preempted last; `pools` empty means every pool."""
+    deferred tier, finishing later makes the request `expired`). `client_timeout_s` is how
+    long its clients wait for the last token before they disconnect (0: forever), which
+    makes the request `timed_out` and aborts it in the engine (replay/timeouts.py). A higher
+    `priority` is scheduled first and preempted last; `pools` empty means every pool."""
 
     name: str
     usd_per_mtoken_input: float = 0.20
@@ -40,13 +42,16 @@ class Tier:
     ttft_slo_s: float = 0.0
     tpot_slo_s: float = 0.0
     deadline_s: float = 0.0
+    client_timeout_s: float = 0.0
     priority: int = 0
     deferred: bool = False
     pools: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         require_non_negative(
-            f"tier {self.name!r}", **{key: getattr(self, key) for key in PRICE_AND_SLO_KEYS}
+            f"tier {self.name!r}",
+            client_timeout_s=self.client_timeout_s,
+            **{key: getattr(self, key) for key in PRICE_AND_SLO_KEYS},
         )
         if self.deferred and self.deadline_s <= 0:
             raise UserError(f"tier {self.name!r}: a deferred tier needs a deadline_s > 0")
