@@ -76,10 +76,17 @@ def main() -> int:
                     f"{label(figure):<9} {meas[figure]:>9.1f} {pred[figure]:>9.1f} "
                     f"{err[figure]:>+8.1f}{'  saturated' if run.saturated else ''}"
                 )
+            lost = run.failed[k] if run.failed else None
+            if lost or pred["timed_out"]:  # requests the client gave up on (300 s)
+                print(
+                    f"{run.id[:34]:<34} {run.model:<16} {run.tp:>2} {k + 1:>5} {'lost':<9} "
+                    f"{'-' if lost is None else f'{lost:,}':>9} {pred['timed_out']:>9,}"
+                )
             rows.append(
                 {"run": run.id, "model": run.model, "tp": run.tp, "stage": k + 1,
                  "saturated": run.saturated, "output_count_implied": implied_outputs(meas),
-                 "measured": meas, "predicted": pred, "error_pct": err}
+                 "measured": meas, "predicted": pred, "error_pct": err,
+                 "lost_measured": run.failed[k] if run.failed else None}
             )  # fmt: skip
     print(
         "Decode step at the batch the measurements imply (rate x (E2E - TTFT)) against "
@@ -119,7 +126,15 @@ def main() -> int:
             f"  {label(figure):<9} median {s['median_abs_pct']:6.1f}  max {s['max_abs_pct']:6.1f}"
         )
     if saturated:
-        print(f"({len(saturated)} stages of saturated runs not counted)")
+        print(
+            f"over {len(saturated)} stages of saturated runs, not counted above (|error|, %; "
+            "their clients' 300 s timeout replayed):"
+        )
+        for figure, s in error_summary(saturated).items():
+            print(
+                f"  {label(figure):<9} median {s['median_abs_pct']:6.1f}  "
+                f"max {s['max_abs_pct']:6.1f}"
+            )
     if args.json:
         doc = {"engine": args.engine, "file": str(args.file), "summary": summary, "rows": rows}
         with atomic_path(args.json) as tmp:

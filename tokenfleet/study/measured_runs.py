@@ -12,7 +12,11 @@ The file format is `tokenfleet-measured-runs/1` (../shared/data/measured/vllm_h1
   generated that many, `ignore_eos`);
 - a scenario: the model's built-in architecture, one replica of the run's GPU and tensor
   parallelism, the `vllm` batcher with the run's max_num_seqs, max_num_batched_tokens, block
-  size, gpu_memory_utilization (0.9 where not recorded) and prefix caching on.
+  size, gpu_memory_utilization (0.9 where not recorded) and prefix caching on, and clients that
+  give up after CLIENT_TIMEOUT_S, as inference-perf's did (replay/timeouts.py).
+
+A run the server could not keep up with lost requests to that timeout (the file's
+`requests_failed`); its latencies are over the requests that finished, on both sides.
 
 The client figures follow the file's `definitions`: E2E from arrival to the last token, TTFT
 to the first, and ITL = (E2E mean - TTFT mean) / (output count - 1), where the output count is
@@ -67,6 +71,11 @@ FIGURES = (
     "ttft_p99_ms",
     "itl_mean_ms",
 )
+# inference-perf's client timeout: its aiohttp session gets no timeout of its own when the
+# config's `load.request_timeout` is null (as in every run's results/config.yaml), so aiohttp's
+# default applies, ClientTimeout(total=5 * 60): the whole request, to its last streamed byte.
+# (inference_perf/client/modelserver/openai_client.py; the saturated runs' E2E p99 are 290-298 s.)
+CLIENT_TIMEOUT_S = 300.0
 PROMPTS = 100  # 10 system prompts x 10 questions, sent in rotation
 SYSTEM_PROMPTS = 10
 ID_BLOCK = 16  # tokens per prefix id in the runs' traces (vLLM's block)
@@ -92,6 +101,7 @@ class MeasuredRun:
     prompt_tokens: int
     output_len: int
     measured: tuple[dict[str, float], ...]  # per stage, FIGURES
+    failed: tuple[int | None, ...] = ()  # per stage, requests the client lost (None: not given)
 
 
 def load_runs(path: str | Path) -> list[MeasuredRun]:
@@ -181,7 +191,7 @@ def _run(path: Path, index: int, r) -> MeasuredRun:
         raise UserError(
             f"{path}: run {name!r}: field measured.stages must have one entry per workload stage"
         )
-    figures = []
+    figures, failed = [], []
     for k, table in enumerate(stage_figures):
         where = f"measured.stages[{k}]."
         values = {key: number(table, key, where) for key in FIGURES}
@@ -193,6 +203,10 @@ def _run(path: Path, index: int, r) -> MeasuredRun:
                     f"{values[f'e2e_{kind}_ms']:.1f}"
                 )
         figures.append(values)
+        lost = table.get("requests_failed")
+        if lost is not None and (isinstance(lost, bool) or not isinstance(lost, int) or lost < 0):
+            raise fields.fail(f"{where}requests_failed = {lost!r} must be a count >= 0")
+        failed.append(lost)
     kv = r.get("vllm_total_kv_blocks")
     return MeasuredRun(
         id=name,
@@ -211,6 +225,7 @@ def _run(path: Path, index: int, r) -> MeasuredRun:
         prompt_tokens=round(number(work, "prompt_tokens_measured_mean", "workload.")),
         output_len=int(number(work, "output_len", "workload.")),
         measured=tuple(figures),
+        failed=tuple(failed),
     )
 
 
@@ -249,6 +264,7 @@ def run_scenario(run: MeasuredRun, engine: str = "") -> Scenario:
     doc = {
         "model": {"name": run.model, "dtype": run.dtype},
         "balancer": {"policy": "round-robin"},
+        "tiers": [{"name": "standard", "client_timeout_s": CLIENT_TIMEOUT_S}],
         "pools": [
             {
                 "gpu": run.gpu,
@@ -270,22 +286,29 @@ def run_scenario(run: MeasuredRun, engine: str = "") -> Scenario:
 
 
 def predict(run: MeasuredRun, engine: str = "") -> tuple[dict[str, float], ...]:
-    """The client figures of a replay of the run, per stage, in FIGURES' names."""
+    """The client figures of a replay of the run, per stage, in FIGURES' names, over the
+    requests that finished (NaN where none did), and `timed_out`: the requests lost to the
+    client's timeout."""
     with tempfile.TemporaryDirectory() as tmp:
         trace = Path(tmp) / "trace.parquet"
         pq.write_table(run_trace(run), trace)
         run_replay(trace, run_scenario(run, engine), Path(tmp) / "out")
         requests = pq.read_table(
             Path(tmp) / "out" / "requests.parquet",
-            columns=["arrival_s", "first_token_s", "finish_s"],
+            columns=["arrival_s", "first_token_s", "finish_s", "status"],
         )
     arrival = requests.column("arrival_s").to_numpy()
     first = requests.column("first_token_s").to_numpy(zero_copy_only=False)
     finish = requests.column("finish_s").to_numpy(zero_copy_only=False)
+    finished = (requests.column("status").to_numpy(zero_copy_only=False) == "finished").astype(bool)
     out, start = [], 0.0
     for (_rate, seconds), measured in zip(run.stages, run.measured, strict=True):
-        inside = (arrival >= start) & (arrival < start + seconds)
+        sent = (arrival >= start) & (arrival < start + seconds)
+        inside = sent & finished
         start += seconds
+        if not inside.any():
+            out.append({**dict.fromkeys(FIGURES, math.nan), "timed_out": int(sent.sum())})
+            continue
         e2e = (finish[inside] - arrival[inside]) * 1e3
         ttft = (first[inside] - arrival[inside]) * 1e3
         figures = {
@@ -298,6 +321,7 @@ def predict(run: MeasuredRun, engine: str = "") -> tuple[dict[str, float], ...]:
         }
         counted = implied_outputs(measured)
         figures["itl_mean_ms"] = (figures["e2e_mean_ms"] - figures["ttft_mean_ms"]) / (counted - 1)
+        figures["timed_out"] = int((sent & ~finished).sum())
         out.append(figures)
     return tuple(out)
 
@@ -320,10 +344,10 @@ def planned_kv_blocks(run: MeasuredRun) -> int:
 def decode_check(run: MeasuredRun, engine: str = "") -> list[dict[str, float]]:
     """Per stage, the decode step StepTime prices at the batch the measurements imply, beside
     the measured time per generated token: by Little's law the requests decoding at once are
-    rate x (E2E - TTFT), each at about its prompt plus half its output of context. The new
-    prompts' prefill (one cached-but-last block each, a few tokens a step) is left out. This
-    checks the step model alone, with no queueing or scheduling in between; `terms_ms` splits
-    the step (`StepTime.decode_terms`) to show which part is off.
+    rate x (E2E - TTFT) (at most max_num_seqs), each at about its prompt plus half its output
+    of context. The new prompts' prefill (one cached-but-last block each, a few tokens a step)
+    is left out. This checks the step model alone, with no queueing or scheduling in between;
+    `terms_ms` splits the step (`StepTime.decode_terms`) to show which part is off.
 
     The measured step is (E2E - TTFT) / (output_len - 1), over the tokens the server generated,
     not the file's ITL: that divides by the re-tokenised count, which for the Llama-2
@@ -332,7 +356,11 @@ def decode_check(run: MeasuredRun, engine: str = "") -> list[dict[str, float]]:
     step = StepTime(get_model(run.model), load_profile(run.gpu), run.tp, run.dtype, engine=engine)
     out = []
     for (rate, _seconds), measured in zip(run.stages, run.measured, strict=True):
-        batch = rate * (measured["e2e_mean_ms"] - measured["ttft_mean_ms"]) / 1e3
+        # At most max_num_seqs decode at once: a saturated stage's Little's-law batch is more
+        # (its finished requests are a fraction of the rate).
+        batch = min(
+            rate * (measured["e2e_mean_ms"] - measured["ttft_mean_ms"]) / 1e3, run.max_num_seqs
+        )
         seqs = max(1, round(batch))
         context = run.prompt_tokens + run.output_len / 2
         tokens = round(seqs * context)

@@ -1,0 +1,223 @@
+"""Client timeouts (replay/timeouts.py): a client that gives up `client_timeout_s` after it sent
+a request; the request ends `timed_out` where it is, the engine dropping it between steps."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_replay_support import LinearStepTime, record, run_rows
+
+from tokenfleet.errors import UserError
+from tokenfleet.replay.replica import Replica
+from tokenfleet.replay.request import FINISHED, TIMED_OUT
+from tokenfleet.replay.scenario import GatewayConfig, scenario_from_dict
+from tokenfleet.replay.tiers import Tier
+from tokenfleet.replay.views import IDLE
+
+STEP = LinearStepTime()
+GATEWAY = GatewayConfig()  # a gateway (not a pass-through): the one that watches timeouts
+
+
+def tiers(timeout_s: float) -> tuple[Tier, ...]:
+    """'impatient' clients give up after `timeout_s`; 'standard' ones wait forever."""
+    return (Tier("standard"), Tier("impatient", client_timeout_s=timeout_s))
+
+
+def row(t: float, prompt: int, output: int, tier: str = "standard", hashes=None, session=None):
+    return (t, prompt, output, session, tier, None, hashes)
+
+
+def step_ends(prompt: int, output: int) -> list[float]:
+    """The step ends of a lone request under LinearStepTime: its prefill, then its decodes."""
+    t = STEP.step_s(prompt, prompt * (prompt + 1) / 2, 0, 0)
+    ends = [t]
+    for k in range(1, output):
+        t += STEP.step_s(0, 0.0, 1, prompt + k)
+        ends.append(t)
+    return ends
+
+
+def test_a_running_request_leaves_at_the_first_step_end_after_its_timeout_and_frees_its_slot():
+    """One batch slot: A (impatient, 1 s) decodes 2,000 tokens; B waits behind it. A is dropped
+    at its first step end at or after 1 s (vLLM takes aborts between steps), B starts there,
+    and A's record says when its client gave up, with the first token it did see."""
+    rows = [row(0.0, 10, 2000, "impatient"), row(0.0, 10, 5)]
+    for step_by_step in (False, True):
+        done, _, reps = run_rows(
+            rows, settings={"max_num_seqs": 1}, tiers=tiers(1.0), gateway=GATEWAY,
+            step_by_step=step_by_step,
+        )  # fmt: skip
+        a, b = done
+        assert a.status == TIMED_OUT and b.status == FINISHED
+        assert a.finish_s == 1.0 and a.first_token_s is not None and a.first_token_s < 1.0
+        cut = next(t for t in step_ends(10, 2000) if t >= 1.0)
+        assert b.start_s == pytest.approx(cut, abs=1e-9)
+        assert a.decode_s > 0.9  # it used the GPU until it left: its cost stays
+        assert reps[0].kv.used_blocks(reps[0].step_no) == 0 and reps[0].state == IDLE
+
+
+def test_a_waiting_request_leaves_the_queue_without_running():
+    """A (patient) holds the one slot for ~2.1 s; B (impatient, 0.5 s) waits behind it and
+    gives up unstarted; C, behind B, runs when A ends, as if B had never been there."""
+    rows = [row(0.0, 10, 200), row(0.1, 10, 5, "impatient"), row(0.2, 10, 5)]
+    done, _, _ = run_rows(rows, settings={"max_num_seqs": 1}, tiers=tiers(0.5), gateway=GATEWAY)
+    a, b, c = done
+    assert (b.status, b.start_s, b.first_token_s, b.finish_s) == (TIMED_OUT, None, None, 0.6)
+    assert b.prefill_s == b.decode_s == 0.0
+    assert c.start_s == a.finish_s and c.status == FINISHED
+
+
+def test_a_request_held_at_the_gateway_times_out_there():
+    """A gateway latency longer than the timeout: every request ends at the gateway, never
+    routed (no replica, no cost), and the replica never runs a step."""
+    rows = [row(0.1 * k, 50, 20, "impatient") for k in range(5)]
+    done, timeline, _ = run_rows(
+        rows, tiers=tiers(0.5), gateway=dataclasses.replace(GATEWAY, latency_s=1.0)
+    )
+    assert [s.status for s in done] == [TIMED_OUT] * 5
+    assert [s.finish_s for s in done] == pytest.approx([0.5 + 0.1 * k for k in range(5)])
+    assert all(s.routed_s is None and s.replica == -1 for s in done)
+    assert sum(r[2].steps for r in timeline) == 0
+
+
+class FrontendStepTime(LinearStepTime):
+    """LinearStepTime behind an engine frontend of 0.3 s in and 0.05 s out."""
+
+    engine = SimpleNamespace(frontend_in_ms=300.0, frontend_out_ms=50.0)
+
+
+def test_the_frontend_lag_counts_against_the_client():
+    """A request still in the engine's frontend when its client gives up never queues; one
+    the engine finished whose last token would reach the client too late is timed out too."""
+    late = run_rows(
+        [row(0.0, 10, 5, "impatient")], tiers=tiers(0.2), gateway=GATEWAY,
+        step_time=FrontendStepTime(),
+    )[0][0]  # fmt: skip
+    assert (late.status, late.start_s, late.finish_s) == (TIMED_OUT, None, 0.2)
+    ends = step_ends(10, 5)
+    engine_done = 0.3 + ends[-1]
+    timeout = engine_done + 0.02  # after the engine's last step, before the client has it
+    lagged = run_rows(
+        [row(0.0, 10, 5, "impatient")], tiers=tiers(timeout), gateway=GATEWAY,
+        step_time=FrontendStepTime(),
+    )[0][0]  # fmt: skip
+    assert lagged.status == TIMED_OUT and lagged.finish_s == timeout
+    assert lagged.first_token_s == pytest.approx(0.3 + ends[0] + 0.05)
+
+
+def test_without_timeouts_nothing_changes():
+    """A tier whose clients never give up, behind a gateway, gives the records of no gateway."""
+    rows = [row(0.01 * k, 30 + k, 40 + 3 * k) for k in range(30)]
+    plain, _, _ = run_rows(rows, settings={"max_num_seqs": 4}, kv_blocks=40)
+    watched, _, _ = run_rows(
+        rows, settings={"max_num_seqs": 4}, kv_blocks=40, tiers=tiers(0.0), gateway=GATEWAY
+    )
+    assert [record(s) for s in plain] == [record(s) for s in watched]
+
+
+requests = st.lists(
+    st.tuples(
+        st.sampled_from([0.0, 0.0, 0.001, 0.01, 0.05, 0.3]),
+        st.integers(1, 150),  # prompt tokens
+        st.integers(0, 150),  # output tokens
+        st.booleans(),  # impatient
+        st.sampled_from([None, None, 1, 2]),  # a session (shared prefixes with caching)
+        st.integers(0, 2),  # which of three system prompts (0-2 blocks) it starts with
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    reqs=requests,
+    timeout=st.sampled_from([0.02, 0.1, 0.3, 1.0]),
+    batcher=st.sampled_from(["vllm", "vllm-priority", "sglang", "static", "sarathi"]),
+    kv_blocks=st.integers(16, 80),
+    replicas=st.integers(1, 2),
+    latency=st.sampled_from([0.0, 0.0, 0.03]),
+    frontend=st.booleans(),
+)
+def test_skip_mode_equals_step_by_step_with_timeouts_under_pressure(
+    reqs, timeout, batcher, kv_blocks, replicas, latency, frontend
+):
+    """Clients giving up anywhere (gateway, frontend, queue, prefill, decode), caches small
+    enough to evict and preempt: both modes give the same records; every request ends once;
+    a timed-out request ends when its client gave up and a finished one within its timeout;
+    KV use never exceeds capacity and all of it comes back."""
+    rows, t = [], 0.0
+    for i, (gap, prompt, output, impatient, session, system) in enumerate(reqs):
+        t += gap
+        hashes = [1000 * system + k for k in range(system)]
+        hashes += [10_000 * (i + 1) + k for k in range(max(0, prompt // 16 - system))]
+        prompt = max(prompt, 16 * system)
+        tier = "impatient" if impatient else "standard"
+        rows.append(row(t, prompt, output, tier, hashes[: prompt // 16] or None, session))
+    name, policy = (batcher.split("-") + ["fcfs"])[:2]
+    batcher_settings = {"sglang": {"page_size": 16}, "static": {"max_num_seqs": 4}}.get(
+        name, {"max_num_seqs": 4, "max_num_batched_tokens": 64, "scheduling_policy": policy}
+    )
+    plain = Replica.on_event
+
+    def checking(self, now):
+        nt = plain(self, now)
+        kv = self.kv
+        assert kv.other_blocks + kv.decoder_blocks(self.step_no + (self.state != IDLE)) <= (
+            kv.capacity_blocks
+        )
+        return nt
+
+    common = dict(
+        batcher=name, settings=batcher_settings, kv_blocks=kv_blocks, replicas=replicas,
+        tiers=(Tier("standard", priority=1), Tier("impatient", client_timeout_s=timeout)),
+        gateway=dataclasses.replace(GATEWAY, latency_s=latency), prefix_block_size=16,
+        step_time=FrontendStepTime() if frontend else STEP,
+    )  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Replica, "on_event", checking)
+        fast, _, reps = run_rows(rows, **common)
+        slow, _, _ = run_rows(rows, step_by_step=True, **common)
+    assert [record(s) for s in fast] == [record(s) for s in slow]
+    assert [s.row for s in fast] == list(range(len(rows)))
+    for s in fast:
+        if s.status == TIMED_OUT:
+            assert s.tier == "impatient" and s.finish_s == s.arrival_s + timeout
+            assert s.first_token_s is None or s.first_token_s <= s.finish_s
+        elif s.status == FINISHED and s.tier == "impatient":
+            assert s.finish_s - s.arrival_s <= timeout
+    for rep in reps:
+        assert rep.kv.used_blocks(rep.step_no) == 0 and not rep.waiting and not rep.aborts
+        assert rep.outstanding[rep.index] == 0
+
+
+def test_a_negative_client_timeout_is_one_line():
+    with pytest.raises(UserError, match=r"tier 'slow': client_timeout_s = -1.0 must be"):
+        scenario_from_dict({"pools": [{}], "tiers": [{"name": "slow", "client_timeout_s": -1.0}]})
+
+
+# --- the real vLLM runs --------------------------------------------------------------------
+
+
+def test_a_saturated_vllm_run_loses_the_requests_its_client_lost(shared_data):
+    """Llama-2-7B at 4 req/s of 1,082 + 1,448 tokens outruns its KV cache; the client
+    (inference-perf, aiohttp's 300 s total timeout) lost 4,068 of 4,800 requests and the
+    732 it kept took 160.1 s on average. Replayed with the client's timeout, the replay loses
+    about as many and its finished requests take about as long."""
+    from tokenfleet.study.measured_runs import load_runs, predict
+
+    run = next(
+        r
+        for r in load_runs(shared_data / "measured" / "vllm_h100_runs.json")
+        if r.id.endswith("llama-2-7b-tp1-reasoning")
+    )
+    (figures,) = predict(run)
+    (measured,) = run.measured
+    assert figures["timed_out"] == pytest.approx(4068, rel=0.05)
+    assert figures["e2e_mean_ms"] == pytest.approx(measured["e2e_mean_ms"], rel=0.05)
+    assert not math.isnan(figures["ttft_mean_ms"])
