@@ -123,7 +123,10 @@ class RayExecutor:
                 options["num_cpus"] = self.jobs or os.cpu_count() or 1
             else:
                 options["address"] = self.address
-            ray.init(**options)
+            try:
+                ray.init(**options)
+            except ConnectionError as err:  # it answers, but is no Ray head that takes us
+                raise UserError(f"--address {self.address}: Ray did not connect ({err})") from None
         remote = ray.remote(fn)
         refs = {remote.remote(task): i for i, task in enumerate(tasks)}
         pending = list(refs)
