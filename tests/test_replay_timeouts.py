@@ -4,6 +4,7 @@ a request; the request ends `timed_out` where it is, the engine dropping it betw
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from types import SimpleNamespace
 
@@ -221,3 +222,33 @@ def test_a_saturated_vllm_run_loses_the_requests_its_client_lost(shared_data):
     assert figures["timed_out"] == pytest.approx(4068, rel=0.05)
     assert figures["e2e_mean_ms"] == pytest.approx(measured["e2e_mean_ms"], rel=0.05)
     assert not math.isnan(figures["ttft_mean_ms"])
+
+
+def test_frontier_varies_the_client_timeout_on_an_overloaded_replica(tmp_path, runner):
+    """One replica with 2 batch slots under 40 req/s: its queue grows, so clients that give up
+    after 5 s lose requests and those that wait 10,000 s lose none; the finished requests'
+    E2E stays under the short timeout, which the patient clients' tail is well past."""
+    from tokenfleet.cli.main import cli
+
+    trace = tmp_path / "busy.parquet"
+    synth = ["traces", "synth", str(trace), "--requests", "400", "--rate", "40", "--seed", "5"]
+    assert runner.invoke(cli, synth).exit_code == 0
+    scenario = tmp_path / "one.toml"
+    scenario.write_text(
+        '[[pools]]\nreplicas = 1\n[pools.batcher]\npolicy = "vllm"\nmax_num_seqs = 2\n'
+    )
+    args = ["frontier", str(trace), "--scenario", str(scenario), "--out", str(tmp_path / "fr")]
+    vary = ["--vary", "client_timeout_s=5,10000", "--jobs", "1", "--json"]
+    result = runner.invoke(cli, [*args, *vary])
+    assert result.exit_code == 0, result.output
+    short, patient = json.loads(result.stdout)
+    assert short["timed_out"] > 100 and patient["timed_out"] == 0
+    e2e_p99 = [
+        json.loads((tmp_path / "fr" / "runs" / row["run"] / "summary.json").read_text())[
+            "latency_s"
+        ]["e2e"]["p99"]
+        for row in (short, patient)
+    ]
+    assert e2e_p99[0] <= 5.0 < e2e_p99[1]
+    bad = runner.invoke(cli, [*args, "--vary", "client_timeout_s=-1", "--jobs", "1"])
+    assert bad.exit_code == 2 and "client_timeout_s = -1.0 must be" in bad.output

@@ -338,6 +338,7 @@ def with_overrides(
     engine: str | None = None,
     max_model_len: int | None = None,
     usd_per_gpu_hour: float | None = None,
+    client_timeout_s: float | None = None,
 ) -> Scenario:
     """The scenario with these settings changed (the CLI's flags); pool-level ones apply to
     every pool.
@@ -352,6 +353,10 @@ def with_overrides(
         top["interval_s"] = interval_s
     if unknown_tier is not None:
         top["gateway"] = dataclasses.replace(scenario.gateway, unknown_tier=unknown_tier)
+    if client_timeout_s is not None:  # every tier's clients
+        top["tiers"] = tuple(
+            dataclasses.replace(t, client_timeout_s=client_timeout_s) for t in scenario.tiers
+        )
     model_changes = {"name": model, "max_model_len": max_model_len}
     model_changes = {k: v for k, v in model_changes.items() if v is not None}
     if model_changes:

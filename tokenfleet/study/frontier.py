@@ -44,6 +44,7 @@ VARIABLES: dict[str, tuple[str, type]] = {
     "enable_prefix_caching": ("enable_prefix_caching", bool),
     "engine": ("engine", str),
     "usd_per_gpu_hour": ("usd_per_gpu_hour", float),
+    "client_timeout_s": ("client_timeout_s", float),
 }
 BOOLEANS = {"true": True, "on": True, "1": True, "false": False, "off": False, "0": False}
 
@@ -65,6 +66,7 @@ INTERVAL_COLUMNS = ("usd_per_mtoken", "tpot_p50_s", "ttft_p99_s")
 COUNTS: dict[str, tuple[str, ...]] = {
     "fleet_replicas": ("replicas",),
     "fleet_gpus": ("gpus",),
+    "timed_out": ("economics", "fleet", "timed_out"),  # requests whose clients gave up
 }
 
 
