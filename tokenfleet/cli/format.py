@@ -85,6 +85,8 @@ def format_summary(summary: dict) -> str:
         lines += ["", *_format_money(summary)]
     if summary.get("replications"):
         lines += ["", *_format_replications(summary["replications"])]
+    if summary.get("batch_means"):
+        lines += ["", *_format_batch_means(summary["batch_means"])]
     return "\n".join(lines)
 
 
@@ -109,20 +111,37 @@ def _format_replications(block: dict) -> list[str]:
     """Mean and interval over the seeds of the figures a planner decides on."""
     seeds = block["seeds"]
     source = "trace re-drawn per seed" if block["trace_redrawn"] else "same trace"
-    lines = [
+    head = (
         f"over {len(seeds)} seeds ({seeds[0]}-{seeds[-1]}, {source}): mean "
         f"[{block['level']:.0%} interval, {block['method']}]; the rest above is seed {seeds[0]}"
-    ]
-    figures = block["figures"]
+    )
+    return [head, *_interval_lines(block["figures"], "(the same for every seed)")]
+
+
+def _format_batch_means(block: dict) -> list[str]:
+    """Mean and interval over one run's windows of the figures a planner decides on; money
+    per window (cost, revenue) is per window, rates and shares are the run's."""
+    head = (
+        f"over {block['batches']} windows of {block['window_s']:,g} s after a "
+        f"{block['warmup_s']:,g} s warm-up: mean [{block['level']:.0%} interval, "
+        f"{block['method']}]"
+    )
+    lines = [head, *_interval_lines(block["figures"], "(the same in every window)")]
+    if block["correlated"]:
+        lines.append(
+            "  the windows are correlated (lag-1 autocorrelation above 0.5): the intervals are "
+            "too narrow; use fewer, longer windows"
+        )
+    return lines
+
+
+def _interval_lines(figures: dict, same: str) -> list[str]:
+    lines = []
     for key, (label, fmt) in REPLICATED.items():
         f = figures.get(key)
         if f is None:
             continue
-        spread = (
-            f"[{fmt(f['ci_low'])}, {fmt(f['ci_high'])}]"
-            if f["varies"]
-            else "(the same for every seed)"
-        )
+        spread = f"[{fmt(f['ci_low'])}, {fmt(f['ci_high'])}]" if f["varies"] else same
         lines.append(f"  {label:<13}{fmt(f['mean']):>13} {spread}")
     return lines
 

@@ -47,6 +47,13 @@ from tokenfleet.cli.options import out_option, progress_enabled, quiet_option, s
     "summary figure gets a mean and 95% interval.",
 )
 @click.option(
+    "--batches",
+    type=int,
+    default=0,
+    help="Batch means: one run cut by arrival time into a warm-up and B windows; every "
+    "summary figure gets a mean and 95% interval over the windows (for one real trace).",
+)
+@click.option(
     "--records",
     "records_text",
     default="all",
@@ -111,6 +118,7 @@ def replay(
     prefix_caching,
     seed,
     seeds,
+    batches,
     records_text,
     cells,
     executor,
@@ -162,17 +170,23 @@ def replay(
         interval_s=interval_s,
         unknown_tier=unknown_tier,
     )
-    summary = run_seeds(
-        trace,
-        scenario,
-        out_dir,
-        seeds,
-        step_by_step=step_by_step,
-        progress=progress_enabled(quiet),
-        inputs=tuple(p for p in (scenario_path, model, gpu, engine) if p and Path(p).is_file()),
-        records=records,
-        replay_fn=replay_fn,
-    )
+    inputs = tuple(p for p in (scenario_path, model, gpu, engine) if p and Path(p).is_file())
+    if batches:
+        summary = _batch_means_replay(
+            trace, scenario, out_dir, batches, seeds, cells, records, step_by_step, quiet, inputs
+        )
+    else:
+        summary = run_seeds(
+            trace,
+            scenario,
+            out_dir,
+            seeds,
+            step_by_step=step_by_step,
+            progress=progress_enabled(quiet),
+            inputs=inputs,
+            records=records,
+            replay_fn=replay_fn,
+        )
     if as_json:
         click.echo(json.dumps(summary, indent=2, sort_keys=True))
     else:
@@ -187,6 +201,38 @@ def replay(
         from tokenfleet.cli.report import write
 
         write([out_dir], str(Path(out_dir) / "report"), err=as_json)
+
+
+def _batch_means_replay(
+    trace, scenario, out_dir, batches, seeds, cells, records, step_by_step, quiet, inputs
+) -> dict:
+    """One replay whose summary gains the `batch_means` block (study/batch_means.py)."""
+    from tokenfleet.errors import UserError
+    from tokenfleet.replay.run import run_replay
+    from tokenfleet.study.batch_means import batch_means
+
+    if seeds > 1 or cells > 1:
+        raise UserError(
+            f"--batches {batches} takes its interval from one run; drop --seeds and --cells "
+            "(--seeds N replicates the run instead)"
+        )
+    if records.mode != "all":
+        raise UserError(
+            f"--batches {batches} reads every request's record; use --records all (the default)"
+        )
+
+    def annotate(folder, summary: dict) -> None:
+        summary["batch_means"] = batch_means(folder, summary, batches)
+
+    return run_replay(
+        trace,
+        scenario,
+        out_dir,
+        step_by_step=step_by_step,
+        progress=progress_enabled(quiet),
+        inputs=inputs,
+        annotate=annotate,
+    )
 
 
 def _cells_replay(

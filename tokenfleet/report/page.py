@@ -95,6 +95,22 @@ def describe(run: Run) -> list[tuple[str, str]]:
                 "in the summary below",
             )
         )
+    windows = run.summary.get("batch_means")
+    if windows:  # replay --batches: one run's intervals, from its windows
+        rows.append(
+            (
+                "batch means",
+                f"{windows['batches']} windows of {windows['window_s']:,g} s after a "
+                f"{windows['warmup_s']:,g} s warm-up: each figure's mean and "
+                f"{windows['level']:.0%} interval over the windows are in summary.json "
+                "(batch_means)"
+                + (
+                    "; the windows are correlated, so the intervals are too narrow"
+                    if windows["correlated"]
+                    else ""
+                ),
+            )
+        )
     records = run.summary.get("records")
     if records:  # --records sample:F: the request figures are drawn from the sample
         rows.append(

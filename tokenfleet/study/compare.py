@@ -26,6 +26,7 @@ SAME_DIGITS = 1e-9  # relative difference below which two numbers count as equal
 # `replay --seeds` summaries: per figure its replications' values, read for the noise test
 # rather than compared as figures of their own.
 REPLICATIONS = "replications"
+BATCH_MEANS = "batch_means"  # `replay --batches` summaries: the same, over one run's windows
 
 Value = int | float | str
 # What the pools block lines up: summary key of each pool entry -> column header.
@@ -114,17 +115,20 @@ class Comparison:
         block's own entries aside)."""
         return list(
             dict.fromkeys(
-                k for flat in self.flats for k in flat if not k.startswith(REPLICATIONS + ".")
+                k
+                for flat in self.flats
+                for k in flat
+                if not k.startswith((REPLICATIONS + ".", BATCH_MEANS + "."))
             )
         )
 
     def beyond_noise(self, figure: str, run: int) -> str | None:
         """ "yes" when run `run`'s mean differs from the first run's by more than their seeds'
-        noise (the bootstrap interval of the difference excludes zero), "no" when it does
-        not, None unless both ran with --seeds."""
+        (or windows') noise (the bootstrap interval of the difference excludes zero), "no"
+        when it does not, None unless both ran with --seeds or --batches."""
         values = []
         for summary in (self.summaries[0], self.summaries[run]):
-            block = summary.get(REPLICATIONS)
+            block = summary.get(REPLICATIONS) or summary.get(BATCH_MEANS)
             entry = block.get("figures", {}).get(figure) if isinstance(block, dict) else None
             if not isinstance(entry, dict) or not isinstance(entry.get("values"), list):
                 return None
@@ -164,8 +168,9 @@ class Comparison:
 
     @property
     def noisy(self) -> bool:
-        """Whether the first run and another ran with --seeds (the noise column is shown)."""
-        has = [isinstance(s.get(REPLICATIONS), dict) for s in self.summaries]
+        """Whether the first run and another ran with --seeds or --batches (the noise column
+        is shown)."""
+        has = [isinstance(s.get(REPLICATIONS) or s.get(BATCH_MEANS), dict) for s in self.summaries]
         return has[0] and any(has[1:])
 
     def pools(self) -> list[list[Value | None]]:

@@ -133,6 +133,21 @@ def synthetic_spec(trace: str | os.PathLike[str]) -> SynthSpec | None:
 def replications(runs: list[dict], redrawn: bool) -> dict:
     """The `replications` block: per numeric figure every run has, the values in seed order,
     their mean and the bootstrap interval of the mean."""
+    return {
+        "seeds": [run["seed"] for run in runs],
+        "level": LEVEL,
+        "method": (
+            f"percentile bootstrap of the mean over {len(runs)} independent replications "
+            f"({RESAMPLES:,} resamples)"
+        ),
+        "trace_redrawn": redrawn,
+        "figures": interval_figures(runs),
+    }
+
+
+def interval_figures(runs: list[dict]) -> dict:
+    """Per numeric figure all `runs` (summaries) have: their values in order, the mean and
+    the bootstrap interval of the mean, and whether the values vary at all."""
     flats = [flatten(run) for run in runs]
     names = [
         key
@@ -143,7 +158,7 @@ def replications(runs: list[dict], redrawn: bool) -> dict:
     ]
     values = np.array([[flat[key] for flat in flats] for key in names], dtype=np.float64)
     low, high = bootstrap_interval(values)
-    figures = {
+    return {
         key: {
             "mean": float(row.mean()),
             "ci_low": float(lo),
@@ -152,16 +167,6 @@ def replications(runs: list[dict], redrawn: bool) -> dict:
             "values": row.tolist(),
         }
         for key, row, lo, hi in zip(names, values, low, high, strict=True)
-    }
-    return {
-        "seeds": [run["seed"] for run in runs],
-        "level": LEVEL,
-        "method": (
-            f"percentile bootstrap of the mean over {len(runs)} independent replications "
-            f"({RESAMPLES:,} resamples)"
-        ),
-        "trace_redrawn": redrawn,
-        "figures": figures,
     }
 
 
