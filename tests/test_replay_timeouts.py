@@ -62,6 +62,28 @@ def test_a_running_request_leaves_at_the_first_step_end_after_its_timeout_and_fr
         assert reps[0].kv.used_blocks(reps[0].step_no) == 0 and reps[0].state == IDLE
 
 
+def test_a_client_retries_a_timeout_with_a_timeout_of_its_own():
+    """With one retry allowed, A (impatient, 1 s) times out running, is sent again after the
+    back-off, times out again, and ends with both attempts' GPU time, its first send as its
+    arrival and its last give-up as its finish; B behind it is served between the attempts."""
+    retries = dataclasses.replace(
+        GATEWAY.retries, max_retries=1, base_backoff_s=0.5, max_backoff_s=0.5
+    )
+    rows = [row(0.0, 10, 3000, "impatient"), row(0.0, 10, 5)]
+    for step_by_step in (False, True):
+        done, _, reps = run_rows(
+            rows, settings={"max_num_seqs": 1}, tiers=tiers(1.0), step_by_step=step_by_step,
+            gateway=dataclasses.replace(GATEWAY, retries=retries),
+        )  # fmt: skip
+        a, b = done
+        assert (a.status, a.attempts, a.arrival_s) == (TIMED_OUT, 2, 0.0)
+        resent = a.finish_s - 1.0
+        assert 1.0 <= resent <= 1.5  # within the back-off's jitter of the first give-up
+        assert b.finish_s < resent  # B ran between the attempts
+        assert a.decode_s > 1.8  # nearly two seconds of decoding, over both attempts
+        assert reps[0].kv.used_blocks(reps[0].step_no) == 0
+
+
 def test_a_waiting_request_leaves_the_queue_without_running():
     """A (patient) holds the one slot for ~2.1 s; B (impatient, 0.5 s) waits behind it and
     gives up unstarted; C, behind B, runs when A ends, as if B had never been there."""
@@ -144,9 +166,10 @@ requests = st.lists(
     replicas=st.integers(1, 2),
     latency=st.sampled_from([0.0, 0.0, 0.03]),
     frontend=st.booleans(),
+    retries=st.sampled_from([0, 0, 2]),
 )
 def test_skip_mode_equals_step_by_step_with_timeouts_under_pressure(
-    reqs, timeout, batcher, kv_blocks, replicas, latency, frontend
+    reqs, timeout, batcher, kv_blocks, replicas, latency, frontend, retries
 ):
     """Clients giving up anywhere (gateway, frontend, queue, prefill, decode), caches small
     enough to evict and preempt: both modes give the same records; every request ends once;
@@ -177,7 +200,11 @@ def test_skip_mode_equals_step_by_step_with_timeouts_under_pressure(
     common = dict(
         batcher=name, settings=batcher_settings, kv_blocks=kv_blocks, replicas=replicas,
         tiers=(Tier("standard", priority=1), Tier("impatient", client_timeout_s=timeout)),
-        gateway=dataclasses.replace(GATEWAY, latency_s=latency), prefix_block_size=16,
+        gateway=dataclasses.replace(
+            GATEWAY, latency_s=latency,
+            retries=dataclasses.replace(GATEWAY.retries, max_retries=retries, base_backoff_s=0.05),
+        ),
+        prefix_block_size=16,
         step_time=FrontendStepTime() if frontend else STEP,
     )  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
@@ -187,10 +214,12 @@ def test_skip_mode_equals_step_by_step_with_timeouts_under_pressure(
     assert [record(s) for s in fast] == [record(s) for s in slow]
     assert [s.row for s in fast] == list(range(len(rows)))
     for s in fast:
+        assert s.attempts <= retries + 1
         if s.status == TIMED_OUT:
-            assert s.tier == "impatient" and s.finish_s == s.arrival_s + timeout
+            assert s.tier == "impatient" and s.attempts == retries + 1
+            assert s.finish_s >= s.arrival_s + retries * timeout + timeout - 1e-9
             assert s.first_token_s is None or s.first_token_s <= s.finish_s
-        elif s.status == FINISHED and s.tier == "impatient":
+        elif s.status == FINISHED and s.tier == "impatient" and s.attempts == 1:
             assert s.finish_s - s.arrival_s <= timeout
     for rep in reps:
         assert rep.kv.used_blocks(rep.step_no) == 0 and not rep.waiting and not rep.aborts
@@ -252,3 +281,33 @@ def test_frontier_varies_the_client_timeout_on_an_overloaded_replica(tmp_path, r
     assert e2e_p99[0] <= 5.0 < e2e_p99[1]
     bad = runner.invoke(cli, [*args, "--vary", "client_timeout_s=-1", "--jobs", "1"])
     assert bad.exit_code == 2 and "client_timeout_s = -1.0 must be" in bad.output
+
+
+def test_retried_timeouts_make_an_overloaded_replica_serve_fewer(tmp_path, runner):
+    """One replica under more load than it serves, clients giving up after 20 s: when they
+    retry (twice), the retries take the capacity the first attempts needed, so fewer requests
+    finish, more time out, and each finished token costs more (a retry storm)."""
+    from tokenfleet.cli.main import cli
+
+    trace = tmp_path / "storm.parquet"
+    synth = ["traces", "synth", str(trace), "--requests", "3000", "--rate", "12", "--seed", "4"]
+    assert runner.invoke(cli, synth).exit_code == 0
+    runs = []
+    for retries in (0, 2):
+        scenario = tmp_path / f"r{retries}.toml"
+        scenario.write_text(
+            '[[pools]]\nreplicas = 1\n[pools.batcher]\npolicy = "vllm"\nmax_num_seqs = 16\n'
+            '[[tiers]]\nname = "standard"\nclient_timeout_s = 20.0\n'
+            f"[gateway.retries]\nmax_retries = {retries}\nbase_backoff_s = 1.0\n"
+        )
+        out = tmp_path / f"out{retries}"
+        args = ["replay", str(trace), "--scenario", str(scenario), "--out", str(out)]
+        result = runner.invoke(cli, [*args, "--json", "-q"])
+        assert result.exit_code == 0, result.output
+        runs.append(json.loads(result.stdout))
+    calm, storm = runs
+    assert storm["gateway"]["retries"] > 1000 and calm["gateway"]["retries"] == 0
+    assert storm["finished"] < 0.8 * calm["finished"]
+    assert storm["economics"]["fleet"]["timed_out"] > calm["economics"]["fleet"]["timed_out"]
+    cost = [r["economics"]["fleet"]["usd_per_mtoken"]["blended"] for r in runs]
+    assert cost[1] > 1.5 * cost[0]

@@ -125,13 +125,14 @@ class Gateway:
         self._admit(seq, now)
 
     _retry = _after_latency  # a back-off ends as the latency does
+    resend = _after_latency  # a client's retry after a timeout (replay/timeouts.py)
 
     def abandon(self, seq: Seq) -> None:
-        """Its client gave up while it was held here (latency, back-off or deferral)."""
+        """Its client gave up while it was held here (latency, back-off or deferral); the
+        caller ends it or lets its client retry (replay/timeouts.py)."""
         self.pending -= 1
         seq.status = TIMED_OUT
         seq.finish_s = seq.timeout_at
-        self.ended.append(seq)
 
     def _admit(self, seq: Seq, now: float) -> None:
         if not self._within_limits(seq, now):

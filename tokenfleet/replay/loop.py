@@ -182,7 +182,7 @@ def simulate(
     dispatch = _dispatcher(gateway, replicas, events, ended)
     gateway.dispatch = dispatch
     if gateway.client_timeouts:
-        gateway.timeouts = ClientTimeouts(events, replicas, gateway)
+        gateway.timeouts = ClientTimeouts(events, replicas, gateway, ended)
     arrive = gateway.arrive if eager else dispatch
     tier_named = gateway.tiers.get
     default_tier = gateway.default

@@ -87,6 +87,7 @@ class Replica(ReplicaViews):
         "seg_d",
         "timeline",
         "aborts",
+        "timed_out",
     )
 
     def __init__(
@@ -175,6 +176,9 @@ class Replica(ReplicaViews):
         self.seg_d = 0  # batch of the open decode-only segment (0: none open)
         self.timeline = timeline
         self.aborts: list[Seq] = []  # requests whose clients gave up, dropped at the step's end
+        # Where a timed-out request goes: ended, or back to its client for a retry (set by the
+        # loop: replay/timeouts.py).
+        self.timed_out = lambda seq, now: ended.append(seq)
 
     # ------------------------------------------------------------------ the loop's interface
 
@@ -207,10 +211,10 @@ class Replica(ReplicaViews):
             return self._cut_run(now)
         return None
 
-    def drop_routing(self, seq: Seq) -> None:
+    def drop_routing(self, seq: Seq, now: float) -> None:
         """Its client gave up while the engine's frontend still held it: it never queues."""
         self._count_out()
-        self._time_out(seq)
+        self._time_out(seq, now)
 
     def _cut_run(self, now: float) -> float | None:
         """Cut the run at its first step end at or after `now` (the run ends at or after `now`,
@@ -339,7 +343,7 @@ class Replica(ReplicaViews):
             self.blocked = False
             self._count_out()
             self.timeline.finishes.append(now)
-            self._time_out(seq)
+            self._time_out(seq, now)
         self.aborts = []
 
     def _drop_partial(self, seq: Seq) -> None:
@@ -379,14 +383,14 @@ class Replica(ReplicaViews):
         for index, i in self.load_indexes:
             index.down(i)
 
-    def _time_out(self, seq: Seq) -> None:
+    def _time_out(self, seq: Seq, now: float) -> None:
         """It ends timed out, at the moment its client gave up (the first token counts only
-        if the client had it by then)."""
+        if the client had it by then); its client may send it again (`timed_out`)."""
         seq.status = TIMED_OUT
         seq.finish_s = seq.timeout_at
         if seq.first_token_s is not None and seq.first_token_s > seq.timeout_at:
             seq.first_token_s = None
-        self.ended.append(seq)
+        self.timed_out(seq, now)
 
     def preempt_partial(self) -> int:
         """Evict the sequence whose prefill is under way; return the blocks freed."""
@@ -602,7 +606,7 @@ class Replica(ReplicaViews):
             index.down(i)
         self.timeline.finishes.append(now)
         if seq.finish_s > seq.timeout_at:  # done, but its client had given up
-            self._time_out(seq)
+            self._time_out(seq, now)
             return
         seq.status = EXPIRED if now > seq.deadline_at else FINISHED
         self.ended.append(seq)

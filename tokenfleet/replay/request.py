@@ -139,7 +139,7 @@ class Seq:
         self.prefill_s = 0.0  # replica-seconds of prefill steps, by token share
         self.decode_s = 0.0  # replica-seconds of decode tokens, by token share
         self.a_join = 0.0  # the replica's decode accumulator when this joined decoding
-        self.attempts = 1  # 1 + client retries after rate limiting
+        self.attempts = 1  # 1 + client retries after rate limiting or a timeout
         self.deadline_at = INF  # deferred tiers: finishing later makes it EXPIRED
         self.timeout_at = INF  # when its client gives up (its tier's client_timeout_s)
         self.hashes = hashes  # the trace's prefix block ids (None: none given)

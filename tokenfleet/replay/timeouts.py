@@ -27,6 +27,15 @@ frontend's lag) is timed out too. A timed-out request keeps the GPU time it used
 and pays nothing; its latencies are left out of the summary's percentiles, as a client's
 report leaves out its failures (so a saturated fleet's E2E stays under the timeout).
 
+Clients retry timeouts as they retry rate limits, under `[gateway.retries]` (one budget of
+`max_retries` for both, as the OpenAI SDK's `max_retries` covers both): after a jittered
+back-off from the moment it gave up (not before the engine dropped the attempt), the client
+sends the request again, through the gateway's limits, with a new timeout of its own. The
+retry is a new request to the fleet (a new `Seq`, the old one forgotten, so nothing left of
+the first attempt can touch it) that carries the GPU time of every attempt and counts them in
+`attempts`; its record keeps the first send as `arrival_s`, so TTFT and E2E are what the user
+waited, retries included. Under overload, retries add load where there is none to spare.
+
 Each timeout is a fixed time after arrival, and requests are watched in arrival order, so the
 requests watched under one timeout expire in the order they were watched: one FIFO and one
 timer per timeout, not a heap entry per request (at 10^4 requests/s and 300 s that would be
@@ -46,11 +55,14 @@ REPLICA = 1  # loop.py's kind of heap entry for a replica event
 class ClientTimeouts:
     """The watched requests of one replay; the gateway watches each as it arrives."""
 
-    def __init__(self, events, replicas: list, gateway) -> None:
+    def __init__(self, events, replicas: list, gateway, ended: list) -> None:
         self.events = events
         self.replicas = replicas
         self.gateway = gateway
+        self.ended = ended
         self.queues: dict[float, deque] = {}  # timeout -> watched requests, in arrival order
+        for rep in replicas:
+            rep.timed_out = self.timed_out
 
     def watch(self, seq: Seq, timeout_s: float) -> None:
         """`seq`'s client gives up `timeout_s` after it arrived (`timeout_s` > 0)."""
@@ -68,17 +80,48 @@ class ClientTimeouts:
         if queue:
             self.events.push_timer(queue[0].timeout_at, self._expire, queue)
 
+    def _expire_retry(self, now: float, seq: Seq) -> None:
+        """A retry's own timeout (a timer each: retries are not in arrival order)."""
+        self._give_up(seq, now)
+
     def _give_up(self, seq: Seq, now: float) -> None:
         status = seq.status
         if status in ENDED:  # it ended first
             return
         if seq.routed_s is None:  # still at the gateway
             self.gateway.abandon(seq)
+            self.timed_out(seq, now)
             return
         rep = self.replicas[seq.replica]
         if status is ROUTING:
-            rep.drop_routing(seq)
+            rep.drop_routing(seq, now)
             return
         nt = rep.abort(seq, now)
         if nt is not None:
             heappush(self.events.heap, (nt, REPLICA, rep.index, rep.version))
+
+    def timed_out(self, seq: Seq, now: float) -> None:
+        """`seq` has left the fleet timed out (at `now`, the engine having dropped it): it
+        ends, or its client sends it again after a back-off (the module docstring)."""
+        gateway = self.gateway
+        retry = gateway.retry
+        if seq.attempts > retry.max_retries:
+            self.ended.append(seq)
+            return
+        again = Seq(
+            seq.row, seq.arrival_s, seq.prompt_tokens, seq.output_tokens, seq.request_id,
+            seq.tenant, seq.tier, seq.session_id, seq.priority, seq.hashes,
+        )  # fmt: skip
+        again.attempts = seq.attempts + 1
+        again.prefill_s = seq.prefill_s
+        again.decode_s = seq.decode_s
+        again.preemptions = seq.preemptions
+        again.deadline_at = seq.deadline_at
+        at = seq.timeout_at + retry.backoff_s(seq.attempts, gateway.rng)
+        if at < now:
+            at = now
+        again.timeout_at = at + gateway.client_timeouts[seq.tier]
+        gateway.retries += 1
+        gateway.pending += 1
+        self.events.push_timer(at, gateway.resend, again)
+        self.events.push_timer(again.timeout_at, self._expire_retry, again)
