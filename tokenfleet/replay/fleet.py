@@ -218,10 +218,9 @@ def _add_pool(
     step_time = StepTime(model, gpu, pool.tp, dtype, kv_dtype, pool.engine or None)
     batcher_table = (pool.batcher.policy, pool.batcher.settings, f"pool {pool.name!r} batcher")
     # A batcher with its own KV page size (sglang's page_size) sets the pool's block size.
-    block_size = getattr(make_batcher(*batcher_table), "page_size", None) or pool.block_size
-    if any(t.client_timeout_s for t in scenario.tiers) and not hasattr(
-        make_batcher(*batcher_table), "remove"
-    ):
+    policy = make_batcher(*batcher_table)
+    block_size = getattr(policy, "page_size", None) or pool.block_size
+    if any(t.client_timeout_s for t in scenario.tiers) and not hasattr(policy, "remove"):
         raise UserError(
             f"pool {pool.name!r}: batcher {pool.batcher.policy!r} has no remove(queue, seq), "
             "which client timeouts need; set client_timeout_s = 0 in [[tiers]]"
