@@ -294,34 +294,19 @@ class Replica(ReplicaViews):
 
     def preempt_decoder(self, seq: Seq) -> int:
         """Evict a decoding sequence by recompute; return the blocks freed."""
-        s = self.step_no
-        del self.decoding[seq]
-        seq.decode_s += self._decode_acc() - seq.a_join
-        offset = seq.offset
-        self.kv.remove_decoder(offset)
-        self.n_dec -= 1
-        self.n_gen -= 1
-        self.off_sum -= offset
-        fin = seq.fin_step
-        seq.generated = seq.output_tokens - 1 - (fin - s)
-        # Out of the finish heap now (O(batch), but preemptions are rare), so the hot paths
-        # never meet an entry left behind.
-        fin_heap = self.fin_heap
-        fin_heap.remove((fin, seq.row, seq))
-        heapify(fin_heap)
-        seq.fin_step = -1
-        freed = self.kv.blocks_for(offset + s)
-        if self.prefix is not None:
-            kept = self.prefix.release(seq, offset + s, freed, False)
-            self.kv.other_blocks += kept
-            freed -= kept
+        freed = self._out_of_decoding(seq, False)
+        self._requeue(seq)
+        return freed
+
+    def _requeue(self, seq: Seq) -> None:
+        """A preempted sequence waits again, to be recomputed; nothing is admitted in a step
+        that preempted (vLLM V1), so the next step is chosen afresh."""
         seq.cached = 0
         seq.preemptions += 1
         seq.status = WAITING
         self.replan = True
         self.blocked = False
         self.batcher.requeue(self.waiting, seq)
-        return freed
 
     def _apply_aborts(self, now: float) -> None:
         """Drop the requests whose clients gave up, between steps: from the queue, or from the
@@ -334,9 +319,9 @@ class Replica(ReplicaViews):
                 self.batcher.remove(self.waiting, seq)
             elif status is RUNNING and not self.hold_batch:
                 if seq is self.partial:
-                    self._drop_partial(seq)
+                    self._out_of_prefill(True)
                 else:
-                    self._drop_decoder(seq)
+                    self._out_of_decoding(seq, True)
             else:
                 continue
             self.tokens_left -= seq.prompt_tokens + seq.output_tokens - seq.generated
@@ -346,17 +331,25 @@ class Replica(ReplicaViews):
             self._time_out(seq, now)
         self.aborts = []
 
-    def _drop_partial(self, seq: Seq) -> None:
-        """The sequence whose prefill is under way leaves (preempt_partial's accounting)."""
+    def _out_of_prefill(self, finished: bool) -> int:
+        """Take the sequence whose prefill is under way out, preempted or aborted: its blocks
+        back (to the prefix cache as a finish gives them, or a preemption). Returns the
+        blocks freed."""
+        seq = self.partial
         self.partial = None
         freed = seq.blocks
         self.kv.other_blocks -= freed
         if self.prefix is not None:
-            self.kv.other_blocks += self.prefix.release(seq, seq.cached, freed, True)
+            kept = self.prefix.release(seq, seq.cached, freed, finished)
+            self.kv.other_blocks += kept
+            freed -= kept
         seq.blocks = 0
+        return freed
 
-    def _drop_decoder(self, seq: Seq) -> None:
-        """A decoding sequence leaves (preempt_decoder's accounting)."""
+    def _out_of_decoding(self, seq: Seq, finished: bool) -> int:
+        """Take a decoding sequence out of the batch, preempted or aborted: its decode time so
+        far, its tokens so far, and its blocks back (to the prefix cache as a finish gives
+        them, or a preemption). Returns the blocks freed."""
         s = self.step_no
         del self.decoding[seq]
         seq.decode_s += self._decode_acc() - seq.a_join
@@ -367,13 +360,18 @@ class Replica(ReplicaViews):
         self.off_sum -= offset
         fin = seq.fin_step
         seq.generated = seq.output_tokens - 1 - (fin - s)
+        # Out of the finish heap now (O(batch), but preemptions and aborts are rare), so the
+        # hot paths never meet an entry left behind.
         fin_heap = self.fin_heap
         fin_heap.remove((fin, seq.row, seq))
         heapify(fin_heap)
         seq.fin_step = -1
+        freed = self.kv.blocks_for(offset + s)
         if self.prefix is not None:
-            freed = self.kv.blocks_for(offset + s)
-            self.kv.other_blocks += self.prefix.release(seq, offset + s, freed, True)
+            kept = self.prefix.release(seq, offset + s, freed, finished)
+            self.kv.other_blocks += kept
+            freed -= kept
+        return freed
 
     def _count_out(self) -> None:
         """One fewer request here, as the balancers count (inlined in `_finish`)."""
@@ -395,20 +393,8 @@ class Replica(ReplicaViews):
     def preempt_partial(self) -> int:
         """Evict the sequence whose prefill is under way; return the blocks freed."""
         seq = self.partial
-        self.partial = None
-        freed = seq.blocks
-        self.kv.other_blocks -= freed
-        if self.prefix is not None:
-            kept = self.prefix.release(seq, seq.cached, freed, False)
-            self.kv.other_blocks += kept
-            freed -= kept
-        seq.blocks = 0
-        seq.cached = 0
-        seq.preemptions += 1
-        seq.status = WAITING
-        self.replan = True
-        self.blocked = False
-        self.batcher.requeue(self.waiting, seq)
+        freed = self._out_of_prefill(False)
+        self._requeue(seq)
         return freed
 
     # ------------------------------------------------------------------ steps and runs
