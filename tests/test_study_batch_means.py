@@ -99,3 +99,18 @@ def test_bad_batches_are_one_line(tmp_path, runner, flags, message):
     assert result.exit_code == 2 and message in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_the_pool_timeline_gives_the_same_windows(tmp_path, runner):
+    """--timeline pool keeps one row per pool per interval; the windows' figures, made from
+    its sums, are those of the per-replica timeline (as the run's summary is)."""
+    trace = tmp_path / "chat.parquet"
+    synth = ["traces", "synth", str(trace), "--requests", "2000", "--rate", "30", "--seed", "6"]
+    assert runner.invoke(cli, synth).exit_code == 0
+    rows = replay(runner, trace, tmp_path / "replica", "--batches", "5")["batch_means"]
+    pools = replay(runner, trace, tmp_path / "pool", "--batches", "5", "--timeline", "pool")
+    assert pools["timeline"] == "pool"
+    for key in (*KEY_FIGURES, "economics.fleet.utilisation", "step_busy_frac"):
+        assert pools["batch_means"]["figures"][key]["values"] == pytest.approx(
+            rows["figures"][key]["values"], rel=1e-9
+        ), key

@@ -119,8 +119,8 @@ def _format_replications(block: dict) -> list[str]:
 
 
 def _format_batch_means(block: dict) -> list[str]:
-    """Mean and interval over one run's windows of the figures a planner decides on; money
-    per window (cost, revenue) is per window, rates and shares are the run's."""
+    """Mean and interval over one run's windows of the figures a planner decides on (counts
+    and money are a window's, rates and shares over a window)."""
     head = (
         f"over {block['batches']} windows of {block['window_s']:,g} s after a "
         f"{block['warmup_s']:,g} s warm-up: mean [{block['level']:.0%} interval, "

@@ -173,8 +173,9 @@ def replay(
     inputs = tuple(p for p in (scenario_path, model, gpu, engine) if p and Path(p).is_file())
     if batches:
         summary = _batch_means_replay(
-            trace, scenario, out_dir, batches, seeds, cells, records, step_by_step, quiet, inputs
-        )
+            trace, scenario, out_dir, batches, seeds, cells, records, step_by_step, quiet, inputs,
+            timeline_rows == "pool",
+        )  # fmt: skip
     else:
         summary = run_seeds(
             trace,
@@ -204,8 +205,9 @@ def replay(
 
 
 def _batch_means_replay(
-    trace, scenario, out_dir, batches, seeds, cells, records, step_by_step, quiet, inputs
-) -> dict:
+    trace, scenario, out_dir, batches, seeds, cells, records, step_by_step, quiet, inputs,
+    pool_timeline,
+) -> dict:  # fmt: skip
     """One replay whose summary gains the `batch_means` block (study/batch_means.py)."""
     from tokenfleet.errors import UserError
     from tokenfleet.replay.run import run_replay
@@ -232,6 +234,7 @@ def _batch_means_replay(
         progress=progress_enabled(quiet),
         inputs=inputs,
         annotate=annotate,
+        pool_timeline=pool_timeline,
     )
 
 
