@@ -8,6 +8,8 @@ import json
 import math
 from types import SimpleNamespace
 
+import polars as pl
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -82,6 +84,28 @@ def test_a_client_retries_a_timeout_with_a_timeout_of_its_own():
         assert b.finish_s < resent  # B ran between the attempts
         assert a.decode_s > 1.8  # nearly two seconds of decoding, over both attempts
         assert reps[0].kv.used_blocks(reps[0].step_no) == 0
+
+
+def test_a_retry_due_at_once_runs_its_second_attempt():
+    """A back-off shorter than the wait for the engine to drop the attempt: the retry is sent
+    the moment the engine dropped it (from inside the replica's event) and runs, rather than
+    being lost and timing out unsent."""
+    retries = dataclasses.replace(
+        GATEWAY.retries, max_retries=1, base_backoff_s=1e-9, max_backoff_s=1e-9
+    )
+    rows = [row(0.0, 10, 3000, "impatient"), row(0.0, 10, 5)]
+    records = []
+    for step_by_step in (False, True):
+        done, _, _ = run_rows(
+            rows, settings={"max_num_seqs": 1}, tiers=tiers(1.0), step_by_step=step_by_step,
+            gateway=dataclasses.replace(GATEWAY, retries=retries),
+        )  # fmt: skip
+        a, b = done
+        cut = next(t for t in step_ends(10, 3000) if t >= 1.0)
+        assert a.attempts == 2 and a.start_s is not None and a.start_s >= cut
+        assert a.finish_s == pytest.approx(cut + 1.0)  # the retry's own timeout
+        records.append([record(s) for s in done])
+    assert records[0] == records[1]
 
 
 def test_a_waiting_request_leaves_the_queue_without_running():
@@ -202,7 +226,7 @@ def test_skip_mode_equals_step_by_step_with_timeouts_under_pressure(
         tiers=(Tier("standard", priority=1), Tier("impatient", client_timeout_s=timeout)),
         gateway=dataclasses.replace(
             GATEWAY, latency_s=latency,
-            retries=dataclasses.replace(GATEWAY.retries, max_retries=retries, base_backoff_s=0.05),
+            retries=dataclasses.replace(GATEWAY.retries, max_retries=retries, base_backoff_s=0.002),
         ),
         prefix_block_size=16,
         step_time=FrontendStepTime() if frontend else STEP,
@@ -311,3 +335,91 @@ def test_retried_timeouts_make_an_overloaded_replica_serve_fewer(tmp_path, runne
     assert storm["economics"]["fleet"]["timed_out"] > calm["economics"]["fleet"]["timed_out"]
     cost = [r["economics"]["fleet"]["usd_per_mtoken"]["blended"] for r in runs]
     assert cost[1] > 1.5 * cost[0]
+
+
+EVERY_GATEWAY_FEATURE = """
+seed = 3
+interval_s = 30.0
+[balancer]
+policy = "least-requests"
+[[pools]]
+name = "main"
+replicas = "auto"
+[pools.batcher]
+policy = "vllm"
+scheduling_policy = "priority"
+[pools.autoscale]
+enabled = true
+min_replicas = 2
+max_replicas = 24
+target = 0.05
+provisioning_delay_s = 60.0
+cooldown_s = 120.0
+interval_s = 15.0
+[[pools]]
+name = "owned"
+gpu = "a100-80gb"
+replicas = 6
+[pools.pricing]
+kind = "owned"
+[[tiers]]
+name = "fast"
+priority = 10
+pools = ["main"]
+client_timeout_s = 1.0
+[[tiers]]
+name = "standard"
+priority = 5
+client_timeout_s = 3.0
+[[tiers]]
+name = "batch"
+deadline_s = 600.0
+deferred = true
+pools = ["owned"]
+client_timeout_s = 400.0
+[gateway]
+latency_s = 0.004
+deferred_max_utilisation = 0.03
+deferred_margin = 0.0
+tick_s = 2.0
+[gateway.retries]
+max_retries = 1
+[[gateway.limits]]
+tenant = "acme"
+requests_per_minute = 1200
+[[gateway.limits]]
+tenant = "*"
+requests_per_minute = 600
+"""
+
+
+def test_timeouts_and_retries_with_every_gateway_feature_give_the_same_records_both_modes(
+    tmp_path, runner
+):
+    """Tiers whose clients give up (and retry) behind rate limits, deferral, priorities, tier
+    routing, gateway latency and an autoscaled pool beside an owned one: skip mode and
+    --step-by-step write the same requests, every request once, and clients do give up in
+    every place and retry."""
+    from tokenfleet.cli.main import cli
+
+    trace = tmp_path / "tiers.parquet"
+    synth = ["traces", "synth", str(trace), "--requests", "12000", "--rate", "60", "--seed", "5",
+             "--tenants", "acme=0.4,globex=0.3,initech=0.3", "--tiers",
+             "fast=0.2,standard=0.6,batch=0.2"]  # fmt: skip
+    assert runner.invoke(cli, synth).exit_code == 0
+    scenario = tmp_path / "gateway.toml"
+    scenario.write_text(EVERY_GATEWAY_FEATURE)
+    tables = []
+    for flags in ([], ["--step-by-step"]):
+        out = tmp_path / f"out{len(flags)}"
+        args = ["replay", str(trace), "--scenario", str(scenario), "--out", str(out), "-q"]
+        result = runner.invoke(cli, [*args, *flags])
+        assert result.exit_code == 0, result.output
+        tables.append(pq.read_table(out / "requests.parquet"))
+    assert tables[0].equals(tables[1])
+    frame = pl.from_arrow(tables[0])
+    assert frame["request_id"].n_unique() == frame.height == 12000
+    timed_out = frame.filter(pl.col("status") == "timed_out")
+    assert timed_out.height > 500 and (timed_out["attempts"] == 2).all()
+    assert frame.filter((pl.col("status") == "finished") & (pl.col("attempts") == 2)).height > 0
+    assert {"fast", "standard"} <= set(timed_out["tier"].to_list())

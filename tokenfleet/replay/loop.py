@@ -54,7 +54,9 @@ class EventQueue:
         self.count = 0
 
     def push_timer(self, t: float, fn: Callable[[float, object], None], arg=None) -> None:
-        """Call `fn(t, arg)` at `t` (after the arrivals at `t`, before the replicas)."""
+        """Call `fn(t, arg)` at `t` (after the arrivals at `t`, before the replicas). From
+        inside a replica's event at `now`, `t` must be later than `now`: `simulate` replaces
+        the heap's top (that event) with the replica's next one."""
         self.count += 1
         heappush(self.heap, (t, TIMER, self.count, (fn, arg)))
 

@@ -44,6 +44,7 @@ timer per timeout, not a heap entry per request (at 10^4 requests/s and 300 s th
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from heapq import heappush
 
@@ -118,8 +119,11 @@ class ClientTimeouts:
         again.preemptions = seq.preemptions
         again.deadline_at = seq.deadline_at
         at = seq.timeout_at + retry.backoff_s(seq.attempts, gateway.rng)
-        if at < now:
-            at = now
+        if at <= now:
+            # Strictly later than `now`: this may run inside a replica's event, after which
+            # the loop replaces the heap's top (loop.simulate); a timer at `now` would be that
+            # top, and lost.
+            at = math.nextafter(now, math.inf)
         again.timeout_at = at + gateway.client_timeouts[seq.tier]
         gateway.retries += 1
         gateway.pending += 1
