@@ -344,25 +344,26 @@ def planned_kv_blocks(run: MeasuredRun) -> int:
 def decode_check(run: MeasuredRun, engine: str = "") -> list[dict[str, float]]:
     """Per stage, the decode step StepTime prices at the batch the measurements imply, beside
     the measured time per generated token: by Little's law the requests decoding at once are
-    rate x (E2E - TTFT) (at most max_num_seqs), each at about its prompt plus half its output
-    of context. The new prompts' prefill (one cached-but-last block each, a few tokens a step)
-    is left out. This checks the step model alone, with no queueing or scheduling in between;
-    `terms_ms` splits the step (`StepTime.decode_terms`) to show which part is off.
+    rate x (E2E - TTFT) (at most max_num_seqs, and what the KV cache holds), each at about
+    its prompt plus half its output of context. The new prompts' prefill (one cached-but-last
+    block each, a few tokens a step) is left out. This checks the step model alone, with no
+    queueing or scheduling in between; `terms_ms` splits the step (`StepTime.decode_terms`) to
+    show which part is off.
 
     The measured step is (E2E - TTFT) / (output_len - 1), over the tokens the server generated,
     not the file's ITL: that divides by the re-tokenised count, which for the Llama-2
     tokenizer is up to 23% short (run 67: 1,120 of 1,448), and so reads the step as slower
     than it was."""
     step = StepTime(get_model(run.model), load_profile(run.gpu), run.tp, run.dtype, engine=engine)
+    context = run.prompt_tokens + run.output_len / 2
+    # At most max_num_seqs decode at once, and at most as many as the KV cache holds at that
+    # context (prompts' shared blocks aside): a saturated stage's Little's-law batch is more
+    # (its finished requests are a fraction of the rate, and Llama-2-7B's cache holds ~65).
+    most = min(run.max_num_seqs, planned_kv_blocks(run) * run.block_size / context)
     out = []
     for (rate, _seconds), measured in zip(run.stages, run.measured, strict=True):
-        # At most max_num_seqs decode at once: a saturated stage's Little's-law batch is more
-        # (its finished requests are a fraction of the rate).
-        batch = min(
-            rate * (measured["e2e_mean_ms"] - measured["ttft_mean_ms"]) / 1e3, run.max_num_seqs
-        )
+        batch = min(rate * (measured["e2e_mean_ms"] - measured["ttft_mean_ms"]) / 1e3, most)
         seqs = max(1, round(batch))
-        context = run.prompt_tokens + run.output_len / 2
         tokens = round(seqs * context)
         predicted = 1e3 * step.step_s(0, 0.0, seqs, tokens)
         per_token = (measured["e2e_mean_ms"] - measured["ttft_mean_ms"]) / (run.output_len - 1)
