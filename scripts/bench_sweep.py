@@ -8,6 +8,10 @@ its figure): --executor local and --executor ray, each with --jobs 1 and --jobs 
 each wall time, Ray's over local's at the same jobs (its overhead; target <= 1.2x at 2), and
 each executor's speed-up from 1 to 2 CPUs. The tables the four write are checked equal.
 A local Ray's start-up and shutdown alone is timed apart too: the fixed cost in Ray's figure.
+Last, Ray as a cluster is used: a head of 2 CPUs started once (`ray start --head`, outside the
+figure), and the sweep sent to it with --address, so that figure is Ray's per-task overhead.
+(Ray 2.5x turns token authentication on for a head it starts; the script turns it off for its
+own head and client with RAY_AUTH_MODE=disabled.)
 
     python scripts/bench_sweep.py [--requests 10000] [--repeat 1]
 """
@@ -36,13 +40,34 @@ balancer = ["least-requests", "round-robin"]
 """
 
 
-def sweep(folder: Path, name: str, executor: str, jobs: int) -> float:
+def sweep(folder: Path, name: str, executor: str, jobs: int, address: str = "") -> float:
     """One sweep in its own process; its wall seconds."""
     command = [sys.executable, "-m", "tokenfleet", "sweep", str(folder / "grid.toml")]
     command += ["--out", str(folder / name), "--executor", executor, "--jobs", str(jobs), "-q"]
+    command += ["--address", address] if address else []
     start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=RAY_ENV
+    )
     return time.perf_counter() - start
+
+
+RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # this script's own head and clients
+
+
+def cluster_sweeps(folder: Path, repeat: int) -> list[float]:
+    """The sweep sent `repeat` times to a Ray head of 2 CPUs started for them; its start and
+    stop are not in the figures (a cluster is up before its users' jobs)."""
+    ray = str(Path(sys.executable).with_name("ray"))
+    port = "6393"
+    head = [ray, "start", "--head", "--num-cpus", "2", "--port", port]
+    head += ["--include-dashboard", "false", "--disable-usage-stats"]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": RAY_ENV}
+    subprocess.run(head, check=True, **quiet)
+    try:
+        return [sweep(folder, f"cluster-{r}", "ray", 2, f"127.0.0.1:{port}") for r in range(repeat)]
+    finally:
+        subprocess.run([ray, "stop", "--force"], **quiet)
 
 
 RAY_START = """
@@ -106,11 +131,16 @@ def main() -> None:
             f"a local Ray's start, one task and shutdown alone: {fixed:.1f} s; without it, "
             f"ray / local at --jobs 2: {(best['ray', 2] - fixed) / best['local', 2]:.2f}x"
         )
+        on_cluster = min(cluster_sweeps(folder, args.repeat))
+        print(
+            f"ray on a running 2-CPU cluster (--address): {on_cluster:.1f} s; ray / local at "
+            f"--jobs 2: {on_cluster / best['local', 2]:.2f}x (target <= 1.2x)"
+        )
         first = pl.read_parquet(folder / "local-1-0" / "sweep.parquet")
-        for executor, jobs in cases[1:]:
-            other = pl.read_parquet(folder / f"{executor}-{jobs}-0" / "sweep.parquet")
+        for name in [f"{e}-{j}-0" for e, j in cases[1:]] + ["cluster-0"]:
+            other = pl.read_parquet(folder / name / "sweep.parquet")
             assert_frame_equal(first.drop("trace"), other.drop("trace"))
-        print("the four tables are equal")
+        print("the five tables are equal")
 
 
 if __name__ == "__main__":
