@@ -60,6 +60,11 @@ class EventQueue:
         self.count += 1
         heappush(self.heap, (t, TIMER, self.count, (fn, arg)))
 
+    def push_replica(self, t: float, rep: Replica) -> None:
+        """The replica's next event is at `t` (the loop's own pushes on the hot path write
+        the entry inline)."""
+        heappush(self.heap, (t, REPLICA, rep.index, rep.version))
+
 
 def _request_columns(batch: pa.RecordBatch) -> tuple[Iterable, ...]:
     """A batch's trace columns as Python lists, converted once per batch, not per request

@@ -46,11 +46,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from heapq import heappush
 
 from tokenfleet.replay.request import ENDED, ROUTING, Seq
-
-REPLICA = 1  # loop.py's kind of heap entry for a replica event
 
 
 class ClientTimeouts:
@@ -99,7 +96,7 @@ class ClientTimeouts:
             return
         nt = rep.abort(seq, now)
         if nt is not None:
-            heappush(self.events.heap, (nt, REPLICA, rep.index, rep.version))
+            self.events.push_replica(nt, rep)
 
     def timed_out(self, seq: Seq, now: float) -> None:
         """`seq` has left the fleet timed out (at `now`, the engine having dropped it): it
