@@ -28,7 +28,7 @@ from heapq import heappop, heappush
 from typing import ClassVar
 
 from tokenfleet.errors import UserError
-from tokenfleet.replay.prefix import SYNTHETIC_TRACE_BLOCK, prompt_block_keys
+from tokenfleet.replay.prefix import SYNTHETIC_TRACE_BLOCK, leading_agreement, prompt_block_keys
 
 
 def _in_range(owner: str, key: str, value: float, lo: float, hi: float = math.inf) -> None:
@@ -185,7 +185,7 @@ class CacheAware(_CacheRouting):
             if child is None:
                 break
             label = child.keys
-            shared = _shared(keys, pos, label)
+            shared = leading_agreement(keys, pos, label)
             pos += shared
             last = child
             if shared < len(label):  # partial match: stop here
@@ -234,7 +234,7 @@ class CacheAware(_CacheRouting):
                 self._leaf(i, leaf, now_s)
                 return
             label = child.keys
-            shared = _shared(keys, pos, label)
+            shared = leading_agreement(keys, pos, label)
             if shared < len(label):  # split: [node] -> [upper] -> [child, shortened]
                 upper = _TreeNode(label[:shared], node, dict(child.tenants))
                 upper.children[label[shared]] = child
@@ -321,16 +321,6 @@ class _TreeNode:
         self.children: dict = {}
         self.parent = parent
         self.tenants: dict[int, float] = tenants if tenants is not None else {}
-
-
-def _shared(keys: list, pos: int, label: list) -> int:
-    """How many leading keys of `label` equal keys[pos:] (at least the first, by lookup)."""
-    if keys[pos : pos + len(label)] == label:  # one C-level comparison: the usual case
-        return len(label)
-    return next(
-        (k for k, (a, b) in enumerate(zip(label, keys[pos:], strict=False)) if a != b),
-        min(len(label), len(keys) - pos),
-    )
 
 
 def _index_of(per_replica: list[dict]) -> dict:

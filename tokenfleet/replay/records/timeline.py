@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tokenfleet.replay.cost import CostRates
-from tokenfleet.replay.records.rowgroups import RowGroups
+from tokenfleet.replay.records import ROW_GROUP_ROWS
 
 INF = float("inf")
 
@@ -376,7 +376,11 @@ class TimelineWriter:
     ):
         schema = TIMELINE_SCHEMA.with_metadata(metadata or {})
         self.writer = pq.ParquetWriter(path, schema, use_dictionary=["pool"])
-        self.batches = RowGroups(self.writer.write_table)
+        # Rows waiting to be priced and written (`write`): the rows, (rows, run_end) per emit,
+        # and the output rows they make.
+        self.pending: list[tuple[int, int, IntervalRow, float]] = []
+        self.pending_groups: list[tuple[int, float]] = []
+        self.pending_out = 0
         self.replica_offset = replica_offset  # added to the replica column (replay --cells)
         self.per_pool = per_pool  # --timeline pool: one row per pool per interval
         self.interval_s = interval_s
@@ -394,11 +398,33 @@ class TimelineWriter:
 
     def write(self, rows: list[tuple[int, int, IntervalRow, float]], run_end: float) -> None:
         """rows: (interval number, replica, its row, provisioned seconds) in output order. An
-        interval past `run_end` (the last, when the run is over) is only as long as the run."""
+        interval past `run_end` (the last, when the run is over) is only as long as the run.
+
+        The rows wait until they make a row group (ROW_GROUP_ROWS output rows), then are
+        priced and converted at once: a run emits a few intervals at a time, and converting
+        each emit alone cost 22% of a long run's wall time (the Mooncake trace with prompts 10x
+        longer in blocks, `scripts/bench_prefix.py`: 27,492 emits of 16 rows)."""
         if not rows:
             return
+        self.pending.extend(rows)
+        self.pending_groups.append((len(rows), run_end))
+        # Under --timeline pool an emit's whole intervals make one row per pool each.
+        per_interval = len(self.pool_names) if self.per_pool else len(self.pools)
+        self.pending_out += len(rows) // len(self.pools) * per_interval
+        if self.pending_out >= ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Price and convert the waiting rows, and write them as one row group."""
+        rows = self.pending
+        if not rows:
+            return
+        groups = self.pending_groups
+        self.pending, self.pending_groups, self.pending_out = [], [], 0
         size = self.interval_s
+        counts = np.array([g[0] for g in groups], dtype=np.int64)
         starts = np.array([r[0] * size for r in rows], dtype=np.float64)
+        run_end = np.repeat(np.array([g[1] for g in groups], dtype=np.float64), counts)
         lengths = np.clip(run_end - starts, 0.0, size)
         acc = [r[2] for r in rows]
         replica = [r[1] for r in rows]
@@ -412,9 +438,7 @@ class TimelineWriter:
             + self.per_busy[rix] * busy
         )
         pix = self.pool_ix[rix]
-        n = len(self.pool_names)
-        self.busy_s += np.bincount(pix, weights=busy, minlength=n)
-        self.provisioned_s += np.bincount(pix, weights=provisioned, minlength=n)
+        self._add_pool_sums(pix, counts, busy, provisioned)
         steps = np.array([a.steps for a in acc], dtype=np.int64)
         batch_sum = np.array([a.batch_sum for a in acc], dtype=np.float64)
         kv_peak = np.array([a.kv_peak_blocks for a in acc], dtype=np.int64)
@@ -452,12 +476,24 @@ class TimelineWriter:
         ]
         batch = pa.RecordBatch.from_arrays(columns, schema=TIMELINE_SCHEMA)
         if self.per_pool:
-            key = np.round(starts / size).astype(np.int64) * n + pix
+            key = np.round(starts / size).astype(np.int64) * len(self.pool_names) + pix
             batch = _pool_rows(batch, key, steps, batch_sum)
-        self.batches.add(batch)
+        self.writer.write_table(pa.Table.from_batches([batch]))
+
+    def _add_pool_sums(
+        self, pix: np.ndarray, counts: np.ndarray, busy: np.ndarray, provisioned: np.ndarray
+    ) -> None:
+        """Add each pool's busy and provisioned seconds, summed as if each emit's rows were
+        added alone, in order: per emit and pool in row order (bincount), then emit after emit
+        (add.accumulate), so the totals do not depend on how many emits wait together."""
+        n = len(self.pool_names)
+        key = np.repeat(np.arange(len(counts)), counts) * n + pix
+        for total, values in ((self.busy_s, busy), (self.provisioned_s, provisioned)):
+            sums = np.bincount(key, weights=values, minlength=len(counts) * n)
+            total[:] = np.add.accumulate(np.vstack([total, sums.reshape(-1, n)]), axis=0)[-1]
 
     def close(self) -> None:
-        self.batches.flush()
+        self._flush()
         self.writer.close()
 
 
