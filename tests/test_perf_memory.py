@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import polars as pl
 import pytest
 from hypothesis import given
@@ -23,6 +25,20 @@ def test_the_plan_adds_up() -> None:
     assert plan.kv_capacity_tokens * plan.kv_bytes_per_token_per_gpu <= plan.kv_per_gpu_bytes
     # 8 KV heads split over 4 GPUs: each holds a quarter of every token's KV.
     assert plan.kv_bytes_per_token_per_gpu == spec.kv_bytes_per_token("bf16") / 4
+
+
+def test_the_rope_table_is_reserved_on_every_gpu() -> None:
+    """vLLM keeps one cos/sin row per position up to max_position_embeddings, head_dim wide,
+    in bf16, on each GPU: Llama 4 Scout's 10,485,760 positions take 2.7 GB of each GPU's KV
+    room, whatever the tensor parallelism; a model without a known length reserves none."""
+    spec, gpu = get_model("llama-4-scout"), load_profile("h100-sxm")
+    table = 10_485_760 * 128 * 2
+    unknown = dataclasses.replace(spec, max_position_embeddings=0)
+    for tp in (2, 4):
+        plan = plan_memory(spec, gpu, tp, dtype="fp8")
+        without = plan_memory(unknown, gpu, tp, dtype="fp8")
+        assert without.kv_per_gpu_bytes - plan.kv_per_gpu_bytes == pytest.approx(table)
+        assert plan.reserve_per_gpu_bytes - without.reserve_per_gpu_bytes == pytest.approx(table)
 
 
 def test_fp8_kv_and_more_gpus_hold_more_tokens() -> None:

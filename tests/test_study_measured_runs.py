@@ -138,15 +138,16 @@ def test_a_bad_run_is_one_line_naming_the_run_and_the_field(runs_file, tmp_path,
 
 def test_the_memory_plan_gives_the_kv_blocks_vllm_logged_for_every_dense_model(runs):
     """13 runs logged vLLM's KV block count: for the dense models the plan (weights, runtime
-    reserve, activations under gpu_memory_utilization) is within 1.5% of it. Llama 4 Scout
-    (FP8, MoE, chunked local attention on 3 layers in 4) is 59% over: not yet modelled."""
+    reserve, activations, the RoPE table under gpu_memory_utilization) is within 1.5% of it.
+    Llama 4 Scout (FP8, MoE, a vision tower) is 38% over, 59% before its 10.5M-position RoPE
+    table was reserved: the rest is not yet modelled."""
     checked = 0
     for run in runs:
         if run.kv_blocks is None:
             continue
         ratio = planned_kv_blocks(run) / run.kv_blocks
         if run.model == "llama-4-scout":
-            assert ratio > 1.5, (run.id, ratio)
+            assert 1.3 < ratio < 1.45, (run.id, ratio)
             continue
         assert abs(ratio - 1) < 0.015, (run.id, run.model, ratio)
         checked += 1

@@ -1,8 +1,9 @@
 """Memory planning for a replica: weights per GPU and what is left for the KV cache.
 
 Like vLLM, a fraction `gpu_memory_utilization` of each GPU is the budget; the weights shard over
-`tp` GPUs, a reserve is kept for the runtime and the activations of a large prefill step, and the
-rest holds KV blocks. A model that does not fit is refused in one line that says what would.
+`tp` GPUs, a reserve is kept for the runtime, the activations of a large prefill step and the
+rotary embedding's table, and the rest holds KV blocks. A model that does not fit is refused
+in one line that says what would.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ GIB = 2**30
 RUNTIME_RESERVE_BYTES = 1e9  # CUDA context, NCCL and allocator buffers per GPU
 ACTIVATION_TOKENS = 8192  # the prefill step whose activations are reserved (a common budget)
 ACTIVATION_BYTES = 2.0
+ROPE_CACHE_BYTES = 2.0  # the cos/sin table is kept in the model's dtype (bf16 or fp16)
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,19 @@ def activation_reserve_bytes(model: ModelSpec, tp: int) -> float:
     ffn = max(model.ffn_size, model.expert_ffn_size * model.experts_per_token)
     width = 4 * model.hidden_size + (3 if model.gated_ffn else 2) * ffn / tp
     return ACTIVATION_TOKENS * width * ACTIVATION_BYTES
+
+
+def rope_cache_bytes(model: ModelSpec) -> float:
+    """The rotary embedding's cos/sin table on each GPU: vLLM's `RotaryEmbedding` precomputes
+    one row per position up to the config's `max_position_embeddings`, `rotary_dim` values
+    wide, in the model's dtype, and keeps it as a GPU buffer shared by the layers
+    (vllm/model_executor/layers/rotary_embedding.py `_compute_cos_sin_cache`, the models' own
+    `get_rope(max_position=config.max_position_embeddings)`, e.g. models/llama4.py). Negligible
+    for most models (Llama 3.1's 131,072 positions: 34 MB), 2.7 GB for Llama 4's 10,485,760.
+    The width is the head's (MLA's: its RoPE part), an upper bound for partial-rotary models;
+    scaled variants that extend the table (YaRN, linear) reach about the configured length."""
+    width = model.qk_rope_head_dim if model.is_mla else model.head_dim
+    return model.max_position_embeddings * width * ROPE_CACHE_BYTES
 
 
 def kv_shard(model: ModelSpec, tp: int) -> int:
@@ -63,7 +78,7 @@ def plan_memory(
     kv_dtype = kv_dtype or ("fp16" if dtype == "fp16" else "bf16")
     weights_total = model.weight_bytes(dtype)
     weights = weights_total / tp
-    reserve = RUNTIME_RESERVE_BYTES + activation_reserve_bytes(model, tp)
+    reserve = RUNTIME_RESERVE_BYTES + activation_reserve_bytes(model, tp) + rope_cache_bytes(model)
     budget = gpu.hbm_bytes * gpu_memory_utilization
     kv_per_token = model.kv_bytes_per_token(kv_dtype) / kv_shard(model, tp)
     kv_bytes = budget - reserve - weights
