@@ -186,7 +186,7 @@ class VllmBatcher:
         while waiting and budget > 0 and running < self.max_num_seqs:
             seq = queue.head(waiting)
             n = seq.prompt_tokens + seq.generated
-            # (PrefixCache.keyed, inlined: once per admission.)
+            # A request whose cached blocks could be hit: by others, or by itself once preempted.
             if prefix is not None and (
                 seq.hashes is not None or seq.session_id is not None or seq.preemptions
             ):

@@ -181,12 +181,6 @@ class PrefixCache:
             return ("s", seq.session_id, tb), end, False
         return ("r", seq.row, tb), end, True
 
-    @staticmethod
-    def keyed(seq) -> bool:
-        """Whether a cached block of this request could be hit (by another, or by itself once
-        preempted): without, a lookup is skipped."""
-        return seq.hashes is not None or seq.session_id is not None or seq.preemptions > 0
-
     # ------------------------------------------------------------------ lookups and hits
 
     def lookup(self, seq, tokens: int, free: int) -> tuple[list, int, int]:
@@ -379,8 +373,12 @@ class PrefixCache:
         """The request gives back its `blocks` blocks (it holds `tokens` computed tokens): they
         join the queue's tail in reverse order, with their keys. Returns how many of them other
         requests still hold."""
-        if not finished or self.keyed(seq):
-            self.register(seq, tokens // self.block_size, not finished)
+        if not finished:
+            self.register(seq, tokens // self.block_size, True)
+        elif seq.session_id is not None or (
+            seq.hashes is not None and 0 <= seq.registered < self._hashed_end(seq)
+        ):  # else only blocks keyed by the request alone are left: `register` would stop there
+            self.register(seq, tokens // self.block_size, False)
         held = seq.held
         registered = held[-1][0].j0 + held[-1][1] if held else 0
         self._settle()

@@ -116,11 +116,6 @@ class RadixCache:
 
     releases_every_request = True  # SGLang inserts every finished request's KV
 
-    @staticmethod
-    def keyed(seq) -> bool:
-        """Every request's KV enters the tree (SGLang inserts all of them)."""
-        return True
-
     # ------------------------------------------------------------------ keys
 
     def key(self, seq, tokens: int) -> list:
