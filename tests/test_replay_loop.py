@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_replay_support import LinearStepTime, real_step_time, record, run_rows
 
-from tokenfleet.hardware.profile import load_profile
+from tokenfleet.hardware.profile import load_engine, load_profile
 from tokenfleet.models import get_model
 from tokenfleet.perf.steptime import StepTime
 from tokenfleet.replay.balancer import BUILTIN_BALANCERS
@@ -281,3 +283,55 @@ def test_gateway_runs_give_the_same_records_as_step_by_step(
     for rep in fast_reps:
         assert rep.outstanding[rep.index] == 0 and rep.tokens_left == 0
         assert rep.kv.used_blocks(rep.step_no) == 0 and not rep.waiting and not rep.decoding
+
+
+class AsyncLinearStepTime(LinearStepTime):
+    """LinearStepTime on an engine that chooses each step one step ahead (ASYNC_KEY)."""
+
+    def __init__(self, async_scheduling: bool) -> None:
+        self.engine = dataclasses.replace(
+            load_engine("vllm-v1"),
+            frontend_in_ms=0.0,
+            frontend_out_ms=0.0,
+            async_scheduling=async_scheduling,
+        )
+
+
+def test_async_scheduling_lets_a_request_in_one_step_later_when_the_engine_is_busy():
+    """B arrives during A's first decode step. Synchronous: it is chosen at that step's end, for
+    the next step. Async (vLLM V1's default): the next step is chosen already, so B waits for
+    the one after. An idle engine (A's own arrival) takes a request at once either way."""
+    st_ = LinearStepTime()
+    prefill_end = st_.step_s(100, prefill_pairs(100), 0, 0)
+    first_decode_end = prefill_end + st_.step_s(0, 0.0, 1, 101)
+    second_decode_end = first_decode_end + st_.step_s(0, 0.0, 1, 102)
+    b_arrives = (prefill_end + first_decode_end) / 2
+    starts = {}
+    for flag in (False, True):
+        for step_by_step in (False, True):
+            done, _, _ = run_rows(
+                [(0.0, 100, 20), (b_arrives, 30, 5)],
+                step_time=AsyncLinearStepTime(flag),
+                step_by_step=step_by_step,
+            )
+            a, b = done
+            assert a.start_s == 0.0 and a.first_token_s == prefill_end
+            assert (a.status, b.status) == ("finished", "finished")
+            starts[flag, step_by_step] = b.start_s
+    assert starts[False, False] == starts[False, True] == first_decode_end
+    assert starts[True, False] == starts[True, True] == second_decode_end
+
+
+def test_async_scheduling_takes_a_request_at_once_when_nothing_else_was_chosen():
+    """A's last token is sampled by the step under way, so nothing was chosen after it: B, which
+    arrives during that step, starts at its end, as with a synchronous engine."""
+    st_ = LinearStepTime()
+    prefill_end = st_.step_s(100, prefill_pairs(100), 0, 0)
+    last_end = prefill_end + st_.step_s(0, 0.0, 1, 101)  # A's second and last token
+    for flag in (False, True):
+        done, _, _ = run_rows(
+            [(0.0, 100, 2), ((prefill_end + last_end) / 2, 30, 5)],
+            step_time=AsyncLinearStepTime(flag),
+        )
+        a, b = done
+        assert a.finish_s == last_end and b.start_s == last_end

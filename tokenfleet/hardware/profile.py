@@ -71,6 +71,7 @@ Engine preset TOML (built-ins in profiles/engines/, or the [engine] table above)
     sampler_filter_ns_per_logit = 0.0   # ... and per sequence x vocabulary (STEP_TERM_KEYS)
     frontend_in_ms = 0.0                # optional: per request, client send -> engine queue
     frontend_out_ms = 0.0               # optional: per token, step end -> client (CLIENT_KEYS)
+    async_scheduling = false            # optional: each step chosen one step ahead (ASYNC_KEY)
 
 StepTime's formula, with every coefficient in place, is in tokenfleet/perf/steptime.py.
 
@@ -148,6 +149,14 @@ CLIENT_KEYS = ("frontend_in_ms", "frontend_out_ms")
 # (vllm/v1/sample/sampler.py, vllm/v1/sample/ops/topk_topp_sampler.py): a fixed time per step
 # and a time per logit (sequences x vocabulary).
 STEP_TERM_KEYS = ("allreduce_peer_us", "sampler_filter_ms", "sampler_filter_ns_per_logit")
+# Optional: the engine chooses each step while the one before runs (vLLM V1's async scheduling,
+# on by default since v0.12 unless an option rules it out: vllm/config/vllm.py "Enable async
+# scheduling unless there is an incompatible option"; EngineCore.step_with_batch_queue in
+# vllm/v1/engine/core.py keeps two batches in flight). A request that reaches a busy engine
+# core is taken in at the end of the step under way, when the next step is chosen already: it
+# can join only the one after (a step more of TTFT and E2E; the time between tokens is the
+# same). An idle engine takes it at once. Replica.on_arrival / _take_inbox.
+ASYNC_KEY = "async_scheduling"
 PROVENANCE_KEYS = ("fitted_to", "fit_error")
 
 
@@ -170,6 +179,7 @@ class EnginePreset:
     allreduce_peer_us: float = 0.0
     sampler_filter_ms: float = 0.0
     sampler_filter_ns_per_logit: float = 0.0
+    async_scheduling: bool = False  # ASYNC_KEY
     description: str = ""
     aliases: tuple[str, ...] = ()
     # Where the overheads come from and how far off they are there (`gpus show` prints both).
@@ -261,12 +271,13 @@ def _string(table: dict, key: str, where: str, default: str = "") -> str:
 
 def _engine_from_table(table: dict, where: str) -> EnginePreset:
     allowed = ("format", "name", "aliases", "description", *PROVENANCE_KEYS, *ENGINE_KEYS,
-               *STEP_TERM_KEYS, *CLIENT_KEYS)  # fmt: skip
+               *STEP_TERM_KEYS, *CLIENT_KEYS, ASYNC_KEY)  # fmt: skip
     _check_keys(table, allowed, ("name", *ENGINE_KEYS), where)
     if "format" in table and table["format"] != ENGINE_FORMAT:
         raise UserError(f"{where}: key 'format' must be {ENGINE_FORMAT!r}, got {table['format']!r}")
-    if not isinstance(table["cuda_graphs"], bool):
-        raise UserError(f"{where}: key 'cuda_graphs' must be true or false")
+    for key in ("cuda_graphs", ASYNC_KEY):
+        if not isinstance(table.get(key, False), bool):
+            raise UserError(f"{where}: key {key!r} must be true or false")
     aliases = table.get("aliases", [])
     if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
         raise UserError(f"{where}: key 'aliases' must be a list of strings")
@@ -283,6 +294,7 @@ def _engine_from_table(table: dict, where: str) -> EnginePreset:
         **provenance,
         aliases=tuple(aliases),
         cuda_graphs=table["cuda_graphs"],
+        async_scheduling=table.get(ASYNC_KEY, False),
         **numbers,
     )
 

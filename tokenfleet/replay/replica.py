@@ -79,6 +79,8 @@ class Replica(ReplicaViews):
         "blocked",
         "frontend_in_s",
         "frontend_out_s",
+        "async_scheduling",
+        "inbox",
         "idle_decoders",
         "on_chunk",
         "gpu_acc",
@@ -116,6 +118,11 @@ class Replica(ReplicaViews):
         engine = getattr(step_time, "engine", None)
         self.frontend_in_s = getattr(engine, "frontend_in_ms", 0.0) * 1e-3
         self.frontend_out_s = getattr(engine, "frontend_out_ms", 0.0) * 1e-3
+        # The engine chooses each step one step ahead (hardware/profile.py ASYNC_KEY): requests
+        # that arrive while a step runs wait in `inbox` for its end, and join the queue only
+        # after the next step is chosen (`_take_inbox`).
+        self.async_scheduling = bool(getattr(engine, "async_scheduling", False))
+        self.inbox: list[Seq] = []
         self.piece = DecodePiece(
             getattr(step_time, "decode_piece", None) or one_step_pieces(step_time.step_s)
         )
@@ -187,10 +194,16 @@ class Replica(ReplicaViews):
         dispatch); return the replica's new event time if it changed, else None."""
         seq.replica = self.index
         self.timeline.arrivals.append(now)
-        self.blocked = False
         self.tokens_left += seq.prompt_tokens + seq.output_tokens
-        self.batcher.enqueue(self.waiting, seq)
         state = self.state
+        if self.async_scheduling and state != IDLE:
+            # The engine core takes it in at the end of the step under way, which ends the run.
+            self.inbox.append(seq)
+            if state == RUN and self.run_n > 1:
+                return self._cut_run(now)
+            return None
+        self.blocked = False
+        self.batcher.enqueue(self.waiting, seq)
         if state == IDLE:
             # Start at `now`, after every other arrival at the same instant has queued.
             self.version += 1
@@ -278,7 +291,24 @@ class Replica(ReplicaViews):
             self.timeline.step(start, now, batch, prefill, gen, self.step_kv, sampled)
         if self.aborts:
             self._apply_aborts(now)
+        if self.inbox:
+            return self._take_inbox(now)
         return self._plan(now)
+
+    def _take_inbox(self, now: float) -> float | None:
+        """Async scheduling (vllm/v1/engine/core.py `step_with_batch_queue`): the step starting
+        now was chosen while the last one ran, before the requests in `inbox` reached the
+        engine core; they join the queue now, for the step after (which `_plan` makes end a
+        run here). Where nothing was chosen, the engine core takes them at once."""
+        wake = self._plan(now)  # a run planned now is one step long: the inbox is not empty
+        inbox = self.inbox
+        self.inbox = []
+        self.blocked = False
+        for seq in inbox:
+            self.batcher.enqueue(self.waiting, seq)
+        if self.state == IDLE:
+            return self._plan(now)
+        return wake
 
     # ------------------------------------------------------------------ batch changes
 
@@ -316,7 +346,10 @@ class Replica(ReplicaViews):
         for seq in self.aborts:
             status = seq.status
             if status is WAITING:
-                self.batcher.remove(self.waiting, seq)
+                if seq in self.inbox:  # not yet taken in by the engine core
+                    self.inbox.remove(seq)
+                else:
+                    self.batcher.remove(self.waiting, seq)
             elif status is RUNNING and not self.hold_batch:
                 if seq is self.partial:
                     self._out_of_prefill(True)
@@ -425,7 +458,7 @@ class Replica(ReplicaViews):
                 return wake
             # Decodes only: nothing changes the batch until a sequence finishes, the cache is
             # full or a request arrives, so this step opens a run.
-            n = 1 if self.step_by_step or self.replan else self.fin_heap[0][0] - s + 1
+            n = 1 if self.step_by_step or self.replan or self.inbox else self.fin_heap[0][0] - s + 1
             if (
                 n > 1
                 and kv.n_phased
