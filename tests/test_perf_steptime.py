@@ -102,8 +102,9 @@ def test_engine_overheads_do_not_touch_the_hardware() -> None:
     old, new = StepTime(spec, gpu, 8, engine="splitwise-2023"), StepTime(spec, gpu, 8)
     assert old.engine.name == "vllm-v0-2023" and new.engine.name == gpu.default_engine
     assert old.decode_gemm_s(1) == new.decode_gemm_s(1)
-    # A 2023 eager engine is launch-bound at batch 1; CUDA graphs remove most of that.
-    assert old.step_s(0, 0.0, 1, 600) > 2.5 * new.step_s(0, 0.0, 1, 600)
+    # A 2023 eager engine is launch-bound at batch 1; CUDA graphs remove most of that (2.3x
+    # at TP 8, where vllm-v1's fitted all-reduce cost per peer adds 6 ms back).
+    assert old.step_s(0, 0.0, 1, 600) > 2 * new.step_s(0, 0.0, 1, 600)
 
 
 steps = st.tuples(

@@ -30,10 +30,13 @@ def test_the_fit_recovers_the_overheads_that_made_the_figures(two_runs, tmp_path
     figures almost as the per-step one does, and the pair is not identifiable there. The
     engine schedules synchronously here: with async scheduling each TTFT holds one step more,
     whose phase against the arrivals makes the figures jump as the step's length moves, and
-    these two 40-second runs give back 12.8 and 1.44.)"""
+    these two 40-second runs give back 12.8 and 1.44. The preset's per-step sampler term is
+    set to 0: both runs sample with top-p, so it adds to every step as the per-step overhead
+    does, and with it at its fitted 0.5 ms the fit stops at 1.25.)"""
     vllm = load_engine("vllm-v1")
     start = dataclasses.replace(vllm, name="start", aliases=(), frontend_out_ms=0.0,
-                                step_overhead_ms=0.8, async_scheduling=False)  # fmt: skip
+                                step_overhead_ms=0.8, async_scheduling=False,
+                                sampler_filter_ms=0.0)  # fmt: skip
     truth = dataclasses.replace(start, name="truth", frontend_out_ms=12.0, step_overhead_ms=1.6)
     engine = str(write_preset(truth, tmp_path / "truth.toml"))
     # the "measurements": what the known preset predicts, run by run

@@ -150,7 +150,8 @@ CLIENT_KEYS = ("frontend_in_ms", "frontend_out_ms")
 # and a time per logit (sequences x vocabulary).
 STEP_TERM_KEYS = ("allreduce_peer_us", "sampler_filter_ms", "sampler_filter_ns_per_logit")
 # Optional: the engine chooses each step while the one before runs (vLLM V1's async scheduling,
-# on by default since v0.12 unless an option rules it out: vllm/config/vllm.py "Enable async
+# on by default in the releases of late 2025 on, v0.15.1 of the measured runs among them, unless
+# an option rules it out: vllm/config/vllm.py "Enable async
 # scheduling unless there is an incompatible option"; EngineCore.step_with_batch_queue in
 # vllm/v1/engine/core.py keeps two batches in flight). A request that reaches a busy engine
 # core is taken in at the end of the step under way, when the next step is chosen already: it
